@@ -1,0 +1,339 @@
+"""Attack base classes and the shared templates.
+
+* :class:`Attack`: sklearn-style parameters (``__init__`` only stores them), ``get_params`` /
+  ``set_params`` / ``repr`` read from the signature, declarative validation, capability checks.
+* :class:`EvasionAttack`: ``generate(x, y=None, *, mask=None)``: conversion in and out, input
+  and label checks, batching with a progress bar. An attack implements ``_generate_batch``.
+* :class:`FixedBudgetAttack`: attacks bounded by ``eps`` in a norm. The template resolves
+  per-sample budgets and guarantees the result lies in the eps-ball and inside ``clip_values``;
+  an attack writes only ``_attack(x, y, mask, generator, eps)``.
+* :class:`MinimumNormAttack`: attacks that search the smallest perturbation. The template keeps
+  the original input for samples where no adversarial example was found; an attack writes only
+  ``_attack(x, y, mask, generator)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bastion._tensor import resolve_random_state, to_tensor
+from bastion._validation import (
+    Boolean,
+    Constraint,
+    Interval,
+    Options,
+    RandomState,
+    Satisfies,
+    check_labels,
+    check_x,
+    validate_params,
+)
+from bastion.attacks._lp import canonical_norm, lp_norm, project_lp_box
+from bastion.estimators.base import require_capabilities
+from bastion.exceptions import InputError, InvalidParameterError
+
+__all__ = [
+    "Attack",
+    "EvasionAttack",
+    "FixedBudgetAttack",
+    "MinimumNormAttack",
+    "perturbation_norms",
+]
+
+
+class Attack:
+    """Base of every attack: parameters, validation and capability checks.
+
+    Subclasses define ``__init__(self, estimator, *, param=default, ...)`` that stores each
+    parameter under its own name and does nothing else, a ``_parameter_constraints`` mapping and
+    the estimator capabilities they need in ``_estimator_requirements``.
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+    _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict",)
+
+    estimator: Any
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        names = []
+        for p in sig.parameters.values():
+            if p.name in ("self", "estimator"):
+                continue
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                raise TypeError(f"{cls.__name__}.__init__ must not take *args or **kwargs")
+            names.append(p.name)
+        return names
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters as given (the estimator excluded)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Attack:
+        """Set hyper-parameters by name; returns ``self``. Values are validated at the next
+        ``generate``."""
+        valid = self._param_names()
+        for key, value in params.items():
+            if key not in valid:
+                raise InvalidParameterError(
+                    f"Invalid parameter {key!r} for {type(self).__name__}. "
+                    f"Valid parameters are: {sorted(valid)!r}."
+                )
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self) -> str:
+        sig = inspect.signature(type(self).__init__)
+        parts = [f"estimator={type(self.estimator).__name__}"]
+        for name in self._param_names():
+            value = getattr(self, name)
+            default = sig.parameters[name].default
+            try:
+                same = bool(value == default) and type(value) is type(default)
+            except Exception:
+                same = False
+            if not same:
+                parts.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def _validate(self) -> None:
+        """Check hyper-parameters and estimator capabilities (called at the start of work)."""
+        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        require_capabilities(self.estimator, self._estimator_requirements, type(self).__name__)
+
+
+def _is_budget_array(value: Any) -> bool:
+    if isinstance(value, (numbers.Real, str, bool)) or value is None:
+        return False
+    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return arr.ndim == 1 and arr.size > 0 and bool(np.all(np.isfinite(arr)) and np.all(arr >= 0))
+
+
+#: A budget: a non-negative float, or one non-negative value per sample.
+BUDGET: list[Constraint] = [
+    Interval(float, 0, None),
+    Satisfies(_is_budget_array, "an array-like of non-negative floats, one per sample"),
+]
+NORM = Options(["inf", float("inf"), 1, 2])
+BATCH_SIZE: list[Constraint] = [Interval(int, 1, None)]
+VERBOSE: list[Constraint] = [Boolean()]
+TARGETED: list[Constraint] = [Boolean()]
+RANDOM_STATE: list[Constraint] = [RandomState()]
+
+
+class EvasionAttack(Attack):
+    """Base of evasion attacks: ``generate(x, y=None, *, mask=None) -> x_adv``.
+
+    The template converts inputs (NumPy or torch) to tensors on the estimator's device, checks
+    them, resolves labels and the mask, runs the attack batch by batch (with a progress bar when
+    ``verbose``) and gives ``x_adv`` back in the caller's type, device and dtype. Subclasses
+    implement :meth:`_generate_batch`.
+    """
+
+    batch_size: int
+    verbose: bool
+
+    #: Per-sample quantities that ``_prepare`` resolves once and the template slices per batch.
+    def _prepare(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _generate_batch(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator,
+        **per_sample: torch.Tensor,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate(self, x: Any, y: Any = None, *, mask: Any = None) -> Any:
+        """Craft adversarial examples.
+
+        Parameters
+        ----------
+        x : array-like or torch.Tensor, shape (N, *input_shape)
+            Clean inputs inside the estimator's ``clip_values``.
+        y : array-like or torch.Tensor, optional
+            True labels (untargeted) or target labels (``targeted=True``), as class indices
+            ``(N,)`` or one-hot ``(N, nb_classes)``. When omitted for an untargeted attack, the
+            estimator's predictions are used.
+        mask : array-like or torch.Tensor, optional
+            Which features may change (1) and which may not (0); broadcastable to ``x`` or to
+            one sample.
+
+        Returns
+        -------
+        x_adv : same type, device, dtype and shape as ``x``
+        """
+        self._validate()
+        est = self.estimator
+        xt, kind = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
+        check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
+        yt = self._resolve_labels(xt, y)
+        mt = self._resolve_mask(mask, xt)
+        gen = resolve_random_state(getattr(self, "random_state", None), est.device)
+        per_sample = self._prepare(xt)
+        n, bs = xt.shape[0], self.batch_size
+        out = torch.empty_like(xt)
+        with tqdm(
+            total=n, desc=type(self).__name__, unit="sample", disable=not self.verbose
+        ) as bar:
+            for i in range(0, n, bs):
+                sl = slice(i, i + bs)
+                mb = None if mt is None else (mt[sl] if mt.shape[0] > 1 else mt)
+                extras = {k: v[sl] for k, v in per_sample.items()}
+                out[sl] = self._generate_batch(xt[sl], yt[sl], mb, gen, **extras).detach()
+                bar.update(min(bs, n - i))
+        return kind.restore(out)
+
+    def _resolve_labels(self, x: torch.Tensor, y: Any) -> torch.Tensor:
+        est = self.estimator
+        if y is None:
+            if getattr(self, "targeted", False):
+                raise InputError(
+                    f"{type(self).__name__} with targeted=True needs the target labels y."
+                )
+            with torch.no_grad():
+                return torch.cat(
+                    [
+                        est.predict_tensor(x[i : i + self.batch_size]).argmax(dim=1)
+                        for i in range(0, x.shape[0], self.batch_size)
+                    ]
+                )
+        yt, _ = to_tensor(y, device=est.device, dtype=None)
+        return check_labels(yt, n=x.shape[0], nb_classes=est.nb_classes)
+
+    def _resolve_mask(self, mask: Any, x: torch.Tensor) -> torch.Tensor | None:
+        if mask is None:
+            return None
+        mt, _ = to_tensor(mask, device=x.device, dtype=torch.float32)
+        if mt.ndim == x.ndim - 1:
+            mt = mt.unsqueeze(0)
+        try:
+            torch.broadcast_shapes(mt.shape, x.shape)
+        except RuntimeError:
+            mt = None  # type: ignore[assignment]
+        if mt is None or mt.ndim != x.ndim or mt.shape[0] not in (1, x.shape[0]):
+            raise InputError(
+                f"mask of shape {tuple(np.shape(mask))} does not broadcast to x of shape "
+                f"{tuple(x.shape)} (give one mask per sample, or one for all samples)."
+            )
+        if not bool(((mt == 0) | (mt == 1)).all()):
+            raise InputError("mask must contain only 0 (frozen) and 1 (may change).")
+        return mt
+
+
+class FixedBudgetAttack(EvasionAttack):
+    """Template for attacks bounded by ``eps`` in the ``norm`` ball.
+
+    ``eps`` may be one float or one value per sample. Subclasses implement
+    ``_attack(x, y, mask, generator, eps) -> x_adv`` where ``eps`` has shape ``(B, 1, ..., 1)``;
+    the template then projects exactly onto the eps-ball intersected with ``clip_values``, so a
+    returned perturbation never exceeds the budget.
+    """
+
+    eps: Any
+    norm: Any
+
+    def _budget(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        value = getattr(self, name)
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        t, _ = to_tensor(value, device=x.device, dtype=x.dtype)
+        if t.ndim == 0:
+            return t.expand(shape)
+        if t.shape[0] != x.shape[0]:
+            raise InputError(
+                f"{name} has {t.shape[0]} per-sample values but x has {x.shape[0]} samples."
+            )
+        return t.reshape(shape)
+
+    def _prepare(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"eps": self._budget("eps", x)}
+
+    def _attack(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator,
+        eps: torch.Tensor,
+        **per_sample: torch.Tensor,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _generate_batch(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator,
+        **per_sample: torch.Tensor,
+    ) -> torch.Tensor:
+        eps = per_sample["eps"]
+        x_adv = self._attack(x, y, mask, generator, **per_sample)
+        norm = canonical_norm(self.norm)
+        delta = project_lp_box(x_adv - x, x, eps, norm, self.estimator.clip_values)
+        if mask is not None:
+            delta = delta * mask
+        x_adv = x + delta
+        if self.estimator.clip_values is not None:
+            x_adv = x_adv.clamp(*self.estimator.clip_values)
+        return x_adv
+
+
+class MinimumNormAttack(EvasionAttack):
+    """Template for attacks that look for the smallest adversarial perturbation.
+
+    Subclasses implement ``_attack(x, y, mask, generator) -> x_adv``. The template checks each
+    candidate with one prediction and returns the clean input, unchanged, for samples where the
+    attack found no adversarial example (so the perturbation norm is 0 exactly when it failed).
+    """
+
+    targeted: bool
+
+    def _is_adversarial(self, probs_or_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pred = probs_or_logits.argmax(dim=1)
+        return pred == y if self.targeted else pred != y
+
+    def _attack(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator,
+        **per_sample: torch.Tensor,
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _generate_batch(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator,
+        **per_sample: torch.Tensor,
+    ) -> torch.Tensor:
+        x_adv = self._attack(x, y, mask, generator, **per_sample)
+        if mask is not None:
+            x_adv = x + (x_adv - x) * mask
+        if self.estimator.clip_values is not None:
+            x_adv = x_adv.clamp(*self.estimator.clip_values)
+        with torch.no_grad():
+            success = self._is_adversarial(self.estimator.predict_tensor(x_adv), y)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return torch.where(success.reshape(shape), x_adv, x)
+
+
+def perturbation_norms(x: Any, x_adv: Any, norm: Any = "inf") -> np.ndarray:
+    """Per-sample Lp norms of ``x_adv - x`` as a NumPy array (for reports and tests)."""
+    a, _ = to_tensor(x, dtype=torch.float64)
+    b, _ = to_tensor(x_adv, dtype=torch.float64)
+    return lp_norm((b.cpu() - a.cpu()), canonical_norm(norm)).numpy()

@@ -1,0 +1,40 @@
+"""Exception types raised by bastion.
+
+Every error bastion raises on purpose derives from :class:`BastionError`, so callers can catch
+the library's errors in one place, while the more specific classes also derive from the standard
+exceptions a Python user expects (``ValueError``, ``TypeError``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BastionError",
+    "EstimatorError",
+    "InputError",
+    "InvalidParameterError",
+]
+
+
+class BastionError(Exception):
+    """Base class of every error raised by bastion."""
+
+
+class InvalidParameterError(BastionError, ValueError, TypeError):
+    """A hyper-parameter has a value outside its allowed set.
+
+    The message always names the parameter, its owner, the allowed values and the value given,
+    e.g. ``The 'eps' parameter of PGD must be a float in [0, inf). Got -1 instead.``
+    """
+
+
+class EstimatorError(BastionError, TypeError):
+    """An estimator lacks a capability that an attack or defence needs.
+
+    The message names the missing capability and suggests an alternative (typically a black-box
+    attack that needs only predictions).
+    """
+
+
+class InputError(BastionError, ValueError):
+    """Bad data: wrong shape or ndim, NaN/inf, values outside ``clip_values``, labels out of
+    range or of the wrong length, or empty input."""

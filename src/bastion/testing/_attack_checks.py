@@ -1,0 +1,331 @@
+"""Generic checks that every evasion attack must pass."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from bastion._validation import Boolean, Constraint, Interval, Options, RandomState
+from bastion.attacks._lp import canonical_norm
+from bastion.attacks.base import (
+    EvasionAttack,
+    FixedBudgetAttack,
+    MinimumNormAttack,
+    perturbation_norms,
+)
+from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
+from bastion.testing._problems import Problem, blackbox_problem, torch_problem
+
+AttackCheck = Callable[[Any, Problem], None]
+
+#: Fast settings applied when the attack has these parameters.
+_FAST = {"max_iter": 5, "eps": 0.2, "eps_step": 0.05, "batch_size": 7, "num_random_init": 1}
+_NORM_BUDGETS = {"inf": 0.2, "2": 1.0, "1": 4.0}
+
+
+def conformance_params(cls: Any, **overrides: Any) -> dict[str, Any]:
+    """Small, fast hyper-parameters for ``cls`` (``_conformance["params"]`` refines them)."""
+    names = cls._param_names()
+    params = {k: v for k, v in _FAST.items() if k in names}
+    if "random_state" in names:
+        params["random_state"] = 0
+    params.update(getattr(cls, "_conformance", {}).get("params", {}))
+    params.update(overrides)
+    return params
+
+
+def _make(cls: Any, problem: Problem, **overrides: Any) -> Any:
+    return cls(problem.estimator, **conformance_params(cls, **overrides))
+
+
+def _norms(cls: Any) -> list[Any]:
+    if "norm" not in cls._param_names():
+        return [None]
+    allowed = cls._parameter_constraints.get("norm", [])
+    out = []
+    for candidate in ("inf", 2, 1, 0):
+        if any(c.is_satisfied_by(candidate) for c in allowed):
+            out.append(candidate)
+    return out
+
+
+def _budget_overrides(cls: Any, norm: Any) -> dict[str, Any]:
+    if norm is None:
+        return {}
+    key = canonical_norm(norm)
+    over: dict[str, Any] = {"norm": norm}
+    if "eps" in cls._param_names() and key in _NORM_BUDGETS:
+        over["eps"] = _NORM_BUDGETS[key]
+        if "eps_step" in cls._param_names():
+            over["eps_step"] = _NORM_BUDGETS[key] / 4
+    return over
+
+
+def _invalid_value(constraints: list[Constraint]) -> Any:
+    candidates: list[Any] = []
+    for c in constraints:
+        if isinstance(c, Interval):
+            if c.left is not None:
+                candidates.append(c.left - 1 if c.kind is int else c.left - 1.0)
+            if c.right is not None:
+                candidates.append(c.right + 1 if c.kind is int else c.right + 1.0)
+        elif isinstance(c, (Options, Boolean)):
+            candidates.append("not-an-option")
+        elif isinstance(c, RandomState):
+            candidates.append(-1)
+    candidates += ["not-an-option", -1, -1.5, object()]
+    for value in candidates:
+        if not any(c.is_satisfied_by(value) for c in constraints):
+            return value
+    raise AssertionError("could not construct an invalid value")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_signature(cls: Any, problem: Problem) -> None:
+    """Estimator first, every other parameter keyword-only with a default; ``__init__`` only
+    stores; ``get_params``/``set_params``/``repr`` work from the signature."""
+    sig = inspect.signature(cls.__init__)
+    params = list(sig.parameters.values())
+    assert params[1].name == "estimator", f"{cls.__name__}: first parameter must be 'estimator'"
+    for p in params[2:]:
+        assert p.kind is p.KEYWORD_ONLY, f"{cls.__name__}.{p.name} must be keyword-only"
+        assert p.default is not p.empty, f"{cls.__name__}.{p.name} needs a default"
+    given = conformance_params(cls)
+    attack = cls(problem.estimator, **given)
+    got = attack.get_params()
+    for k, v in given.items():
+        assert got[k] is v, f"{cls.__name__} must store {k!r} as given"
+    assert set(got) == set(cls._param_names())
+    assert set(cls._parameter_constraints) <= set(got), "constraints for unknown parameters"
+    assert attack.set_params(batch_size=3) is attack and attack.batch_size == 3
+    try:
+        attack.set_params(not_a_parameter=1)
+    except InvalidParameterError as err:
+        assert "not_a_parameter" in str(err)
+    else:
+        raise AssertionError("set_params accepted an unknown parameter")
+    assert repr(attack).startswith(cls.__name__ + "(")
+    # No work (and no validation) in __init__: a bad value is only reported when used.
+    bad = {k: _invalid_value(c) for k, c in cls._parameter_constraints.items()}
+    cls(problem.estimator, **bad)
+
+
+def check_invalid_params(cls: Any, problem: Problem) -> None:
+    """Each constrained parameter rejects a bad value with a message naming it."""
+    for name, allowed in cls._parameter_constraints.items():
+        value = _invalid_value(allowed)
+        attack = _make(cls, problem, **{name: value})
+        try:
+            attack.generate(problem.x[:2], problem.y[:2])
+        except InvalidParameterError as err:
+            assert repr(name) in str(err), f"message must name {name!r}: {err}"
+            assert cls.__name__ in str(err)
+        else:
+            raise AssertionError(f"{cls.__name__} accepted {name}={value!r}")
+
+
+def check_types_preserved(cls: Any, problem: Problem) -> None:
+    """NumPy in, NumPy out (dtype kept); tensor in, tensor out (device and dtype kept)."""
+    x, y = problem.x[:5], problem.y[:5]
+    for dtype in (np.float32, np.float64):
+        out = _make(cls, problem).generate(x.astype(dtype), y)
+        assert isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == x.shape
+    xt = torch.as_tensor(x, dtype=torch.float64)
+    out_t = _make(cls, problem).generate(xt, torch.as_tensor(y))
+    assert isinstance(out_t, torch.Tensor)
+    assert out_t.dtype == torch.float64 and out_t.device == xt.device and out_t.shape == xt.shape
+
+
+def check_budget_and_bounds(cls: Any, problem: Problem) -> None:
+    """Fixed-budget attacks stay in the eps-ball (+1e-6) in every norm they support, also with
+    per-sample budgets; every attack stays inside ``clip_values``."""
+    x, y = problem.x, problem.y
+    lo, hi = problem.estimator.clip_values or (-np.inf, np.inf)
+    for norm in _norms(cls):
+        over = _budget_overrides(cls, norm)
+        x_adv = _make(cls, problem, **over).generate(x, y)
+        assert x_adv.min() >= lo and x_adv.max() <= hi, "left clip_values"
+        if issubclass(cls, FixedBudgetAttack):
+            norms = perturbation_norms(x, x_adv, norm)
+            assert np.all(norms <= over["eps"] + 1e-6), f"norm {norm}: {norms.max()} > eps"
+            per_sample = np.linspace(0.0, over["eps"], len(x))
+            x_adv = _make(cls, problem, **{**over, "eps": per_sample}).generate(x, y)
+            assert np.all(perturbation_norms(x, x_adv, norm) <= per_sample + 1e-6)
+
+
+def check_input_not_mutated(cls: Any, problem: Problem) -> None:
+    """``generate`` never writes into its inputs."""
+    x, y = problem.x[:6].copy(), problem.y[:6].copy()
+    _make(cls, problem).generate(x, y)
+    np.testing.assert_array_equal(x, problem.x[:6])
+    np.testing.assert_array_equal(y, problem.y[:6])
+    xt = torch.as_tensor(problem.x[:6]).clone()
+    _make(cls, problem).generate(xt, torch.as_tensor(y))
+    assert torch.equal(xt, torch.as_tensor(problem.x[:6]))
+
+
+def check_seeded_determinism(cls: Any, problem: Problem) -> None:
+    """The same ``random_state`` gives the same result."""
+    a = _make(cls, problem).generate(problem.x, problem.y)
+    b = _make(cls, problem).generate(problem.x, problem.y)
+    np.testing.assert_array_equal(a, b)
+
+
+def check_batch_size_invariance(cls: Any, problem: Problem) -> None:
+    """Results do not depend on ``batch_size`` (in the attack's deterministic configuration:
+    random draws depend on batch composition). Up to 0.1% of values may differ, because
+    batched floating-point reductions may round differently."""
+    det = {"num_random_init": 0} if "num_random_init" in cls._param_names() else {}
+    a = _make(cls, problem, batch_size=len(problem.x), **det).generate(problem.x, problem.y)
+    b = _make(cls, problem, batch_size=5, **det).generate(problem.x, problem.y)
+    assert np.mean(np.abs(a - b) > 1e-5) <= 1e-3, "result depends on batch_size"
+
+
+def check_bad_input(cls: Any, problem: Problem) -> None:
+    """Bad data raises :class:`InputError`."""
+    x, y = problem.x[:4], problem.y[:4]
+    nb = problem.estimator.nb_classes
+    nan = x.copy()
+    nan[0, 0, 0, 0] = np.nan
+    cases = {
+        "NaN in x": (nan, y),
+        "wrong shape": (x[:, :, :-1], y),
+        "wrong ndim": (x[0], y[:1]),
+        "outside clip_values": (x + 2.0, y),
+        "label out of range": (x, np.array([0, 1, 2, nb])),
+        "negative label": (x, np.array([0, 1, 2, -1])),
+        "wrong number of labels": (x, y[:3]),
+        "empty input": (x[:0], y[:0]),
+    }
+    for what, (xb, yb) in cases.items():
+        try:
+            _make(cls, problem).generate(xb, yb)
+        except InputError:
+            continue
+        raise AssertionError(f"{cls.__name__} did not raise InputError for {what}")
+
+
+def check_mask(cls: Any, problem: Problem) -> None:
+    """Features with mask 0 never change."""
+    x, y = problem.x[:6], problem.y[:6]
+    mask = np.zeros_like(x[0])
+    mask[..., : x.shape[-1] // 2] = 1
+    x_adv = _make(cls, problem).generate(x, y, mask=mask)
+    np.testing.assert_array_equal(x_adv[..., x.shape[-1] // 2 :], x[..., x.shape[-1] // 2 :])
+    try:
+        _make(cls, problem).generate(x, y, mask=np.ones((3, 3)))
+    except InputError:
+        pass
+    else:
+        raise AssertionError("a mask that does not broadcast was accepted")
+
+
+def check_capabilities(cls: Any, problem: Problem) -> None:
+    """An estimator without a required capability raises :class:`EstimatorError`; a raw
+    ``torch.nn.Module`` is refused with a hint."""
+    needs_gradients = any("gradient" in c for c in cls._estimator_requirements)
+    bb = blackbox_problem(len(problem.x))
+    if needs_gradients:
+        try:
+            cls(bb.estimator, **conformance_params(cls)).generate(bb.x, bb.y)
+        except EstimatorError as err:
+            assert "gradient" in str(err) and "black-box" in str(err)
+        else:
+            raise AssertionError("gradient attack accepted a predict-only estimator")
+    try:
+        cls(torch.nn.Linear(2, 2), **conformance_params(cls)).generate(bb.x, bb.y)
+    except EstimatorError as err:
+        assert "TorchClassifier" in str(err)
+    else:
+        raise AssertionError("accepted a raw torch module")
+
+
+def check_targeted(cls: Any, problem: Problem) -> None:
+    """Targeted attacks need target labels, and reach some of them."""
+    try:
+        _make(cls, problem, targeted=True).generate(problem.x)
+    except InputError:
+        pass
+    else:
+        raise AssertionError("targeted attack ran without target labels")
+    target = (problem.y + 1) % problem.estimator.nb_classes
+    strong = _budget_overrides(cls, "inf" if "inf" in map(str, _norms(cls)) else None)
+    x_adv = _make(cls, problem, targeted=True, **strong).generate(problem.x, target)
+    hit = problem.estimator.predict(x_adv).argmax(1) == target
+    assert hit.mean() > 0.0, "targeted attack reached no target"
+
+
+def check_effective(cls: Any, problem: Problem) -> None:
+    """The attack lowers accuracy on a trained model."""
+    clean = (problem.estimator.predict(problem.x).argmax(1) == problem.y).mean()
+    x_adv = _make(cls, problem).generate(problem.x, problem.y)
+    adv = (problem.estimator.predict(x_adv).argmax(1) == problem.y).mean()
+    assert adv < clean, f"accuracy {clean:.2f} -> {adv:.2f}"
+
+
+def check_minimum_norm(cls: Any, problem: Problem) -> None:
+    """Unsuccessful samples are returned unchanged; changed samples are adversarial."""
+    x_adv = _make(cls, problem).generate(problem.x, problem.y)
+    changed = np.any((x_adv != problem.x).reshape(len(x_adv), -1), axis=1)
+    pred = problem.estimator.predict(x_adv).argmax(1)
+    assert np.all(pred[changed] != problem.y[changed])
+
+
+def attack_checks(cls: Any) -> Iterator[AttackCheck]:
+    """The checks that apply to ``cls``, minus those it skips with a written reason."""
+    skips: dict[str, str] = getattr(cls, "_conformance", {}).get("skip", {})
+    for reason in skips.values():
+        assert isinstance(reason, str) and reason.strip(), "a skip needs a reason"
+    checks: list[AttackCheck] = [check_signature, check_invalid_params]
+    if issubclass(cls, EvasionAttack):
+        checks += [
+            check_types_preserved,
+            check_budget_and_bounds,
+            check_input_not_mutated,
+            check_bad_input,
+            check_mask,
+            check_capabilities,
+            check_effective,
+            check_batch_size_invariance,
+        ]
+        if "random_state" in cls._param_names():
+            checks.append(check_seeded_determinism)
+        if "targeted" in cls._param_names():
+            checks.append(check_targeted)
+        if issubclass(cls, MinimumNormAttack):
+            checks.append(check_minimum_norm)
+    for check in checks:
+        if check.__name__ not in skips:
+            yield check
+
+
+def check_attack(cls: Any, problem: Problem | None = None) -> list[str]:
+    """Run every applicable check on attack class ``cls``; return the names of those run.
+
+    Parameters
+    ----------
+    cls : type
+        An attack class (not an instance).
+    problem : Problem, optional
+        Estimator and data; default: :func:`torch_problem`.
+
+    Raises
+    ------
+    AssertionError
+        Naming the failed check.
+    """
+    problem = problem or torch_problem()
+    ran = []
+    for check in attack_checks(cls):
+        try:
+            check(cls, problem)
+        except AssertionError as err:
+            raise AssertionError(f"{cls.__name__} failed {check.__name__}: {err}") from err
+        ran.append(check.__name__)
+    return ran

@@ -1,0 +1,44 @@
+"""Find every public attack and estimator class."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+from bastion.attacks.base import Attack, EvasionAttack, FixedBudgetAttack, MinimumNormAttack
+from bastion.estimators.base import Classifier
+
+_TEMPLATES = {Attack, EvasionAttack, FixedBudgetAttack, MinimumNormAttack}
+
+
+def _public_classes(package: str, base: type) -> list[type]:
+    pkg = importlib.import_module(package)
+    modules = [pkg]
+    for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{package}."):
+        if any(part.startswith("_") for part in info.name.split(".")[1:]):
+            continue
+        modules.append(importlib.import_module(info.name))
+    found: dict[str, type] = {}
+    for module in modules:
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name, None)
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, base)
+                and obj not in _TEMPLATES
+                and obj is not Classifier
+                and not inspect.isabstract(obj)
+            ):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj  # aliases collapse here
+    return [found[k] for k in sorted(found)]
+
+
+def all_attacks() -> list[type[Attack]]:
+    """Every public attack class of ``bastion.attacks`` (aliases counted once)."""
+    return _public_classes("bastion.attacks", Attack)
+
+
+def all_estimators() -> list[type[Classifier]]:
+    """Every public estimator class of ``bastion.estimators``."""
+    return _public_classes("bastion.estimators", Classifier)

@@ -1,0 +1,126 @@
+"""Small, fast, deterministic problems and example estimators for the conformance suite."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bastion.estimators import BlackBoxClassifier, Classifier, SklearnClassifier, TorchClassifier
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A classification task with a trained estimator: what a check needs."""
+
+    estimator: Classifier
+    x: np.ndarray  # float32 (N, *input_shape), inside clip_values
+    y: np.ndarray  # int64 (N,)
+    x_train: np.ndarray  # a few hundred samples covering every class, for fit checks
+    y_train: np.ndarray
+
+
+@functools.lru_cache(maxsize=1)
+def _digits8() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8) in [0, 1]
+    return x, data.target.astype(np.int64)
+
+
+def _mlp(dtype: torch.dtype, seed: int) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    hidden = nn.Linear(64, 32, device="meta").to_empty(device="cpu")
+    out = nn.Linear(32, 10, device="meta").to_empty(device="cpu")
+    with torch.no_grad():  # seeded init without the global RNG
+        for layer in (hidden, out):
+            bound = 1.0 / layer.in_features**0.5
+            layer.weight.uniform_(-bound, bound, generator=gen)
+            layer.bias.uniform_(-bound, bound, generator=gen)
+    return nn.Sequential(nn.Flatten(), hidden, nn.Tanh(), out).to(dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_torch(dtype: torch.dtype) -> TorchClassifier:
+    x, y = _digits8()
+    clf = TorchClassifier(_mlp(dtype, 0), input_shape=(1, 8, 8), nb_classes=10)
+    clf.fit(x[:1200], y[:1200], epochs=8, batch_size=64, lr=1e-2, random_state=0)
+    return clf
+
+
+def torch_problem(n: int = 24, *, dtype: torch.dtype = torch.float32) -> Problem:
+    """A tanh MLP trained on scikit-learn's 8x8 digits (about 95% test accuracy).
+
+    The estimator is shared between calls (cached); callers must not retrain it.
+    """
+    x, y = _digits8()
+    clf = _trained_torch(dtype)
+    clf.reset_counts()
+    return Problem(clf, x[1200 : 1200 + n], y[1200 : 1200 + n], x[:200], y[:200])
+
+
+@functools.lru_cache(maxsize=1)
+def _sklearn_models() -> dict[str, Any]:
+    from sklearn.exceptions import ConvergenceWarning
+
+    x, y = _digits8()
+    flat = x[:1200].reshape(1200, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return _fit_sklearn(flat, y[:1200])
+
+
+def _fit_sklearn(flat: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    return {
+        "logistic": LogisticRegression(max_iter=300).fit(flat, y),
+        "mlp": MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(flat, y),
+        "forest": RandomForestClassifier(n_estimators=10, random_state=0).fit(flat, y),
+    }
+
+
+def sklearn_problem(kind: str = "logistic", n: int = 24) -> Problem:
+    """A scikit-learn model (``"logistic"``, ``"mlp"`` or ``"forest"``) on 8x8 digits."""
+    x, y = _digits8()
+    clf = SklearnClassifier(_sklearn_models()[kind], input_shape=(1, 8, 8), clip_values=(0, 1))
+    return Problem(clf, x[1200 : 1200 + n], y[1200 : 1200 + n], x[:200], y[:200])
+
+
+def blackbox_problem(n: int = 24, *, labels_only: bool = False) -> Problem:
+    """The trained torch MLP behind a NumPy prediction function."""
+    base = torch_problem(n)
+    net = base.estimator
+
+    def api(batch: np.ndarray) -> np.ndarray:
+        probs = net.predict(batch)
+        return probs.argmax(axis=1) if labels_only else probs
+
+    clf = BlackBoxClassifier(
+        api, input_shape=(1, 8, 8), nb_classes=10, clip_values=(0, 1), labels_only=labels_only
+    )
+    return Problem(clf, base.x, base.y, base.x_train, base.y_train)
+
+
+#: Example instances for every public estimator class (a test checks none is missing).
+ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
+    "TorchClassifier": [torch_problem, functools.partial(torch_problem, dtype=torch.float64)],
+    "SklearnClassifier": [
+        functools.partial(sklearn_problem, "logistic"),
+        functools.partial(sklearn_problem, "mlp"),
+        functools.partial(sklearn_problem, "forest"),
+    ],
+    "BlackBoxClassifier": [
+        blackbox_problem,
+        functools.partial(blackbox_problem, labels_only=True),
+    ],
+}

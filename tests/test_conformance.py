@@ -1,0 +1,72 @@
+"""Run the public conformance suite over every public attack and estimator."""
+
+import pytest
+
+from bastion.testing import (
+    ESTIMATOR_EXAMPLES,
+    all_attacks,
+    all_estimators,
+    attack_checks,
+    estimator_checks,
+    torch_problem,
+)
+
+ATTACK_CASES = [(cls, check) for cls in all_attacks() for check in attack_checks(cls)]
+
+
+@pytest.mark.parametrize(
+    ("cls", "check"), ATTACK_CASES, ids=[f"{c.__name__}-{k.__name__}" for c, k in ATTACK_CASES]
+)
+def test_attack_conformance(cls, check):
+    check(cls, torch_problem())
+
+
+ESTIMATOR_CASES = [
+    (f"{name}[{i}]", factory)
+    for name, factories in ESTIMATOR_EXAMPLES.items()
+    for i, factory in enumerate(factories)
+]
+
+
+@pytest.mark.parametrize(("name", "factory"), ESTIMATOR_CASES, ids=[n for n, _ in ESTIMATOR_CASES])
+def test_estimator_conformance(name, factory):
+    problem = factory()
+    for check in estimator_checks(problem.estimator):
+        check(problem)
+
+
+def test_discovery_finds_everything_public():
+    names = {cls.__name__ for cls in all_attacks()}
+    assert {"FastGradientMethod", "ProjectedGradientDescent"} <= names
+    assert "FGSM" not in names  # aliases are not counted twice
+    assert {cls.__name__ for cls in all_estimators()} == set(ESTIMATOR_EXAMPLES)
+
+
+def test_gradient_checks_catch_a_wrong_gradient():
+    """The finite-difference check must fail on an estimator whose gradient is wrong."""
+    import copy
+
+    from bastion.testing._estimator_checks import check_loss_gradient
+
+    problem = torch_problem(dtype=__import__("torch").float64)
+    broken = copy.deepcopy(problem.estimator)
+    original = broken._loss_gradient
+    broken._loss_gradient = lambda x, y, r: (
+        (original(x, y, r)[0] * 1.1, *original(x, y, r)[1:]) if r else original(x, y, r) * 1.1
+    )
+    with pytest.raises(AssertionError):
+        check_loss_gradient(
+            type(problem)(broken, problem.x, problem.y, problem.x_train, problem.y_train)
+        )
+
+
+def test_budget_check_catches_an_attack_that_overshoots():
+    from bastion.attacks.evasion import FGSM
+    from bastion.testing._attack_checks import check_budget_and_bounds
+
+    class Overshoot(FGSM):
+        def _generate_batch(self, x, y, mask, generator, **per_sample):
+            return (x + 2 * per_sample["eps"]).clamp(0, 1)
+
+    with pytest.raises(AssertionError, match="eps"):
+        check_budget_and_bounds(Overshoot, torch_problem())
