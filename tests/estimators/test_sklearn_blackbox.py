@@ -81,9 +81,9 @@ def test_model_without_gradients_is_predict_only():
 
 def test_refit_rebuilds_twin_and_refuses_missing_classes():
     x, y = _scaled(load_iris)
-    clf = SklearnClassifier(LogisticRegression(max_iter=10).fit(x, y))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # few iterations on purpose
+        clf = SklearnClassifier(LogisticRegression(max_iter=10).fit(x, y))
         clf.fit(x, y, sample_weight=np.ones(len(x)))
     np.testing.assert_allclose(clf.predict(x), clf.model.predict_proba(x), atol=1e-5)
     with pytest.raises(InputError, match="lacks the classes"):

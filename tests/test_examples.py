@@ -1,0 +1,31 @@
+"""Every script in ``examples/`` runs to completion."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
+
+
+def test_examples_are_found():
+    assert any(path.name == "quickstart.py" for path in EXAMPLES)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
+def test_example_runs(path, tmp_path, monkeypatch, capsys):
+    # Examples must not write into the repository or the user's cache, nor open windows.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BASTION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setattr("sys.argv", [str(path)])
+
+    runpy.run_path(str(path), run_name="__main__")
+
+    out = capsys.readouterr().out
+    assert out.strip(), f"{path.name} printed nothing"
+    if path.name == "quickstart.py":
+        assert "clean accuracy:" in out
+        assert "adversarial accuracy:" in out
