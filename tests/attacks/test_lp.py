@@ -97,3 +97,15 @@ def test_steepest_directions():
     x = torch.tensor([[1.0, 0.5, 0.5, 0.5]])
     d = steepest_direction(g, "1", x=x, clip_values=(0, 1), l1_sparsity=0.8)
     torch.testing.assert_close(d, torch.tensor([[0.0, -1.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("norm", ["inf", "2", "1"])
+def test_project_point_agrees_with_delta_projection(norm):
+    from bastion.attacks._lp import project_point
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(5, 8, generator=g, dtype=torch.float64)
+    cand = x + torch.randn(5, 8, generator=g, dtype=torch.float64)
+    eps = torch.full((5, 1), 0.4, dtype=torch.float64)
+    expected = x + project_lp_box(cand - x, x, eps, norm, (0.0, 1.0))
+    torch.testing.assert_close(project_point(cand, x, eps, norm, (0.0, 1.0)), expected)

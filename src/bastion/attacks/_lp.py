@@ -17,6 +17,7 @@ __all__ = [
     "lp_norm",
     "project_lp",
     "project_lp_box",
+    "project_point",
     "random_in_ball",
     "steepest_direction",
 ]
@@ -180,6 +181,24 @@ def project_lp_box(
         d = v.sign() * (v.abs() - _view(lam_hi, v)).clamp_min(0)
         proj = torch.minimum(torch.maximum(d, ai), bi)
     return boxed.index_copy(0, idx, proj)
+
+
+def project_point(
+    x_cand: torch.Tensor,
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    norm: str,
+    clip_values: tuple[float, float] | None,
+) -> torch.Tensor:
+    """The point of ``{z : ||z - x||_p <= eps, lo <= z <= hi}`` nearest to ``x_cand``.
+
+    Same as ``x + project_lp_box(x_cand - x, ...)``; for Linf it works on points directly,
+    with fewer input-sized temporaries (this runs once per step of every iterative attack).
+    """
+    if norm == "inf":
+        out = torch.minimum(torch.maximum(x_cand, x - eps), x + eps)
+        return out.clamp(*clip_values) if clip_values is not None else out
+    return x + project_lp_box(x_cand - x, x, eps, norm, clip_values)
 
 
 def random_in_ball(

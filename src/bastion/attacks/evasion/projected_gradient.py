@@ -7,7 +7,12 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._validation import Constraint, Interval
-from bastion.attacks._lp import canonical_norm, project_lp_box, random_in_ball, steepest_direction
+from bastion.attacks._lp import (
+    canonical_norm,
+    project_point,
+    random_in_ball,
+    steepest_direction,
+)
 from bastion.attacks.base import (
     BATCH_SIZE,
     BUDGET,
@@ -135,7 +140,7 @@ class ProjectedGradientDescent(FixedBudgetAttack):
             delta = random_in_ball(x.shape, eps, norm, generator, device=x.device, dtype=x.dtype)
             if mask is not None:
                 delta = delta * mask
-            x_adv = x + project_lp_box(delta, x, eps, norm, clip)
+            x_adv = project_point(x + delta, x, eps, norm, clip)
         else:
             x_adv = x
         for _ in range(self.max_iter):
@@ -147,7 +152,7 @@ class ProjectedGradientDescent(FixedBudgetAttack):
             step = steepest_direction(
                 grad, norm, x=x_adv, clip_values=clip, l1_sparsity=self.l1_sparsity
             )
-            x_adv = x + project_lp_box(x_adv + eps_step * step - x, x, eps, norm, clip)
+            x_adv = project_point(x_adv + eps_step * step, x, eps, norm, clip)
         return x_adv
 
     def _attack(
