@@ -140,8 +140,9 @@ class EvasionAttack(Attack):
     batch_size: int
     verbose: bool
 
-    #: Per-sample quantities that ``_prepare`` resolves once and the template slices per batch.
     def _prepare(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample quantities resolved once for all of ``x``; the template slices them per
+        batch and passes them to ``_generate_batch`` as keyword arguments."""
         return {}
 
     def _generate_batch(
@@ -218,10 +219,10 @@ class EvasionAttack(Attack):
         if mt.ndim == x.ndim - 1:
             mt = mt.unsqueeze(0)
         try:
-            torch.broadcast_shapes(mt.shape, x.shape)
+            fits = mt.ndim == x.ndim and torch.broadcast_shapes(mt.shape, x.shape) == x.shape
         except RuntimeError:
-            mt = None  # type: ignore[assignment]
-        if mt is None or mt.ndim != x.ndim or mt.shape[0] not in (1, x.shape[0]):
+            fits = False
+        if not fits:
             raise InputError(
                 f"mask of shape {tuple(np.shape(mask))} does not broadcast to x of shape "
                 f"{tuple(x.shape)} (give one mask per sample, or one for all samples)."

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from bastion._tensor import to_tensor
-from bastion._validation import check_labels, check_x
+from bastion._validation import check_labels, check_x, invalid_parameter
 from bastion.exceptions import EstimatorError, InputError
 
 __all__ = [
@@ -261,8 +261,6 @@ class Classifier(abc.ABC):
     @staticmethod
     def _check_batch_size(batch_size: int) -> int:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            from bastion._validation import invalid_parameter
-
             raise invalid_parameter("batch_size", "predict", "an int in [1, inf)", batch_size)
         return batch_size
 
