@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from bastion import __version__
+from bastion._cache import cache_root
 from bastion.attacks import perturbation_norms
 from bastion.attacks.evasion import FGSM, PGD
 from bastion.cli import DEFAULT_EPS, DEFAULT_OUTPUT
@@ -77,11 +78,7 @@ class _Console:
 
 def default_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """``cache_dir`` if given, else ``$BASTION_CACHE``, else ``~/.cache/bastion``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("BASTION_CACHE"):
-        return Path(os.environ["BASTION_CACHE"]).expanduser()
-    return Path("~/.cache/bastion").expanduser()
+    return cache_root(cache_dir)
 
 
 def _torch_minor() -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from bastion._cache import cache_root
 from bastion.exceptions import BastionError
 
 __all__ = ["fetch", "resolve_cache_dir"]
@@ -25,13 +26,7 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None, dataset: str) ->
     ``cache_dir`` if given, else ``$BASTION_CACHE``, else ``~/.cache/bastion``; each data set
     gets its own sub-folder.
     """
-    if cache_dir is not None:
-        base = Path(cache_dir)
-    elif os.environ.get("BASTION_CACHE"):
-        base = Path(os.environ["BASTION_CACHE"])
-    else:
-        base = Path("~") / ".cache" / "bastion"
-    return base.expanduser() / dataset
+    return cache_root(cache_dir) / dataset
 
 
 def _download(url: str, dest: Path, *, md5: str | None, verbose: bool) -> None:
