@@ -1,11 +1,23 @@
 """Evasion attacks: adversarial examples at inference time."""
 
+from bastion.attacks.evasion.deepfool import DeepFool
 from bastion.attacks.evasion.fast_gradient import FGSM, FastGradientMethod
+from bastion.attacks.evasion.iterative import (
+    BIM,
+    MIM,
+    BasicIterativeMethod,
+    MomentumIterativeMethod,
+)
 from bastion.attacks.evasion.projected_gradient import PGD, ProjectedGradientDescent
 
 __all__ = [
+    "BIM",
     "FGSM",
+    "MIM",
     "PGD",
+    "BasicIterativeMethod",
+    "DeepFool",
     "FastGradientMethod",
+    "MomentumIterativeMethod",
     "ProjectedGradientDescent",
 ]
