@@ -141,3 +141,13 @@ def test_bad_constructor_arguments(kwargs, name):
 def test_raw_model_type_is_rejected():
     with pytest.raises(InvalidParameterError, match=r"torch\.nn\.Module"):
         TorchClassifier(lambda x: x, input_shape=(2,), nb_classes=2)
+
+
+def test_class_gradient_kernel_for_several_classes_per_sample():
+    clf = TorchClassifier(_net(), input_shape=(3, 2, 2), nb_classes=3)
+    x, _ = _data()
+    full = clf.class_gradient_tensor(x)
+    picks = torch.tensor([[2, 0], [1, 2], [0, 1], [2, 1], [0, 2]])
+    some = clf.class_gradient_tensor(x, picks)
+    assert some.shape == (5, 2, 3, 2, 2)
+    torch.testing.assert_close(some, full[torch.arange(5).unsqueeze(1), picks])

@@ -218,8 +218,12 @@ class Classifier(abc.ABC):
         raise NotImplementedError
 
     def class_gradient_tensor(self, x: torch.Tensor, label: Any = None) -> torch.Tensor:
-        """Gradients of the logits: ``(N, nb_classes, *input_shape)`` for ``label=None``,
-        ``(N, *input_shape)`` for one class per sample (``label`` an int or ``(N,)`` tensor)."""
+        """Gradients of the logits, in one backward pass.
+
+        ``label=None``: all classes, ``(N, nb_classes, *input_shape)``; an int or an ``(N,)``
+        tensor (one class per sample): ``(N, *input_shape)``; an ``(N, k)`` tensor (k classes per
+        sample, e.g. an attack's candidates): ``(N, k, *input_shape)``.
+        """
         self._require("class_gradient", "class_gradient_tensor")
         self.gradient_count += int(x.shape[0])
         return self._class_gradient(x, label)

@@ -212,24 +212,29 @@ class TorchClassifier(Classifier):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self._forward(x)
-            if label is not None:
-                if isinstance(label, int):
-                    picked = logits[:, label]
-                else:
-                    picked = logits.gather(1, label.view(-1, 1).to(logits.device))
+            if isinstance(label, int):
+                (grad,) = torch.autograd.grad(logits[:, label].sum(), x)
+                return grad
+            if label is not None and label.ndim == 1:
+                picked = logits.gather(1, label.view(-1, 1).to(logits.device))
                 (grad,) = torch.autograd.grad(picked.sum(), x)
                 return grad
-            k = logits.shape[1]
-            # One vectorised backward for all classes: row k of the identity selects class k.
-            seeds = torch.eye(k, device=logits.device, dtype=logits.dtype)
-            seeds = seeds.unsqueeze(1).expand(k, *logits.shape)
+            # One vectorised backward for several classes per sample: seed r selects, for each
+            # sample, the r-th requested class (all classes when label is None).
+            if label is None:
+                seeds = torch.eye(logits.shape[1], device=logits.device, dtype=logits.dtype)
+                seeds = seeds.unsqueeze(1).expand(logits.shape[1], *logits.shape)
+            else:
+                seeds = F.one_hot(label.to(logits.device), logits.shape[1]).to(logits.dtype)
+                seeds = seeds.transpose(0, 1)  # (k, N, K)
+            k = seeds.shape[0]
             try:
                 (jac,) = torch.autograd.grad(logits, x, grad_outputs=seeds, is_grads_batched=True)
             except RuntimeError:
                 # Some operators have no batching rule: fall back to one backward per class.
                 rows = [
-                    torch.autograd.grad(logits[:, c].sum(), x, retain_graph=c < k - 1)[0]
-                    for c in range(k)
+                    torch.autograd.grad(logits, x, grad_outputs=seeds[r], retain_graph=r < k - 1)[0]
+                    for r in range(k)
                 ]
                 jac = torch.stack(rows)
         return jac.transpose(0, 1).contiguous()

@@ -142,8 +142,8 @@ class DeepFool(MinimumNormAttack):
                 break
             xa = x_cur[active]
             cand = candidates[active]
-            jac = est.class_gradient_tensor(xa)  # (n, K, *input_shape): one Jacobian call
-            jac = jac.flatten(2).gather(1, cand.unsqueeze(2).expand(n, k, x[0].numel()))
+            # (n, k, D): the candidates' gradients only, in one batched backward pass
+            jac = est.class_gradient_tensor(xa, cand).flatten(2)
             w = jac[:, 1:] - jac[:, :1]  # (n, k - 1, D)
             f = logits.gather(1, cand[:, 1:]) - logits.gather(1, cand[:, :1])  # (n, k - 1) <= 0
             if mask is not None:
