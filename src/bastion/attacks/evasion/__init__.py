@@ -1,5 +1,6 @@
 """Evasion attacks: adversarial examples at inference time."""
 
+from bastion.attacks.evasion.auto_pgd import APGD, AutoProjectedGradientDescent
 from bastion.attacks.evasion.deepfool import DeepFool
 from bastion.attacks.evasion.fast_gradient import FGSM, FastGradientMethod
 from bastion.attacks.evasion.iterative import (
@@ -11,10 +12,12 @@ from bastion.attacks.evasion.iterative import (
 from bastion.attacks.evasion.projected_gradient import PGD, ProjectedGradientDescent
 
 __all__ = [
+    "APGD",
     "BIM",
     "FGSM",
     "MIM",
     "PGD",
+    "AutoProjectedGradientDescent",
     "BasicIterativeMethod",
     "DeepFool",
     "FastGradientMethod",
