@@ -19,7 +19,7 @@ missing.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -78,6 +78,10 @@ class SupportsClassGradient(SupportsPredict, Protocol):
     def class_gradient(self, x: Any, label: Any = ...) -> Any: ...
 
     def class_gradient_tensor(self, x: torch.Tensor, label: Any = ...) -> torch.Tensor: ...
+
+    def objective_gradient_tensor(
+        self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 @runtime_checkable
@@ -230,6 +234,24 @@ class Classifier(abc.ABC):
 
     def _class_gradient(self, x: torch.Tensor, label: Any) -> torch.Tensor:
         raise NotImplementedError
+
+    def objective_gradient_tensor(
+        self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gradient of a per-sample function of the logits, from one forward pass.
+
+        ``objective(logits) -> (N,)`` (e.g. a margin, the DLR loss, a class probability). Returns
+        ``(grad, value, logits)``; needs the ``class_gradient`` capability (gradients flow
+        through the logits). Counted as gradients, like :meth:`loss_gradient_tensor`.
+        """
+        self._require("class_gradient", "objective_gradient_tensor")
+        self.gradient_count += int(x.shape[0])
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self._logits(xr)
+            value = objective(logits)
+            (grad,) = torch.autograd.grad(value.sum(), xr)
+        return grad, value.detach(), logits.detach()
 
     def activations_tensor(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
         """Output of ``layer`` for a batch."""

@@ -116,8 +116,8 @@ def check_loss_gradient(problem: Problem) -> None:
 
 
 def check_class_gradient(problem: Problem) -> None:
-    """``class_gradient`` (all classes in one call) matches finite differences of the logits
-    and the one-class forms (int label, one label per sample)."""
+    """``class_gradient`` (all classes in one call) matches finite differences of the logits,
+    the one-class forms (int label, one label per sample) and ``objective_gradient_tensor``."""
     est = problem.estimator
     x = torch.as_tensor(problem.x[:4], dtype=est.dtype, device=est.device)
     lo, hi = est.clip_values or (-np.inf, np.inf)
@@ -136,6 +136,11 @@ def check_class_gradient(problem: Problem) -> None:
     np.testing.assert_allclose(
         np.asarray(est.class_gradient(x, label=k)), jac[:, k].cpu().numpy(), atol=1e-6
     )
+    grad, value, logits = est.objective_gradient_tensor(x, lambda z: z[:, 0] - 2 * z[:, k])
+    np.testing.assert_allclose(
+        grad.cpu().numpy(), (jac[:, 0] - 2 * jac[:, k]).cpu().numpy(), atol=1e-5
+    )
+    np.testing.assert_allclose(value.cpu().numpy(), (logits[:, 0] - 2 * logits[:, k]).cpu().numpy())
     labels = np.arange(len(x)) % est.nb_classes
     picked = jac[torch.arange(len(x)), torch.as_tensor(labels)]
     np.testing.assert_allclose(

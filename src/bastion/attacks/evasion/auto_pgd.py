@@ -224,7 +224,7 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
         if self.loss != "dlr":
             return
         name = type(self).__name__
-        require_capabilities(self.estimator, ["logits"], f"{name} with loss='dlr'")
+        require_capabilities(self.estimator, ["class_gradient"], f"{name} with loss='dlr'")
         needed = 4 if self.targeted else 3
         if self.estimator.nb_classes < needed:
             raise invalid_parameter(
@@ -247,15 +247,9 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
             if self.targeted:
                 return -grad, -loss, logits
             return grad, loss, logits
-        xr = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = est.logits_tensor(xr)
-            if self.targeted and source is not None:
-                value = _dlr_loss(logits, source, y)
-            else:
-                value = _dlr_loss(logits, y, None)
-            (grad,) = torch.autograd.grad(value.sum(), xr)
-        return grad, value.detach(), logits.detach()
+        if self.targeted and source is not None:
+            return est.objective_gradient_tensor(x, lambda z: _dlr_loss(z, source, y))
+        return est.objective_gradient_tensor(x, lambda z: _dlr_loss(z, y, None))
 
     def _is_adversarial(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         pred = logits.argmax(dim=1)
