@@ -9,6 +9,7 @@ from bastion.attacks.evasion.iterative import (
     BasicIterativeMethod,
     MomentumIterativeMethod,
 )
+from bastion.attacks.evasion.newtonfool import NewtonFool
 from bastion.attacks.evasion.projected_gradient import PGD, ProjectedGradientDescent
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "DeepFool",
     "FastGradientMethod",
     "MomentumIterativeMethod",
+    "NewtonFool",
     "ProjectedGradientDescent",
 ]
