@@ -44,7 +44,7 @@ def _make(cls: Any, problem: Problem, **overrides: Any) -> Any:
 
 def _norms(cls: Any) -> list[Any]:
     if "norm" not in cls._param_names():
-        return [None]
+        return [getattr(cls, "norm", None)]  # an attack of one fixed norm, or none
     allowed = cls._parameter_constraints.get("norm", [])
     out = []
     for candidate in ("inf", 2, 1, 0):
@@ -54,7 +54,7 @@ def _norms(cls: Any) -> list[Any]:
 
 
 def _budget_overrides(cls: Any, norm: Any) -> dict[str, Any]:
-    if norm is None:
+    if norm is None or "norm" not in cls._param_names():
         return {}
     key = canonical_norm(norm)
     over: dict[str, Any] = {"norm": norm}
@@ -152,9 +152,10 @@ def check_budget_and_bounds(cls: Any, problem: Problem) -> None:
         x_adv = _make(cls, problem, **over).generate(x, y)
         assert x_adv.min() >= lo and x_adv.max() <= hi, "left clip_values"
         if issubclass(cls, FixedBudgetAttack):
+            eps = over.get("eps", conformance_params(cls)["eps"])
             norms = perturbation_norms(x, x_adv, norm)
-            assert np.all(norms <= over["eps"] + 1e-6), f"norm {norm}: {norms.max()} > eps"
-            per_sample = np.linspace(0.0, over["eps"], len(x))
+            assert np.all(norms <= eps + 1e-6), f"norm {norm}: {norms.max()} > eps"
+            per_sample = np.linspace(0.0, eps, len(x))
             x_adv = _make(cls, problem, **{**over, "eps": per_sample}).generate(x, y)
             assert np.all(perturbation_norms(x, x_adv, norm) <= per_sample + 1e-6)
 
