@@ -140,7 +140,7 @@ class EvasionAttack(Attack):
     batch_size: int
     verbose: bool
 
-    def _prepare(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """Per-sample quantities resolved once for all of ``x``; the template slices them per
         batch and passes them to ``_generate_batch`` as keyword arguments."""
         return {}
@@ -181,7 +181,7 @@ class EvasionAttack(Attack):
         yt = self._resolve_labels(xt, y)
         mt = self._resolve_mask(mask, xt)
         gen = resolve_random_state(getattr(self, "random_state", None), est.device)
-        per_sample = self._prepare(xt)
+        per_sample = self._prepare(xt, mt)
         n, bs = xt.shape[0], self.batch_size
         out = torch.empty_like(xt)
         with tqdm(
@@ -256,7 +256,7 @@ class FixedBudgetAttack(EvasionAttack):
             )
         return t.reshape(shape)
 
-    def _prepare(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         return {"eps": self._budget("eps", x)}
 
     def _attack(

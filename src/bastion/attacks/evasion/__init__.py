@@ -11,6 +11,7 @@ from bastion.attacks.evasion.iterative import (
 )
 from bastion.attacks.evasion.newtonfool import NewtonFool
 from bastion.attacks.evasion.projected_gradient import PGD, ProjectedGradientDescent
+from bastion.attacks.evasion.universal import UniversalPerturbation
 from bastion.attacks.evasion.virtual_adversarial import VirtualAdversarialMethod
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "MomentumIterativeMethod",
     "NewtonFool",
     "ProjectedGradientDescent",
+    "UniversalPerturbation",
     "VirtualAdversarialMethod",
 ]

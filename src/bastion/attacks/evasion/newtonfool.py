@@ -91,7 +91,7 @@ class NewtonFool(MinimumNormAttack):
         x_norm = x.flatten(1).norm(dim=1)
         x_adv = x.clone()
         active = torch.arange(x.shape[0], device=x.device)
-        for _ in range(self.max_iter):
+        for _step in range(self.max_iter):
             xa, ya = x_adv[active], y[active]
 
             def prob_of_label(z: torch.Tensor, ya: torch.Tensor = ya) -> torch.Tensor:

@@ -114,8 +114,8 @@ class VirtualAdversarialMethod(FixedBudgetAttack):
         if mask is not None:
             d = d * mask
         d = _unit(d)
-        for _ in range(self.max_iter):
-            grad, _, _ = est.objective_gradient_tensor(x + self.xi * d, kl_from_clean)
+        for _step in range(self.max_iter):
+            grad = est.objective_gradient_tensor(x + self.xi * d, kl_from_clean)[0]
             if mask is not None:
                 grad = grad * mask
             d = _unit(grad)
