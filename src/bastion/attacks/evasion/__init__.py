@@ -1,6 +1,7 @@
 """Evasion attacks: adversarial examples at inference time."""
 
 from bastion.attacks.evasion.auto_pgd import APGD, AutoProjectedGradientDescent
+from bastion.attacks.evasion.carlini_wagner import CW, CarliniWagnerL2, CarliniWagnerLinf
 from bastion.attacks.evasion.deepfool import DeepFool
 from bastion.attacks.evasion.fast_gradient import FGSM, FastGradientMethod
 from bastion.attacks.evasion.iterative import (
@@ -17,11 +18,14 @@ from bastion.attacks.evasion.virtual_adversarial import VirtualAdversarialMethod
 __all__ = [
     "APGD",
     "BIM",
+    "CW",
     "FGSM",
     "MIM",
     "PGD",
     "AutoProjectedGradientDescent",
     "BasicIterativeMethod",
+    "CarliniWagnerL2",
+    "CarliniWagnerLinf",
     "DeepFool",
     "FastGradientMethod",
     "MomentumIterativeMethod",
