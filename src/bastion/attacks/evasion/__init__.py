@@ -4,6 +4,7 @@ from bastion.attacks.evasion.auto_pgd import APGD, AutoProjectedGradientDescent
 from bastion.attacks.evasion.carlini_wagner import CW, CarliniWagnerL2, CarliniWagnerLinf
 from bastion.attacks.evasion.deepfool import DeepFool
 from bastion.attacks.evasion.fast_gradient import FGSM, FastGradientMethod
+from bastion.attacks.evasion.fast_minimum_norm import FMN, FastMinimumNorm
 from bastion.attacks.evasion.iterative import (
     BIM,
     MIM,
@@ -20,6 +21,7 @@ __all__ = [
     "BIM",
     "CW",
     "FGSM",
+    "FMN",
     "MIM",
     "PGD",
     "AutoProjectedGradientDescent",
@@ -28,6 +30,7 @@ __all__ = [
     "CarliniWagnerLinf",
     "DeepFool",
     "FastGradientMethod",
+    "FastMinimumNorm",
     "MomentumIterativeMethod",
     "NewtonFool",
     "ProjectedGradientDescent",
