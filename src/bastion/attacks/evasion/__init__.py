@@ -3,6 +3,7 @@
 from bastion.attacks.evasion.auto_pgd import APGD, AutoProjectedGradientDescent
 from bastion.attacks.evasion.carlini_wagner import CW, CarliniWagnerL2, CarliniWagnerLinf
 from bastion.attacks.evasion.deepfool import DeepFool
+from bastion.attacks.evasion.elastic_net import EAD, ElasticNet
 from bastion.attacks.evasion.fast_gradient import FGSM, FastGradientMethod
 from bastion.attacks.evasion.fast_minimum_norm import FMN, FastMinimumNorm
 from bastion.attacks.evasion.iterative import (
@@ -20,6 +21,7 @@ __all__ = [
     "APGD",
     "BIM",
     "CW",
+    "EAD",
     "FGSM",
     "FMN",
     "MIM",
@@ -29,6 +31,7 @@ __all__ = [
     "CarliniWagnerL2",
     "CarliniWagnerLinf",
     "DeepFool",
+    "ElasticNet",
     "FastGradientMethod",
     "FastMinimumNorm",
     "MomentumIterativeMethod",
