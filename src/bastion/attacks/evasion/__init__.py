@@ -14,6 +14,7 @@ from bastion.attacks.evasion.iterative import (
 )
 from bastion.attacks.evasion.newtonfool import NewtonFool
 from bastion.attacks.evasion.projected_gradient import PGD, ProjectedGradientDescent
+from bastion.attacks.evasion.saliency_map import JSMA, SaliencyMapMethod
 from bastion.attacks.evasion.universal import UniversalPerturbation
 from bastion.attacks.evasion.virtual_adversarial import VirtualAdversarialMethod
 
@@ -24,6 +25,7 @@ __all__ = [
     "EAD",
     "FGSM",
     "FMN",
+    "JSMA",
     "MIM",
     "PGD",
     "AutoProjectedGradientDescent",
@@ -37,6 +39,7 @@ __all__ = [
     "MomentumIterativeMethod",
     "NewtonFool",
     "ProjectedGradientDescent",
+    "SaliencyMapMethod",
     "UniversalPerturbation",
     "VirtualAdversarialMethod",
 ]
