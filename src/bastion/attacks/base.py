@@ -195,6 +195,16 @@ class EvasionAttack(Attack):
                 bar.update(min(bs, n - i))
         return kind.restore(out)
 
+    def _predicted_labels(self, x: torch.Tensor) -> torch.Tensor:
+        """The estimator's labels for ``x``, predicted in batches of ``batch_size``."""
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    self.estimator.predict_tensor(x[i : i + self.batch_size]).argmax(dim=1)
+                    for i in range(0, x.shape[0], self.batch_size)
+                ]
+            )
+
     def _resolve_labels(self, x: torch.Tensor, y: Any) -> torch.Tensor:
         est = self.estimator
         if y is None:
@@ -202,13 +212,7 @@ class EvasionAttack(Attack):
                 raise InputError(
                     f"{type(self).__name__} with targeted=True needs the target labels y."
                 )
-            with torch.no_grad():
-                return torch.cat(
-                    [
-                        est.predict_tensor(x[i : i + self.batch_size]).argmax(dim=1)
-                        for i in range(0, x.shape[0], self.batch_size)
-                    ]
-                )
+            return self._predicted_labels(x)
         yt, _ = to_tensor(y, device=est.device, dtype=None)
         return check_labels(yt, n=x.shape[0], nb_classes=est.nb_classes)
 
@@ -257,7 +261,10 @@ class FixedBudgetAttack(EvasionAttack):
         return t.reshape(shape)
 
     def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return {"eps": self._budget("eps", x)}
+        # Every budget the attack takes (``eps``, and ``eps_step`` for iterative attacks) may be
+        # one value or one per sample.
+        names = self._param_names()
+        return {name: self._budget(name, x) for name in ("eps", "eps_step") if name in names}
 
     def _attack(
         self,

@@ -196,9 +196,6 @@ class MomentumIterativeMethod(FixedBudgetAttack):
         self.batch_size = batch_size
         self.verbose = verbose
 
-    def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return {"eps": self._budget("eps", x), "eps_step": self._budget("eps_step", x)}
-
     def _attack(
         self,
         x: torch.Tensor,

@@ -120,9 +120,6 @@ class ProjectedGradientDescent(FixedBudgetAttack):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        return {"eps": self._budget("eps", x), "eps_step": self._budget("eps_step", x)}
-
     def _run(
         self,
         x: torch.Tensor,

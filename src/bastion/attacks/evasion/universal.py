@@ -135,21 +135,12 @@ class UniversalPerturbation(FixedBudgetAttack):
 
         return DeepFool(self.estimator, batch_size=self.batch_size)
 
-    def _labels(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    self.estimator.predict_tensor(x[i : i + self.batch_size]).argmax(dim=1)
-                    for i in range(0, x.shape[0], self.batch_size)
-                ]
-            )
-
     def _fit_tensor(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         est = self.estimator
         norm = canonical_norm(self.norm)
         eps = torch.tensor(self.eps, device=x.device, dtype=x.dtype)
         clip = est.clip_values
-        clean = self._labels(x)
+        clean = self._predicted_labels(x)
         v = torch.zeros_like(x[:1])
         inner = self._inner()
         fooling = 0.0
@@ -170,7 +161,7 @@ class UniversalPerturbation(FixedBudgetAttack):
                     dv = dv * mask
                 for row in dv:  # fold each sample's step in turn, as the paper does
                     v = project_lp(v + row.unsqueeze(0), eps, norm)
-            adv = self._labels(x + v if clip is None else (x + v).clamp(*clip))
+            adv = self._predicted_labels(x + v if clip is None else (x + v).clamp(*clip))
             fooling = float((adv != clean).to(torch.float32).mean())
             bar.update(1)
             bar.set_postfix(fooling_rate=f"{fooling:.3f}")
