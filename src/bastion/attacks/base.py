@@ -35,14 +35,16 @@ from bastion._validation import (
     validate_params,
 )
 from bastion.attacks._lp import canonical_norm, lp_norm, project_lp_box
+from bastion.attacks._queries import QueryCounter
 from bastion.estimators.base import require_capabilities
-from bastion.exceptions import InputError, InvalidParameterError
+from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
 
 __all__ = [
     "Attack",
     "EvasionAttack",
     "FixedBudgetAttack",
     "MinimumNormAttack",
+    "QueryAttack",
     "perturbation_norms",
 ]
 
@@ -126,6 +128,7 @@ BATCH_SIZE: list[Constraint] = [Interval(int, 1, None)]
 VERBOSE: list[Constraint] = [Boolean()]
 TARGETED: list[Constraint] = [Boolean()]
 RANDOM_STATE: list[Constraint] = [RandomState()]
+MAX_QUERIES: list[Constraint] = [Interval(int, 1, None)]
 
 
 class EvasionAttack(Attack):
@@ -303,6 +306,8 @@ class MinimumNormAttack(EvasionAttack):
     Subclasses implement ``_attack(x, y, mask, generator) -> x_adv``. The template checks each
     candidate with one prediction and returns the clean input, unchanged, for samples where the
     attack found no adversarial example (so the perturbation norm is 0 exactly when it failed).
+    An attack that already knows which samples it broke (a black-box attack, whose every query
+    counts) returns ``(x_adv, success)`` instead and no prediction is spent.
     """
 
     targeted: bool
@@ -329,15 +334,69 @@ class MinimumNormAttack(EvasionAttack):
         generator: torch.Generator,
         **per_sample: torch.Tensor,
     ) -> torch.Tensor:
-        x_adv = self._attack(x, y, mask, generator, **per_sample)
+        result = self._attack(x, y, mask, generator, **per_sample)
+        x_adv, success = result if isinstance(result, tuple) else (result, None)
         if mask is not None:
             x_adv = x + (x_adv - x) * mask
         if self.estimator.clip_values is not None:
             x_adv = x_adv.clamp(*self.estimator.clip_values)
-        with torch.no_grad():
-            success = self._is_adversarial(self.estimator.predict_tensor(x_adv), y)
+        if success is None:
+            with torch.no_grad():
+                success = self._is_adversarial(self.estimator.predict_tensor(x_adv), y)
         shape = (-1,) + (1,) * (x.ndim - 1)
         return torch.where(success.reshape(shape), x_adv, x)
+
+
+class QueryAttack(EvasionAttack):
+    """Base of black-box attacks: a per-sample query budget, every query counted.
+
+    Combine with :class:`FixedBudgetAttack` or :class:`MinimumNormAttack` (``QueryAttack``
+    first). The template creates a :class:`~bastion.attacks._queries.QueryCounter` for each
+    ``generate`` call (available to the attack as ``self._counter``) and passes each batch the
+    global indices of its samples as the keyword argument ``index``; the attack queries the model
+    only through ``self._counter.predict(x, index)``. When ``y`` is omitted, predicting the clean
+    labels costs one query per sample, charged to that sample.
+
+    Attributes
+    ----------
+    queries_ : numpy.ndarray of int, shape (N,)
+        After :meth:`generate`: the queries spent on each sample (never above ``max_queries``).
+    """
+
+    max_queries: int
+    queries_: np.ndarray
+    #: Score-based attacks need probabilities; decision-based ones set this to False.
+    _needs_scores: ClassVar[bool] = True
+    _initial_queries: int = 0
+    _counter: QueryCounter
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self._needs_scores and getattr(self.estimator, "labels_only", False):
+            raise EstimatorError(
+                f"{type(self).__name__} needs class scores, but the estimator reveals only "
+                "labels (labels_only=True). Use a decision-based attack such as HopSkipJump, "
+                "BoundaryAttack, GeoDA or SignOPT."
+            )
+
+    def _resolve_labels(self, x: torch.Tensor, y: Any) -> torch.Tensor:
+        self._initial_queries = 1 if y is None else 0
+        return super()._resolve_labels(x, y)
+
+    def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        extras = super()._prepare(x, mask)
+        self._counter = QueryCounter(
+            self.estimator, self.max_queries, x.shape[0], x.device, self._initial_queries
+        )
+        extras["index"] = torch.arange(x.shape[0], device=x.device)
+        return extras
+
+    def generate(self, x: Any, y: Any = None, *, mask: Any = None) -> Any:
+        out = super().generate(x, y, mask=mask)
+        self.queries_ = self._counter.used.cpu().numpy()
+        return out
+
+    generate.__doc__ = EvasionAttack.generate.__doc__
 
 
 def perturbation_norms(x: Any, x_adv: Any, norm: Any = "inf") -> np.ndarray:

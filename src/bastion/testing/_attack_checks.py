@@ -15,6 +15,7 @@ from bastion.attacks.base import (
     EvasionAttack,
     FixedBudgetAttack,
     MinimumNormAttack,
+    QueryAttack,
     perturbation_norms,
 )
 from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
@@ -280,6 +281,33 @@ def check_minimum_norm(cls: Any, problem: Problem) -> None:
     assert np.all(pred[changed] != problem.y[changed])
 
 
+def check_query_budget(cls: Any, problem: Problem) -> None:
+    """Black-box attacks run on a model behind a plain function, charge every query to a
+    sample (the estimator's count grows by exactly ``queries_.sum()``, the clean-label query
+    included when ``y`` is omitted) and never exceed ``max_queries``; score-based attacks refuse
+    a labels-only model, decision-based ones work with it."""
+    budget = conformance_params(cls).get("max_queries", 40)
+    for labels_only in (False, True):
+        bb = blackbox_problem(len(problem.x), labels_only=labels_only)
+        attack = _make(cls, bb, max_queries=budget)
+        if labels_only and cls._needs_scores:
+            try:
+                attack.generate(bb.x, bb.y)
+            except EstimatorError as err:
+                assert "labels_only" in str(err)
+                continue
+            raise AssertionError("a score-based attack accepted a labels-only model")
+        for y in (bb.y, None):
+            before = bb.estimator.query_count
+            attack.generate(bb.x, y)
+            spent = attack.queries_
+            assert spent.shape == (len(bb.x),), "queries_ must hold one count per sample"
+            assert spent.max() <= budget, f"{spent.max()} queries > max_queries={budget}"
+            assert bb.estimator.query_count - before == spent.sum(), "uncounted queries"
+            if y is None:
+                assert spent.min() >= 1, "the clean-label query must be charged"
+
+
 def attack_checks(cls: Any) -> Iterator[AttackCheck]:
     """The checks that apply to ``cls``, minus those it skips with a written reason."""
     skips: dict[str, str] = getattr(cls, "_conformance", {}).get("skip", {})
@@ -303,6 +331,8 @@ def attack_checks(cls: Any) -> Iterator[AttackCheck]:
             checks.append(check_targeted)
         if issubclass(cls, MinimumNormAttack):
             checks.append(check_minimum_norm)
+        if issubclass(cls, QueryAttack):
+            checks.append(check_query_budget)
     for check in checks:
         if check.__name__ not in skips:
             yield check
