@@ -13,11 +13,14 @@ from bastion.estimators.base import (
 from bastion.estimators.blackbox import BlackBoxClassifier
 from bastion.estimators.pytorch import TorchClassifier
 from bastion.estimators.sklearn import SklearnClassifier
+from bastion.estimators.wrappers import EOT, ExpectationOverTransformation
 
 __all__ = [
     "CAPABILITIES",
+    "EOT",
     "BlackBoxClassifier",
     "Classifier",
+    "ExpectationOverTransformation",
     "SklearnClassifier",
     "SupportsActivations",
     "SupportsClassGradient",

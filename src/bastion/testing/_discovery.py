@@ -6,10 +6,16 @@ import importlib
 import inspect
 import pkgutil
 
-from bastion.attacks.base import Attack, EvasionAttack, FixedBudgetAttack, MinimumNormAttack
+from bastion.attacks.base import (
+    Attack,
+    EvasionAttack,
+    FixedBudgetAttack,
+    MinimumNormAttack,
+    QueryAttack,
+)
 from bastion.estimators.base import Classifier
 
-_TEMPLATES = {Attack, EvasionAttack, FixedBudgetAttack, MinimumNormAttack}
+_TEMPLATES = {Attack, EvasionAttack, FixedBudgetAttack, MinimumNormAttack, QueryAttack}
 
 
 def _public_classes(package: str, base: type) -> list[type]:

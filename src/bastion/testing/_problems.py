@@ -111,6 +111,23 @@ def blackbox_problem(n: int = 24, *, labels_only: bool = False) -> Problem:
     return Problem(clf, base.x, base.y, base.x_train, base.y_train)
 
 
+def eot_problem(n: int = 24, *, noise: float = 0.0) -> Problem:
+    """The trained torch MLP behind an expectation-over-transformation wrapper (Gaussian input
+    noise of standard deviation ``noise``; 0 makes it the plain model, which finite-difference
+    checks need)."""
+    from bastion.estimators.wrappers import ExpectationOverTransformation
+
+    base = torch_problem(n)
+
+    def jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return x + noise * torch.randn(x.shape, generator=generator, device=x.device)
+
+    clf = ExpectationOverTransformation(
+        base.estimator, nb_samples=3, transform=jitter, random_state=0
+    )
+    return Problem(clf, base.x, base.y, base.x_train, base.y_train)
+
+
 #: Example instances for every public estimator class (a test checks none is missing).
 ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
     "TorchClassifier": [torch_problem, functools.partial(torch_problem, dtype=torch.float64)],
@@ -123,4 +140,5 @@ ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
         blackbox_problem,
         functools.partial(blackbox_problem, labels_only=True),
     ],
+    "ExpectationOverTransformation": [eot_problem],
 }
