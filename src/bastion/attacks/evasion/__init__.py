@@ -4,6 +4,7 @@ from bastion.attacks.evasion.auto_pgd import APGD, AutoProjectedGradientDescent
 from bastion.attacks.evasion.carlini_wagner import CW, CarliniWagnerL2, CarliniWagnerLinf
 from bastion.attacks.evasion.deepfool import DeepFool
 from bastion.attacks.evasion.elastic_net import EAD, ElasticNet
+from bastion.attacks.evasion.fab import FAB
 from bastion.attacks.evasion.fast_gradient import FGSM, FastGradientMethod
 from bastion.attacks.evasion.fast_minimum_norm import FMN, FastMinimumNorm
 from bastion.attacks.evasion.iterative import (
@@ -23,6 +24,7 @@ __all__ = [
     "BIM",
     "CW",
     "EAD",
+    "FAB",
     "FGSM",
     "FMN",
     "JSMA",
