@@ -1,5 +1,6 @@
 """Evasion attacks: adversarial examples at inference time."""
 
+from bastion.attacks.evasion.adversarial_patch import AdversarialPatch
 from bastion.attacks.evasion.auto_pgd import APGD, AutoProjectedGradientDescent
 from bastion.attacks.evasion.carlini_wagner import CW, CarliniWagnerL2, CarliniWagnerLinf
 from bastion.attacks.evasion.deepfool import DeepFool
@@ -30,6 +31,7 @@ __all__ = [
     "JSMA",
     "MIM",
     "PGD",
+    "AdversarialPatch",
     "AutoProjectedGradientDescent",
     "BasicIterativeMethod",
     "CarliniWagnerL2",
