@@ -323,7 +323,7 @@ class MinimumNormAttack(EvasionAttack):
         mask: torch.Tensor | None,
         generator: torch.Generator,
         **per_sample: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def _generate_batch(

@@ -8,6 +8,7 @@ from bastion.attacks.evasion.elastic_net import EAD, ElasticNet
 from bastion.attacks.evasion.fab import FAB
 from bastion.attacks.evasion.fast_gradient import FGSM, FastGradientMethod
 from bastion.attacks.evasion.fast_minimum_norm import FMN, FastMinimumNorm
+from bastion.attacks.evasion.geoda import GeoDA
 from bastion.attacks.evasion.iterative import (
     BIM,
     MIM,
@@ -17,6 +18,7 @@ from bastion.attacks.evasion.iterative import (
 from bastion.attacks.evasion.newtonfool import NewtonFool
 from bastion.attacks.evasion.projected_gradient import PGD, ProjectedGradientDescent
 from bastion.attacks.evasion.saliency_map import JSMA, SaliencyMapMethod
+from bastion.attacks.evasion.sign_opt import SignOPT
 from bastion.attacks.evasion.universal import UniversalPerturbation
 from bastion.attacks.evasion.virtual_adversarial import VirtualAdversarialMethod
 
@@ -40,10 +42,12 @@ __all__ = [
     "ElasticNet",
     "FastGradientMethod",
     "FastMinimumNorm",
+    "GeoDA",
     "MomentumIterativeMethod",
     "NewtonFool",
     "ProjectedGradientDescent",
     "SaliencyMapMethod",
+    "SignOPT",
     "UniversalPerturbation",
     "VirtualAdversarialMethod",
 ]
