@@ -19,6 +19,8 @@ from bastion.attacks.evasion.newtonfool import NewtonFool
 from bastion.attacks.evasion.projected_gradient import PGD, ProjectedGradientDescent
 from bastion.attacks.evasion.saliency_map import JSMA, SaliencyMapMethod
 from bastion.attacks.evasion.sign_opt import SignOPT
+from bastion.attacks.evasion.simba import SimBA
+from bastion.attacks.evasion.square import SquareAttack
 from bastion.attacks.evasion.universal import UniversalPerturbation
 from bastion.attacks.evasion.virtual_adversarial import VirtualAdversarialMethod
 
@@ -48,6 +50,8 @@ __all__ = [
     "ProjectedGradientDescent",
     "SaliencyMapMethod",
     "SignOPT",
+    "SimBA",
+    "SquareAttack",
     "UniversalPerturbation",
     "VirtualAdversarialMethod",
 ]
