@@ -1,6 +1,7 @@
 """Evasion attacks: adversarial examples at inference time."""
 
 from bastion.attacks.evasion.adversarial_patch import AdversarialPatch
+from bastion.attacks.evasion.auto_attack import AutoAttack, AutoAttackResult, EvaluationFlag
 from bastion.attacks.evasion.auto_pgd import APGD, AutoProjectedGradientDescent
 from bastion.attacks.evasion.carlini_wagner import CW, CarliniWagnerL2, CarliniWagnerLinf
 from bastion.attacks.evasion.deepfool import DeepFool
@@ -36,12 +37,15 @@ __all__ = [
     "MIM",
     "PGD",
     "AdversarialPatch",
+    "AutoAttack",
+    "AutoAttackResult",
     "AutoProjectedGradientDescent",
     "BasicIterativeMethod",
     "CarliniWagnerL2",
     "CarliniWagnerLinf",
     "DeepFool",
     "ElasticNet",
+    "EvaluationFlag",
     "FastGradientMethod",
     "FastMinimumNorm",
     "GeoDA",
