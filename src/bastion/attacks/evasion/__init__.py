@@ -16,6 +16,7 @@ from bastion.attacks.evasion.iterative import (
     BasicIterativeMethod,
     MomentumIterativeMethod,
 )
+from bastion.attacks.evasion.nes import BanditsAttack, NESAttack
 from bastion.attacks.evasion.newtonfool import NewtonFool
 from bastion.attacks.evasion.projected_gradient import PGD, ProjectedGradientDescent
 from bastion.attacks.evasion.saliency_map import JSMA, SaliencyMapMethod
@@ -24,6 +25,7 @@ from bastion.attacks.evasion.simba import SimBA
 from bastion.attacks.evasion.square import SquareAttack
 from bastion.attacks.evasion.universal import UniversalPerturbation
 from bastion.attacks.evasion.virtual_adversarial import VirtualAdversarialMethod
+from bastion.attacks.evasion.zoo_attack import ZooAttack
 
 __all__ = [
     "APGD",
@@ -40,6 +42,7 @@ __all__ = [
     "AutoAttack",
     "AutoAttackResult",
     "AutoProjectedGradientDescent",
+    "BanditsAttack",
     "BasicIterativeMethod",
     "CarliniWagnerL2",
     "CarliniWagnerLinf",
@@ -50,6 +53,7 @@ __all__ = [
     "FastMinimumNorm",
     "GeoDA",
     "MomentumIterativeMethod",
+    "NESAttack",
     "NewtonFool",
     "ProjectedGradientDescent",
     "SaliencyMapMethod",
@@ -58,4 +62,5 @@ __all__ = [
     "SquareAttack",
     "UniversalPerturbation",
     "VirtualAdversarialMethod",
+    "ZooAttack",
 ]

@@ -1,0 +1,466 @@
+"""Score-based black-box attacks that estimate gradients from queries: NES (Ilyas et al., 2018)
+and Bandits with time and data priors (Ilyas, Engstrom and Madry, 2019)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from bastion._validation import NONE, Constraint, Interval, Options
+from bastion.attacks._lp import canonical_norm, project_point, steepest_direction
+from bastion.attacks.base import (
+    BATCH_SIZE,
+    BUDGET,
+    MAX_QUERIES,
+    RANDOM_STATE,
+    TARGETED,
+    VERBOSE,
+    FixedBudgetAttack,
+    QueryAttack,
+)
+
+__all__ = ["BanditsAttack", "NESAttack"]
+
+_NORM = Options(["inf", float("inf"), 2])
+_LOSS = Options(["ce", "margin"])
+
+
+def score_objective(
+    probs: torch.Tensor, y: torch.Tensor, targeted: bool, loss: str = "ce"
+) -> torch.Tensor:
+    """The attacker's objective (to maximise) from class probabilities ``(N, K)``.
+
+    ``"ce"``: the cross-entropy ``-log p_y`` (untargeted) or ``log p_t`` (targeted).
+    ``"margin"``: ``max_{j!=y} log p_j - log p_y`` (untargeted) or
+    ``log p_t - max_{j!=t} log p_j`` (targeted), positive exactly when the attack succeeds.
+    ``log p_y`` is computed as ``-log1p(sum_{j!=y} p_j / p_y)``, so it does not round to 0 when a
+    confident model's ``p_y`` rounds to 1 in float32 (the other probabilities keep their
+    precision).
+    """
+    tiny = torch.finfo(probs.dtype).tiny
+    col = y.view(-1, 1)
+    own = probs.gather(1, col).squeeze(1)
+    others = probs.scatter(1, col, 0.0)
+    log_own = -torch.log1p(others.sum(1) / own.clamp_min(tiny))
+    if loss == "ce":
+        return log_own if targeted else -log_own
+    log_other = others.amax(dim=1).clamp_min(tiny).log()
+    return log_own - log_other if targeted else log_other - log_own
+
+
+def _adversarial(probs: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    pred = probs.argmax(dim=1)
+    return pred == y if targeted else pred != y
+
+
+def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    """Rows ``idx`` of a per-sample tensor (a shared one-row tensor is kept as it is)."""
+    if t is None or t.shape[0] == 1:
+        return t
+    return t[idx]
+
+
+def _clip(x: torch.Tensor, clip_values: Any) -> torch.Tensor:
+    return x if clip_values is None else x.clamp(*clip_values)
+
+
+class NESAttack(QueryAttack, FixedBudgetAttack):
+    """Natural Evolution Strategies (NES) gradient estimates in a projected-gradient loop.
+
+    At each step the gradient of the attacker's objective (:func:`score_objective`) at the
+    current iterate ``x_t`` is estimated from ``nb_samples`` queries with antithetic Gaussian
+    sampling (Ilyas et al., 2018, Algorithm 1):
+    ``g = 1 / (nb_samples * sigma) * sum_i [L(x_t + sigma u_i) - L(x_t - sigma u_i)] u_i``
+    with ``u_i ~ N(0, I)`` and ``nb_samples / 2`` pairs. The step follows the momentum-averaged
+    estimate ``m = momentum * m + (1 - momentum) * g``: ``x_t + eps_step * sign(m)`` (Linf) or
+    ``x_t + eps_step * m / ||m||_2`` (L2), projected onto the eps-ball and ``clip_values``.
+
+    Each step queries, for every sample still running, its current iterate (to detect success)
+    and its ``nb_samples`` probes in a single batched call; a sample stops as soon as its iterate
+    is adversarial or when its budget cannot pay for another step. The probes are clipped to
+    ``clip_values`` so that the model is only ever shown valid inputs.
+
+    Threat model: score-based black-box (queries class probabilities, never gradients).
+    Norms: inf, 2.
+
+    Parameters
+    ----------
+    estimator : any classifier with ``predict`` (class scores)
+    eps : float or array-like of float, default 0.3
+        Budget, one value or one per sample.
+    eps_step : float or array-like of float, default 0.01
+        Step size per iteration (the paper's learning rate, 0.01 with eps 0.05 on ImageNet).
+    max_queries : int, default 10000
+        Query budget per sample.
+    nb_samples : int, default 50
+        Queries per gradient estimate (the paper's population size ``n``); an even number
+        (antithetic pairs).
+    sigma : float, default 0.001
+        Standard deviation of the search distribution, in input units.
+    momentum : float in [0, 1), default 0.9
+        Averaging of successive gradient estimates (the paper's code uses 0.9).
+    norm : {"inf", 2}, default "inf"
+    targeted : bool, default False
+    loss : {"ce", "margin"}, default "ce"
+        Objective: cross-entropy as in the paper, or the margin of log-probabilities.
+    batch_size : int, default 128
+        Samples attacked together (each step sends ``batch_size * (nb_samples + 1)`` rows).
+    random_state : None, int or torch.Generator
+    verbose : bool, default False
+
+    Attributes
+    ----------
+    queries_ : numpy.ndarray of int, shape (N,)
+        Queries spent on each sample by the last :meth:`generate`.
+
+    References
+    ----------
+    Ilyas, Engstrom, Athalye and Lin, "Black-box Adversarial Attacks with Limited Queries and
+    Information", ICML 2018. https://arxiv.org/abs/1804.08598
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bastion.estimators import BlackBoxClassifier
+    >>> from bastion.attacks.evasion.nes import NESAttack
+    >>> w = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [0.5, 0.5], [0.0, 0.0]])
+    >>> api = lambda x: torch.softmax(torch.as_tensor(x) @ w * 10, 1).numpy()
+    >>> clf = BlackBoxClassifier(api, input_shape=(4,), nb_classes=2, clip_values=(0, 1))
+    >>> x = torch.tensor([[0.6, 0.4, 0.5, 0.5]])
+    >>> attack = NESAttack(clf, eps=0.3, eps_step=0.05, max_queries=500, nb_samples=10,
+    ...                    random_state=0)
+    >>> x_adv = attack.generate(x)
+    >>> clf.predict(x).argmax(1).item(), clf.predict(x_adv).argmax(1).item()
+    (0, 1)
+    >>> int(attack.queries_[0]) <= 500
+    True
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "eps": BUDGET,
+        "eps_step": BUDGET,
+        "max_queries": MAX_QUERIES,
+        "nb_samples": [Interval(int, 2, None)],
+        "sigma": [Interval(float, 0, None, closed="neither")],
+        "momentum": [Interval(float, 0, 1, closed="left")],
+        "norm": [_NORM],
+        "targeted": TARGETED,
+        "loss": [_LOSS],
+        "batch_size": BATCH_SIZE,
+        "random_state": RANDOM_STATE,
+        "verbose": VERBOSE,
+    }
+    _conformance: ClassVar[dict[str, Any]] = {
+        "params": {"max_queries": 220, "nb_samples": 10, "sigma": 0.01},
+        "skip": {
+            "check_batch_size_invariance": "the Gaussian probes are drawn for the whole batch "
+            "at once, so the draws (and the result) depend on the batch composition",
+        },
+    }
+
+    def __init__(
+        self,
+        estimator: Any,
+        *,
+        eps: Any = 0.3,
+        eps_step: Any = 0.01,
+        max_queries: int = 10000,
+        nb_samples: int = 50,
+        sigma: float = 0.001,
+        momentum: float = 0.9,
+        norm: Any = "inf",
+        targeted: bool = False,
+        loss: str = "ce",
+        batch_size: int = 128,
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        self.estimator = estimator
+        self.eps = eps
+        self.eps_step = eps_step
+        self.max_queries = max_queries
+        self.nb_samples = nb_samples
+        self.sigma = sigma
+        self.momentum = momentum
+        self.norm = norm
+        self.targeted = targeted
+        self.loss = loss
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _attack(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator,
+        eps: torch.Tensor,
+        **per_sample: torch.Tensor,
+    ) -> torch.Tensor:
+        eps_step, index = per_sample["eps_step"], per_sample["index"]
+        norm, clip = canonical_norm(self.norm), self.estimator.clip_values
+        half = max(1, self.nb_samples // 2)
+        cost = 2 * half + 1  # the iterate and its antithetic probes
+        sigma = float(self.sigma)
+        x_adv = x.clone()
+        avg = torch.zeros_like(x)
+        act = self._counter.has_budget(index, cost).nonzero().squeeze(1)
+        while act.numel() > 0:
+            a = act.numel()
+            xa, ya, ma = x_adv[act], y[act], _rows(mask, act)
+            u = torch.randn((a, half, *x.shape[1:]), generator=generator, device=x.device)
+            u = u.to(x.dtype)
+            if ma is not None:
+                u = u * ma.unsqueeze(1)
+            centre = xa.unsqueeze(1)
+            # rows: the iterates, then per sample its `half` plus-probes and `half` minus-probes
+            probes = torch.stack(
+                [_clip(centre + sigma * u, clip), _clip(centre - sigma * u, clip)], 1
+            )
+            rows = torch.cat([xa, probes.reshape((-1, *x.shape[1:]))])
+            owner = torch.cat([index[act], index[act].repeat_interleave(2 * half)])
+            probs = self._counter.predict(rows, owner)
+            done = _adversarial(probs[:a], ya, self.targeted)
+            obj = score_objective(
+                probs[a:], ya.repeat_interleave(2 * half), self.targeted, self.loss
+            )
+            diff = (obj.view(a, 2, half)[:, 0] - obj.view(a, 2, half)[:, 1]).to(x.dtype)
+            grad = (diff.view((a, half) + (1,) * (x.ndim - 1)) * u).sum(1) / (2 * half * sigma)
+            m = avg[act].mul_(self.momentum).add_(grad, alpha=1 - self.momentum)
+            avg[act] = m
+            step = steepest_direction(m, norm)
+            if ma is not None:
+                step = step * ma
+            moved = project_point(xa + eps_step[act] * step, x[act], eps[act], norm, clip)
+            x_adv[act] = torch.where(_view(done, xa), xa, moved)
+            act = act[~done]
+            act = act[self._counter.has_budget(index[act], cost)]
+        return x_adv
+
+
+def _eg_step(prior: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
+    """Exponentiated-gradient ascent step on a prior in ``[-1, 1]`` (Bandits, Linf)."""
+    real = (prior + 1) / 2
+    pos = real * torch.exp(lr * grad)
+    neg = (1 - real) * torch.exp(-lr * grad)
+    return 2 * pos / (pos + neg) - 1
+
+
+_BANDITS_DEFAULTS = {
+    # norm: (fd_eta, exploration, online_lr, eps_step), the paper's ImageNet settings
+    "inf": (0.1, 1.0, 100.0, 0.01),
+    "2": (0.01, 0.01, 0.1, 0.5),
+}
+
+
+class BanditsAttack(QueryAttack, FixedBudgetAttack):
+    """Bandits with time and data priors: a gradient *prior* ``v`` is learnt online from two
+    queries per step and followed by projected-gradient steps.
+
+    Per step (Ilyas, Engstrom and Madry, 2019, Algorithm 2), with ``u ~ N(0, I) / sqrt(dim)``
+    drawn at the prior's resolution: ``q_pm = up(v +- exploration * u)``, the objective ``L``
+    (:func:`score_objective`) is queried at ``x_t + fd_eta * q_pm / ||q_pm||_2``, and
+    ``Delta = (L+ - L-) / (fd_eta * exploration) * u`` estimates the gradient of ``<v, grad L>``.
+    The prior moves by ``online_lr * Delta``: an exponentiated-gradient step keeping
+    ``v`` in ``[-1, 1]`` for Linf, a plain gradient step for L2. The image then takes a step of
+    ``eps_step`` along ``sign(up(v))`` (Linf) or ``up(v) / ||up(v)||_2`` (L2), projected onto
+    the eps-ball and ``clip_values``.
+
+    * Time prior: ``v`` is carried over from step to step (successive gradients are correlated).
+    * Data prior: ``v`` has a coarse resolution, one value per ``tile_size x tile_size`` tile of
+      the last two (spatial) dimensions, upsampled by nearest neighbour (``up``). Inputs with
+      fewer than two spatial dimensions, or ``tile_size=1``, use a prior at full resolution.
+
+    Each step queries, for every sample still running, its current iterate (to detect success:
+    the paper's code does not count this query, bastion does) and the two probes in one batched
+    call. Probes are clipped to ``clip_values``.
+
+    Threat model: score-based black-box (queries class probabilities). Norms: inf, 2.
+
+    Parameters
+    ----------
+    estimator : any classifier with ``predict`` (class scores)
+    eps : float or array-like of float, default 0.3
+    eps_step : float or array-like of float, optional
+        The image step (the paper's ``image_lr``); default 0.01 (Linf) or 0.5 (L2).
+    max_queries : int, default 10000
+        Query budget per sample.
+    fd_eta : float, optional
+        Finite-difference step ``delta``; default 0.1 (Linf) or 0.01 (L2).
+    exploration : float, optional
+        Exploration scale ``zeta``; default 1.0 (Linf) or 0.01 (L2).
+    online_lr : float, optional
+        Prior learning rate ``eta``; default 100 (Linf) or 0.1 (L2). The estimate of each
+        prior coordinate grows as the prior gets smaller, so on low-dimensional priors (a few
+        dozen values, against 7500 in the paper) a smaller rate such as 10 keeps the Linf prior
+        from saturating at +-1 after every step.
+    tile_size : int, default 4
+        Side of the square tiles of the data prior, in pixels (the paper's prior is 50 x 50 on
+        224- and 299-pixel ImageNet images, tiles of 4.5 to 6 pixels); 1 disables it.
+    norm : {"inf", 2}, default "inf"
+    targeted : bool, default False
+    loss : {"ce", "margin"}, default "ce"
+        Objective: cross-entropy as in the paper, or the margin of log-probabilities.
+    batch_size : int, default 128
+    random_state : None, int or torch.Generator
+    verbose : bool, default False
+
+    Attributes
+    ----------
+    queries_ : numpy.ndarray of int, shape (N,)
+        Queries spent on each sample by the last :meth:`generate`.
+
+    References
+    ----------
+    Ilyas, Engstrom and Madry, "Prior Convictions: Black-Box Adversarial Attacks with Bandits
+    and Priors", ICLR 2019. https://arxiv.org/abs/1807.07978
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bastion.estimators import BlackBoxClassifier
+    >>> from bastion.attacks.evasion.nes import BanditsAttack
+    >>> w = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [0.5, 0.5], [0.0, 0.0]])
+    >>> api = lambda x: torch.softmax(torch.as_tensor(x) @ w * 10, 1).numpy()
+    >>> clf = BlackBoxClassifier(api, input_shape=(4,), nb_classes=2, clip_values=(0, 1))
+    >>> x = torch.tensor([[0.6, 0.4, 0.5, 0.5]])
+    >>> attack = BanditsAttack(clf, eps=0.3, eps_step=0.05, max_queries=300, random_state=0)
+    >>> x_adv = attack.generate(x)
+    >>> clf.predict(x).argmax(1).item(), clf.predict(x_adv).argmax(1).item()
+    (0, 1)
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "eps": BUDGET,
+        "eps_step": [*BUDGET, NONE],
+        "max_queries": MAX_QUERIES,
+        "fd_eta": [Interval(float, 0, None, closed="neither"), NONE],
+        "exploration": [Interval(float, 0, None, closed="neither"), NONE],
+        "online_lr": [Interval(float, 0, None, closed="neither"), NONE],
+        "tile_size": [Interval(int, 1, None)],
+        "norm": [_NORM],
+        "targeted": TARGETED,
+        "loss": [_LOSS],
+        "batch_size": BATCH_SIZE,
+        "random_state": RANDOM_STATE,
+        "verbose": VERBOSE,
+    }
+    _conformance: ClassVar[dict[str, Any]] = {
+        "params": {"max_queries": 300, "tile_size": 2, "online_lr": 10.0},
+        "skip": {
+            "check_batch_size_invariance": "the exploration noise is drawn for the whole batch "
+            "at once, so the draws (and the result) depend on the batch composition",
+        },
+    }
+
+    def __init__(
+        self,
+        estimator: Any,
+        *,
+        eps: Any = 0.3,
+        eps_step: Any = None,
+        max_queries: int = 10000,
+        fd_eta: float | None = None,
+        exploration: float | None = None,
+        online_lr: float | None = None,
+        tile_size: int = 4,
+        norm: Any = "inf",
+        targeted: bool = False,
+        loss: str = "ce",
+        batch_size: int = 128,
+        random_state: Any = None,
+        verbose: bool = False,
+    ) -> None:
+        self.estimator = estimator
+        self.eps = eps
+        self.eps_step = eps_step
+        self.max_queries = max_queries
+        self.fd_eta = fd_eta
+        self.exploration = exploration
+        self.online_lr = online_lr
+        self.tile_size = tile_size
+        self.norm = norm
+        self.targeted = targeted
+        self.loss = loss
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _defaults(self) -> tuple[float, float, float, float]:
+        fd, ex, lr, step = _BANDITS_DEFAULTS[canonical_norm(self.norm)]
+        return (
+            fd if self.fd_eta is None else float(self.fd_eta),
+            ex if self.exploration is None else float(self.exploration),
+            lr if self.online_lr is None else float(self.online_lr),
+            step,
+        )
+
+    def _budget(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name == "eps_step" and self.eps_step is None:
+            step = self._defaults()[3]
+            return torch.full(
+                (x.shape[0],) + (1,) * (x.ndim - 1), step, dtype=x.dtype, device=x.device
+            )
+        return super()._budget(name, x)
+
+    def _attack(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        generator: torch.Generator,
+        eps: torch.Tensor,
+        **per_sample: torch.Tensor,
+    ) -> torch.Tensor:
+        eps_step, index = per_sample["eps_step"], per_sample["index"]
+        norm, clip = canonical_norm(self.norm), self.estimator.clip_values
+        fd_eta, exploration, online_lr, _ = self._defaults()
+        tiled = x.ndim >= 4 and self.tile_size > 1
+        size = tuple(math.ceil(s / self.tile_size) for s in x.shape[-2:])
+        prior_shape = x.shape[1:-2] + size if tiled else x.shape[1:]
+        dim = math.prod(prior_shape)
+
+        def up(v: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+            if tiled:
+                flat = v.reshape((-1, 1, *v.shape[-2:]))
+                flat = F.interpolate(flat, size=tuple(x.shape[-2:]), mode="nearest")
+                v = flat.reshape(v.shape[:-2] + x.shape[-2:])
+            return v if m is None else v * m
+
+        def unit(q: torch.Tensor) -> torch.Tensor:
+            n = q.flatten(1).norm(dim=1).clamp_min(1e-12)
+            return q / _view(n, q)
+
+        x_adv = x.clone()
+        prior = torch.zeros((x.shape[0], *prior_shape), dtype=x.dtype, device=x.device)
+        act = self._counter.has_budget(index, 3).nonzero().squeeze(1)
+        while act.numel() > 0:
+            a = act.numel()
+            xa, ya, ma, va = x_adv[act], y[act], _rows(mask, act), prior[act]
+            noise = torch.randn((a, *prior_shape), generator=generator, device=x.device)
+            noise = noise.to(x.dtype) * (exploration / math.sqrt(dim))
+            q1, q2 = up(va + noise, ma), up(va - noise, ma)
+            rows = torch.cat(
+                [xa, _clip(xa + fd_eta * unit(q1), clip), _clip(xa + fd_eta * unit(q2), clip)]
+            )
+            probs = self._counter.predict(rows, index[act].repeat(3))
+            done = _adversarial(probs[:a], ya, self.targeted)
+            obj = score_objective(probs[a:], ya.repeat(2), self.targeted, self.loss).to(x.dtype)
+            deriv = (obj[:a] - obj[a:]) / (fd_eta * exploration)
+            est = _view(deriv, noise) * noise
+            va = _eg_step(va, est, online_lr) if norm == "inf" else va + online_lr * est
+            prior[act] = va
+            step = steepest_direction(up(va, ma), norm)
+            moved = project_point(xa + eps_step[act] * step, x[act], eps[act], norm, clip)
+            x_adv[act] = torch.where(_view(done, xa), xa, moved)
+            act = act[~done]
+            act = act[self._counter.has_budget(index[act], 3)]
+        return x_adv
