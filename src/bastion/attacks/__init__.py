@@ -1,10 +1,12 @@
-"""Attacks, organised by threat: ``evasion`` (more to come: poisoning, extraction, inference)."""
+"""Attacks, organised by threat: ``evasion``, ``poisoning`` (more to come: extraction,
+inference)."""
 
 from bastion.attacks.base import (
     Attack,
     EvasionAttack,
     FixedBudgetAttack,
     MinimumNormAttack,
+    QueryAttack,
     perturbation_norms,
 )
 
@@ -13,5 +15,6 @@ __all__ = [
     "EvasionAttack",
     "FixedBudgetAttack",
     "MinimumNormAttack",
+    "QueryAttack",
     "perturbation_norms",
 ]
