@@ -6,12 +6,12 @@
 - :class:`PoisoningAttack`, :class:`Trigger`: the templates they build on.
 """
 
-from bastion.attacks.poisoning.backdoor import (
-    BackdoorAttack,
+from bastion.attacks.poisoning._base import PoisoningAttack
+from bastion.attacks.poisoning.backdoor import BackdoorAttack
+from bastion.attacks.poisoning.triggers import (
     BlendTrigger,
     PatchTrigger,
     PixelTrigger,
-    PoisoningAttack,
     SinusoidalTrigger,
     Trigger,
 )
