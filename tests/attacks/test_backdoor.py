@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bastion.attacks.poisoning.backdoor import (
+from bastion.attacks.poisoning import (
     BackdoorAttack,
     BlendTrigger,
     PatchTrigger,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bastion.attacks.poisoning.backdoor import BackdoorAttack, PatchTrigger
+from bastion.attacks.poisoning import BackdoorAttack, PatchTrigger
 from bastion.datasets import load_digits
 from bastion.defenses.poisoning._result import DetectionResult
 from bastion.defenses.poisoning.spectral_signatures import SpectralSignatures
