@@ -3,6 +3,7 @@
 from bastion.attacks.evasion.adversarial_patch import AdversarialPatch
 from bastion.attacks.evasion.auto_attack import AutoAttack, AutoAttackResult, EvaluationFlag
 from bastion.attacks.evasion.auto_pgd import APGD, AutoProjectedGradientDescent
+from bastion.attacks.evasion.boundary import BoundaryAttack
 from bastion.attacks.evasion.carlini_wagner import CW, CarliniWagnerL2, CarliniWagnerLinf
 from bastion.attacks.evasion.deepfool import DeepFool
 from bastion.attacks.evasion.elastic_net import EAD, ElasticNet
@@ -10,6 +11,7 @@ from bastion.attacks.evasion.fab import FAB
 from bastion.attacks.evasion.fast_gradient import FGSM, FastGradientMethod
 from bastion.attacks.evasion.fast_minimum_norm import FMN, FastMinimumNorm
 from bastion.attacks.evasion.geoda import GeoDA
+from bastion.attacks.evasion.hop_skip_jump import HopSkipJump
 from bastion.attacks.evasion.iterative import (
     BIM,
     MIM,
@@ -44,6 +46,7 @@ __all__ = [
     "AutoProjectedGradientDescent",
     "BanditsAttack",
     "BasicIterativeMethod",
+    "BoundaryAttack",
     "CarliniWagnerL2",
     "CarliniWagnerLinf",
     "DeepFool",
@@ -52,6 +55,7 @@ __all__ = [
     "FastGradientMethod",
     "FastMinimumNorm",
     "GeoDA",
+    "HopSkipJump",
     "MomentumIterativeMethod",
     "NESAttack",
     "NewtonFool",
