@@ -22,14 +22,15 @@ from bastion._validation import (
     check_labels,
     validate_params,
 )
+from bastion.defenses.poisoning._clustering import kmeans, mosaic, reduce, silhouette
 from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector, _sklearn_seeds
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import EstimatorError, InputError
 
 __all__ = ["ActivationClustering"]
 
-#: Silhouette scores are computed on at most this many samples of a class (O(n^2) otherwise).
-_SILHOUETTE_SAMPLES = 5000
+#: k-means++ starts per class, run as one batch (whitened classes have many local optima).
+_KMEANS_STARTS = 64
 
 _LAYER = [
     NONE,
@@ -37,39 +38,6 @@ _LAYER = [
         lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "a layer name or index"
     ),
 ]
-
-
-def _reduce(a: np.ndarray, method: str, nb_dims: int, seed: int) -> np.ndarray:
-    """Project one class's activations onto ``nb_dims`` dimensions."""
-    dims = min(nb_dims, a.shape[0], a.shape[1])
-    if method == "pca":
-        from sklearn.decomposition import PCA
-
-        return PCA(n_components=dims, random_state=seed).fit_transform(a)
-    if method == "fastica":
-        from sklearn.decomposition import FastICA
-
-        ica = FastICA(
-            n_components=dims, whiten="unit-variance", max_iter=1000, tol=5e-3, random_state=seed
-        )
-        return ica.fit_transform(a)
-    try:
-        import umap
-    except ImportError:
-        raise ImportError(
-            "ActivationClustering(reduce='umap') needs the umap-learn package "
-            "(pip install umap-learn); use reduce='pca' or 'fastica' without it."
-        ) from None
-    return umap.UMAP(n_components=dims, random_state=seed).fit_transform(a)
-
-
-def _silhouette(points: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    from sklearn.metrics import silhouette_score
-
-    if len(np.unique(labels)) < 2 or len(np.unique(labels)) >= points.shape[0]:
-        return float("nan")
-    sample = _SILHOUETTE_SAMPLES if points.shape[0] > _SILHOUETTE_SAMPLES else None
-    return float(silhouette_score(points, labels, sample_size=sample, random_state=seed))
 
 
 class ActivationClustering(PoisonDetector):
@@ -83,16 +51,27 @@ class ActivationClustering(PoisonDetector):
 
     Analyses (``analysis``):
 
+    * ``"silhouette"`` (default, the paper's test): a class is judged poisoned when its
+      2-means split is well separated, i.e. its silhouette score exceeds
+      ``silhouette_threshold``; in a poisoned class the clusters holding less than
+      ``size_threshold`` of it are flagged. Clean classes are left alone, so the result is
+      meaningful over the whole training set, not only within the target class;
     * ``"smaller"``: the smallest cluster of **every** class is flagged (the ART default; it
       flags clean classes too and is meant to be followed by
-      :meth:`exclusionary_reclassification`, which clears clusters that are legitimate);
+      :meth:`exclusionary_reclassification`);
     * ``"relative-size"``: clusters holding less than ``size_threshold`` of their class;
     * ``"distance"``: a cluster whose centre (in the full activation space) is closer to
       the centre of another class than to its own class's centre, while the other clusters of
-      the class are not (ART's rule; the closest other class is reported as the likely source);
-    * ``"silhouette"``: clusters smaller than ``size_threshold`` of their class, but only
-      when the class's silhouette score exceeds ``silhouette_threshold``, i.e. when the
-      activations really do fall into separate clusters.
+      the class are not (ART's rule; the closest other class is reported as the likely source).
+
+    Reductions (``reduce``), fitted per class: ``"whiten"`` (default) projects on the top
+    ``nb_dims`` principal components scaled to unit variance; ``"fastica"`` (the paper's)
+    whitens the same way and then rotates; since k-means and the silhouette use Euclidean
+    distances only, both give the same clusters and silhouettes, and ``"whiten"`` skips
+    FastICA's iterations. ``"pca"`` keeps the components' variances (ART's ``PCA``): a
+    clean class's few dominant directions then make it split well too, so the silhouette
+    thresholds above are meant for the whitened reductions. ``"umap"`` needs ``umap-learn``.
+    Directions of zero variance (dead ReLU units) are dropped before reducing.
 
     Scores: ``1 - (size of the sample's cluster) / (size of its class)``, so samples of small
     clusters score high; they compare across classes.
@@ -113,19 +92,23 @@ class ActivationClustering(PoisonDetector):
         Clusters per class (the paper uses 2).
     nb_dims : int, default=10
         Dimensions after reduction (the paper uses 10).
-    reduce : {"pca", "fastica", "umap"}, default="pca"
-        Dimensionality reduction, fitted per class (``"umap"`` needs ``umap-learn``).
+    reduce : {"whiten", "pca", "fastica", "umap"}, default="whiten"
+        Dimensionality reduction, fitted per class (see above).
     clustering : {"kmeans"}, default="kmeans"
-        Clustering method (scikit-learn's k-means with 10 initialisations).
-    analysis : {"smaller", "relative-size", "distance", "silhouette"}, default="smaller"
+        Clustering method: Lloyd's k-means with 64 k-means++ starts run as one batched
+        torch computation, keeping the split of lowest inertia.
+    analysis : {"silhouette", "smaller", "relative-size", "distance"}, default="silhouette"
         How clusters are judged (see above).
     size_threshold : float, default=0.35
         Relative size under which a cluster is suspicious (``"relative-size"``,
         ``"silhouette"``).
-    silhouette_threshold : float, default=0.1
-        Silhouette score above which a class counts as really split (``"silhouette"``).
-    batch_size : int, default=256
-        Samples per forward pass.
+    silhouette_threshold : float, default=0.2
+        Silhouette score above which a class counts as really split (``"silhouette"``). On
+        whitened activations (10 dimensions) the clean classes of the digits score 0.07 to
+        0.14 and a class with a BadNets cluster 0.23 to 0.28.
+    batch_size : int, default=128
+        Samples per forward pass (on one CPU core, 64 to 128 run the digits CNN 1.4 times
+        faster than 256: the activations of a batch then stay in cache).
     random_state : None, int or torch.Generator, default=None
         Seeds the reductions, k-means, silhouette sampling and the retraining of
         :meth:`exclusionary_reclassification`.
@@ -165,7 +148,7 @@ class ActivationClustering(PoisonDetector):
         "layer": _LAYER,
         "nb_clusters": [Interval(int, 2, None)],
         "nb_dims": [Interval(int, 1, None)],
-        "reduce": [Options(["pca", "fastica", "umap"])],
+        "reduce": [Options(["whiten", "pca", "fastica", "umap"])],
         "clustering": [Options(["kmeans"])],
         "analysis": [Options(["smaller", "relative-size", "distance", "silhouette"])],
         "size_threshold": [Interval(float, 0, 1)],
@@ -182,12 +165,12 @@ class ActivationClustering(PoisonDetector):
         layer: str | int | None = None,
         nb_clusters: int = 2,
         nb_dims: int = 10,
-        reduce: str = "pca",
+        reduce: str = "whiten",
         clustering: str = "kmeans",
-        analysis: str = "smaller",
+        analysis: str = "silhouette",
         size_threshold: float = 0.35,
-        silhouette_threshold: float = 0.1,
-        batch_size: int = 256,
+        silhouette_threshold: float = 0.2,
+        batch_size: int = 128,
         random_state: Any = None,
         verbose: bool = False,
     ) -> None:
@@ -237,8 +220,6 @@ class ActivationClustering(PoisonDetector):
         present = [int(c) for c in np.unique(labels)]
         centres = {c: acts[labels == c].mean(axis=0) for c in present}
 
-        from sklearn.cluster import KMeans
-
         for c in present:
             idx = np.flatnonzero(labels == c)
             entry: dict[str, Any] = {"size": int(idx.size), "n_flagged": 0}
@@ -247,12 +228,11 @@ class ActivationClustering(PoisonDetector):
                 entry["skipped"] = f"too few samples ({idx.size}) to cluster"
                 continue
             a = acts[idx]
-            red = _reduce(a, self.reduce, self.nb_dims, seeds[2 * c])
-            km = KMeans(n_clusters=self.nb_clusters, n_init=10, random_state=seeds[2 * c + 1])
-            lab = km.fit_predict(red).astype(np.int64)
+            red = reduce(a, self.reduce, self.nb_dims, seeds[2 * c])
+            lab = kmeans(red, self.nb_clusters, _KMEANS_STARTS, seeds[2 * c + 1])
             sizes = np.bincount(lab, minlength=self.nb_clusters)
             rel = sizes / idx.size
-            sil = _silhouette(red, lab, seeds[2 * c])
+            sil = silhouette(red, lab, seeds[2 * c])
             entry.update(
                 cluster_sizes=sizes.tolist(),
                 relative_sizes=np.round(rel, 4).tolist(),
@@ -529,7 +509,7 @@ class ActivationClustering(PoisonDetector):
             mosaics = []
             for j in range(self.nb_clusters):
                 idx = np.flatnonzero((result.clusters == j) & (result.labels == c))[:max_images]
-                mosaics.append(_mosaic(xt[torch.from_numpy(idx)].cpu().numpy(), max_images))
+                mosaics.append(mosaic(xt[torch.from_numpy(idx)].cpu().numpy(), max_images))
             out[c] = mosaics
         if path is not None:
             figure_cls = self._figure()
@@ -542,17 +522,3 @@ class ActivationClustering(PoisonDetector):
                     ax.set_title(f"class {c}, cluster {j}", fontsize=7)
             fig.savefig(path)
         return out
-
-
-def _mosaic(images: np.ndarray, max_images: int) -> np.ndarray:
-    """Tile images ``(m, C, H, W)`` into one array ``(rows * H, cols * W, C)``."""
-    side = math.ceil(math.sqrt(max_images))
-    m = images.shape[0]
-    rows = max(1, math.ceil(m / side))
-    if m == 0:
-        return np.zeros((1, 1, 1), dtype=np.float32)
-    _, ch, h, w = images.shape
-    grid = np.zeros((rows * side, ch, h, w), dtype=np.float32)
-    grid[:m] = images
-    grid = grid.reshape(rows, side, ch, h, w).transpose(0, 3, 1, 4, 2)
-    return grid.reshape(rows * h, side * w, ch)

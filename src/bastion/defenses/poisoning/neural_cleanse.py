@@ -1,0 +1,706 @@
+"""Neural Cleanse (Wang et al. 2019): reverse-engineer a minimal trigger for every class."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import trange
+
+from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
+from bastion._validation import (
+    NONE,
+    Boolean,
+    Constraint,
+    Interval,
+    Options,
+    RandomState,
+    Satisfies,
+    check_labels,
+    check_x,
+    validate_params,
+)
+from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector
+from bastion.defenses.poisoning.fine_pruning import (
+    _clean_data,
+    _clone_classifier,
+    _copy_with_mask,
+    _layer_name,
+    _torch_classifier,
+)
+from bastion.estimators.base import Classifier, require_capabilities
+from bastion.exceptions import InputError
+
+__all__ = ["NeuralCleanse"]
+
+_EPS = 1e-7  # keeps atanh finite at the ends of the tanh parametrisation
+MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of a normal's std
+
+
+def anomaly_index(norms: np.ndarray) -> np.ndarray:
+    """``|n - median| / (1.4826 * MAD)`` of each norm (MAD: median absolute deviation)."""
+    med = np.median(norms)
+    mad = MAD_CONSISTENCY * np.median(np.abs(norms - med))
+    return np.abs(norms - med) / max(mad, np.finfo(np.float64).tiny)
+
+
+class NeuralCleanse(PoisonDetector):
+    """Find backdoored classes by reverse-engineering the smallest trigger for every class.
+
+    For each class ``t``, Neural Cleanse looks for the smallest mask ``m`` (values in
+    ``[0, 1]``, one per pixel, shared by the channels) and pattern ``p`` (within
+    ``clip_values``) such that stamping ``x' = (1 - m) * x + m * p`` on clean inputs makes
+    the model predict ``t``: Adam minimises ``CE(f(x'), t) + lambda * |m|_1`` with ``m`` and
+    ``p`` parametrised through ``tanh``. ``lambda`` is adjusted on the fly as in the paper's
+    code: after ``patience`` epochs with an attack success of at least
+    ``attack_success_threshold`` it is multiplied by ``cost_multiplier``, after ``patience``
+    epochs below it divided by ``cost_multiplier ** 1.5``; the best mask (smallest L1 among
+    the successful ones) is kept, and a class stops once its best L1 has not improved by more
+    than ``1 - early_stop_threshold`` for ``early_stop_patience`` epochs after lambda has
+    gone both up and down. All classes are optimised jointly, one mini-batch of clean inputs
+    stamped with every class's trigger per model call (Adam is element-wise, so this is the
+    same as K separate runs on the same batches); a class that stops leaves the batch.
+
+    An infected class needs a much smaller trigger than the others: with the L1 norms of the
+    masks, the anomaly index of a class is ``|norm - median| / (1.4826 * MAD)``; classes
+    whose norm is below the median with an index above ``anomaly_threshold`` (2 in the
+    paper, a 95% confidence under a normal model) are reported infected.
+
+    ``detect`` (training data): the "trigger neurons" of an infected class ``t`` are the
+    ``neuron_fraction`` of the units of ``layer`` (the penultimate one by default) whose mean
+    activation rises most when the reversed trigger of ``t`` is stamped on clean inputs.
+    A sample is scored by the mean activation of those neurons, standardised on the clean
+    inputs given to :meth:`reverse_engineer`, minus the standardised threshold that rejects
+    ``false_positive_rate`` of them (the paper's filter): a positive score means the input
+    carries the trigger. With labels, a sample is flagged when it is labelled ``t`` and its
+    score for ``t`` is positive (the poison of a backdoor is labelled with the target); with
+    ``y=None`` (run-time filtering) any positive score flags it.
+
+    :meth:`mitigate` repairs the model with one of the paper's three methods (see there).
+
+    Threat model: the defender holds the model (white box, gradients) and a small set of
+    clean inputs; the attack is an all-to-one, input-agnostic trigger (patch or blend).
+
+    Parameters
+    ----------
+    estimator : Classifier
+        The suspect model; needs the ``logits`` and ``class_gradient`` capabilities (a
+        differentiable model), and ``activations`` for ``detect`` and :meth:`mitigate`.
+    max_epochs : int, default=100
+        Largest number of passes of the optimisation over the clean data.
+    learning_rate : float, default=0.1
+        Adam's step size on the tanh parameters (betas 0.5 and 0.9, as in the paper's code).
+    init_cost : float, default=1e-3
+        Initial weight ``lambda`` of the mask's L1 norm.
+    cost_multiplier : float, default=1.5
+        Factor by which lambda goes up (and ``cost_multiplier ** 1.5`` down).
+    patience : int, default=5
+        Epochs above (below) the success threshold before lambda goes up (down).
+    attack_success_threshold : float, default=0.99
+        Success rate a reversed trigger must reach on an epoch to count.
+    early_stop : bool, default=True
+        Stop a class when its best mask stops shrinking.
+    early_stop_threshold : float, default=0.99
+        A new best L1 below ``early_stop_threshold`` times the previous best resets the
+        early-stopping counter.
+    early_stop_patience : int, default=10
+        Epochs without such an improvement before a class stops.
+    anomaly_threshold : float, default=2.0
+        Anomaly index above which a class with a small trigger is infected.
+    layer : str, int or None, default=None
+        Layer of the trigger neurons (``detect``, filtering, pruning); ``None`` takes the
+        penultimate one.
+    neuron_fraction : float, default=0.01
+        Fraction of the layer's units taken as trigger neurons (at least one).
+    false_positive_rate : float, default=0.05
+        Fraction of clean inputs the filter rejects, which sets its threshold.
+    batch_size : int, default=32
+        Clean inputs per optimisation step (each stamped with every active class's trigger).
+    random_state : None, int or torch.Generator, default=None
+        Initial masks and patterns, mini-batches, samples chosen for unlearning.
+    verbose : bool, default=False
+        Show progress bars.
+
+    Attributes
+    ----------
+    masks_ : numpy.ndarray, shape (K, 1, H, W)
+        The best reversed mask of every class (``(K, *input_shape)`` for non-image inputs).
+    patterns_ : numpy.ndarray, shape (K, *input_shape)
+        The matching patterns.
+    l1_norms_ : numpy.ndarray, shape (K,)
+        L1 norms of the masks.
+    trigger_success_ : numpy.ndarray, shape (K,)
+        Success rate of each reversed trigger in its best epoch (NaN when it never reached
+        ``attack_success_threshold``; its last mask is kept then).
+    anomaly_index_ : numpy.ndarray, shape (K,)
+        Anomaly index of every class.
+    infected_classes_ : list of int
+        Classes judged infected, most anomalous first.
+    epochs_ : numpy.ndarray of int, shape (K,)
+        Epochs each class was optimised for.
+
+    References
+    ----------
+    B. Wang, Y. Yao, S. Shan, H. Li, B. Viswanath, H. Zheng, B. Y. Zhao. "Neural Cleanse:
+    Identifying and Mitigating Backdoor Attacks in Neural Networks." IEEE S&P 2019.
+    https://doi.org/10.1109/SP.2019.00031
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bastion.estimators import TorchClassifier
+    >>> from bastion.defenses.poisoning.neural_cleanse import NeuralCleanse
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+    ...                           torch.nn.Linear(8, 3))
+    >>> clf = TorchClassifier(net, input_shape=(1, 4, 4), nb_classes=3)
+    >>> nc = NeuralCleanse(clf, max_epochs=3, random_state=0)
+    >>> nc = nc.reverse_engineer(torch.rand(40, 1, 4, 4))
+    >>> nc.masks_.shape, nc.patterns_.shape, nc.anomaly_index_.shape
+    ((3, 1, 4, 4), (3, 1, 4, 4), (3,))
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "max_epochs": [Interval(int, 1, None)],
+        "learning_rate": [Interval(float, 0, None, closed="neither")],
+        "init_cost": [Interval(float, 0, None, closed="left")],
+        "cost_multiplier": [Interval(float, 1, None, closed="neither")],
+        "patience": [Interval(int, 1, None)],
+        "attack_success_threshold": [Interval(float, 0, 1, closed="right")],
+        "early_stop": [Boolean()],
+        "early_stop_threshold": [Interval(float, 0, 1, closed="right")],
+        "early_stop_patience": [Interval(int, 1, None)],
+        "anomaly_threshold": [Interval(float, 0, None, closed="neither")],
+        "layer": [
+            NONE,
+            Satisfies(
+                lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
+                "a layer name or index",
+            ),
+        ],
+        "neuron_fraction": [Interval(float, 0, 1, closed="right")],
+        "false_positive_rate": [Interval(float, 0, 1, closed="neither")],
+        "batch_size": [Interval(int, 1, None)],
+        "random_state": [RandomState()],
+        "verbose": [Boolean()],
+    }
+    _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict", "logits", "class_gradient")
+
+    def __init__(
+        self,
+        estimator: Any,
+        *,
+        max_epochs: int = 100,
+        learning_rate: float = 0.1,
+        init_cost: float = 1e-3,
+        cost_multiplier: float = 1.5,
+        patience: int = 5,
+        attack_success_threshold: float = 0.99,
+        early_stop: bool = True,
+        early_stop_threshold: float = 0.99,
+        early_stop_patience: int = 10,
+        anomaly_threshold: float = 2.0,
+        layer: str | int | None = None,
+        neuron_fraction: float = 0.01,
+        false_positive_rate: float = 0.05,
+        batch_size: int = 32,
+        random_state: RandomStateLike = None,
+        verbose: bool = False,
+    ) -> None:
+        self.estimator = estimator
+        self.max_epochs = max_epochs
+        self.learning_rate = learning_rate
+        self.init_cost = init_cost
+        self.cost_multiplier = cost_multiplier
+        self.patience = patience
+        self.attack_success_threshold = attack_success_threshold
+        self.early_stop = early_stop
+        self.early_stop_threshold = early_stop_threshold
+        self.early_stop_patience = early_stop_patience
+        self.anomaly_threshold = anomaly_threshold
+        self.layer = layer
+        self.neuron_fraction = neuron_fraction
+        self.false_positive_rate = false_positive_rate
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ helpers
+
+    def _x(self, x: Any) -> torch.Tensor:
+        est = self.estimator
+        xt, _ = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
+        check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
+        return xt
+
+    def _mask_shape(self) -> tuple[int, ...]:
+        shape = tuple(self.estimator.input_shape)
+        return (1, *shape[1:]) if len(shape) == 3 else shape
+
+    def _bounds(self, x: torch.Tensor) -> tuple[float, float]:
+        clip = self.estimator.clip_values
+        if clip is not None:
+            return float(clip[0]), float(clip[1])
+        return float(x.min()), float(x.max())
+
+    def stamp(self, x: Any, label: int) -> Any:
+        """Stamp the reversed trigger of class ``label`` on ``x`` (same type out as in)."""
+        self._fitted()
+        xt, kind = to_tensor(x, device=self.estimator.device, dtype=self.estimator.dtype)
+        return kind.restore(self._stamp(xt, int(label)))
+
+    def _stamp(self, x: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
+        m = self._masks[label].to(x.dtype)
+        p = self._patterns[label].to(x.dtype)
+        return (1 - m) * x + m * p
+
+    def _fitted(self) -> None:
+        if not hasattr(self, "masks_"):
+            raise InputError("NeuralCleanse has no reversed triggers: call reverse_engineer first.")
+
+    # ------------------------------------------------------------------ reverse engineering
+
+    def reverse_engineer(self, x: Any, y: Any = None) -> NeuralCleanse:
+        """Reverse-engineer the smallest trigger of every class on clean inputs.
+
+        Parameters
+        ----------
+        x : array-like or torch.Tensor, shape (N, *input_shape)
+            Clean inputs (a few hundred suffice). Kept (by reference) to calibrate the filter
+            of ``detect`` and the pruning of :meth:`mitigate`.
+        y : ignored
+            Accepted for symmetry with ``detect``; the optimisation needs no labels.
+
+        Returns
+        -------
+        self
+        """
+        self._validate()
+        est = self.estimator
+        xt = self._x(x)
+        n, k = xt.shape[0], est.nb_classes
+        dev, dtype = est.device, est.dtype
+        gen = resolve_random_state(self.random_state, "cpu")
+        lo, hi = self._bounds(xt)
+        mshape = self._mask_shape()
+
+        def to_raw(u: torch.Tensor) -> torch.Tensor:  # u in [0, 1] -> tanh parameter
+            return torch.atanh((u - 0.5) * (2 - _EPS) * (1 - 1e-6))
+
+        def mask_of(raw: torch.Tensor) -> torch.Tensor:
+            return (torch.tanh(raw) / (2 - _EPS) + 0.5).clamp(0, 1)  # clamp: float rounding
+
+        def pattern_of(raw: torch.Tensor) -> torch.Tensor:
+            return (lo + (hi - lo) * (torch.tanh(raw) / (2 - _EPS) + 0.5)).clamp(lo, hi)
+
+        m_raw = to_raw(torch.rand((k, *mshape), generator=gen, dtype=dtype)).to(dev)
+        p_raw = to_raw(torch.rand((k, *est.input_shape), generator=gen, dtype=dtype)).to(dev)
+        params = [m_raw, p_raw]
+        adam_m = [torch.zeros_like(t) for t in params]
+        adam_v = [torch.zeros_like(t) for t in params]
+        adam_t = torch.zeros(k, device=dev)
+        beta1, beta2, lr = 0.5, 0.9, float(self.learning_rate)
+
+        def kvec(value: float, dt: torch.dtype = torch.float64) -> torch.Tensor:
+            return torch.full((k,), value, dtype=dt, device=dev)
+
+        cost = kvec(float(self.init_cost))
+        inf = math.inf
+        reg_best, es_best = kvec(inf), kvec(inf)
+        best_success = kvec(math.nan)
+        best_m, best_p = mask_of(m_raw).clone(), pattern_of(p_raw).clone()
+        zeros_i = torch.zeros(k, dtype=torch.long, device=dev)
+        up_count, down_count, set_count, es_count = (zeros_i.clone() for _ in range(4))
+        up_flag = torch.zeros(k, dtype=torch.bool, device=dev)
+        down_flag = up_flag.clone()
+        active = torch.ones(k, dtype=torch.bool, device=dev)
+        epochs = zeros_i.clone()
+        thr = float(self.attack_success_threshold)
+        mult_up, mult_down = float(self.cost_multiplier), float(self.cost_multiplier) ** 1.5
+        bs = min(self.batch_size, n)
+        steps = math.ceil(n / bs)
+
+        for _ in trange(self.max_epochs, desc="NeuralCleanse", disable=not self.verbose):
+            ids = torch.nonzero(active).flatten()
+            if ids.numel() == 0:
+                break
+            na = ids.numel()
+            targets = ids.repeat_interleave(bs)
+            order = torch.randperm(n, generator=gen).to(dev)
+            acc_sum = torch.zeros(na, dtype=torch.float64, device=dev)
+            reg_sum = torch.zeros(na, dtype=torch.float64, device=dev)
+            for s in range(steps):
+                xb = xt[order[s * bs : (s + 1) * bs]]
+                b = xb.shape[0]
+                leaves = [t[ids].detach().requires_grad_(True) for t in params]
+                with torch.enable_grad():
+                    m, p = mask_of(leaves[0]), pattern_of(leaves[1])
+                    x_adv = (1 - m).unsqueeze(1) * xb.unsqueeze(0) + (m * p).unsqueeze(1)
+                    logits = est.logits_tensor(x_adv.reshape(na * b, *xb.shape[1:]))
+                    tgt = targets if b == bs else ids.repeat_interleave(b)
+                    ce = F.cross_entropy(logits, tgt, reduction="none").view(na, b).mean(dim=1)
+                    reg = m.abs().flatten(1).sum(dim=1)
+                    loss = ce + cost[ids].to(ce.dtype) * reg
+                    grads = torch.autograd.grad(loss.sum(), leaves)
+                # Adam, one step count per class so that stopped classes stay frozen
+                adam_t[ids] += 1
+                t_ids = adam_t[ids]
+                for j, g in enumerate(grads):
+                    shape = (na,) + (1,) * (g.ndim - 1)
+                    mj = beta1 * adam_m[j][ids] + (1 - beta1) * g
+                    vj = beta2 * adam_v[j][ids] + (1 - beta2) * g * g
+                    adam_m[j][ids], adam_v[j][ids] = mj, vj
+                    mhat = mj / (1 - beta1**t_ids).view(shape)
+                    vhat = vj / (1 - beta2**t_ids).view(shape)
+                    params[j][ids] = params[j][ids] - lr * mhat / (vhat.sqrt() + 1e-8)
+                hits = logits.detach().argmax(dim=1) == tgt
+                acc_sum += hits.view(na, b).to(torch.float64).mean(dim=1) * b
+                reg_sum += reg.detach().to(torch.float64) * b
+            epochs[ids] += 1
+            acc, reg_avg = acc_sum / n, reg_sum / n
+
+            # best mask so far: successful and smaller
+            succ = acc >= thr
+            better = succ & (reg_avg < reg_best[ids])
+            if bool(better.any()):
+                upd = ids[better]
+                best_m[upd] = mask_of(m_raw[upd])
+                best_p[upd] = pattern_of(p_raw[upd])
+                reg_best[upd] = reg_avg[better]
+                best_success[upd] = acc[better]
+            # early stopping
+            done = torch.zeros(na, dtype=torch.bool, device=dev)
+            if self.early_stop:
+                rb = reg_best[ids]
+                has = torch.isfinite(rb)
+                stall = has & (rb >= self.early_stop_threshold * es_best[ids])
+                es_count[ids] = torch.where(
+                    stall, es_count[ids] + 1, torch.where(has, 0, es_count[ids])
+                )
+                es_best[ids] = torch.minimum(rb, es_best[ids])
+                done = up_flag[ids] & down_flag[ids] & (es_count[ids] >= self.early_stop_patience)
+            # lambda: reset when it sits at zero while successful, then up or down
+            c = cost[ids]
+            set_c = torch.where((c == 0) & succ, set_count[ids] + 1, 0)
+            reset = set_c >= self.patience
+            c = torch.where(reset, float(self.init_cost), c)
+            set_count[ids] = torch.where(reset, 0, set_c)
+            up_c = torch.where(succ, up_count[ids] + 1, 0)
+            down_c = torch.where(succ, 0, down_count[ids] + 1)
+            up_c, down_c = torch.where(reset, 0, up_c), torch.where(reset, 0, down_c)
+            uf, df = up_flag[ids] & ~reset, down_flag[ids] & ~reset
+            go_up = up_c >= self.patience
+            go_down = ~go_up & (down_c >= self.patience)
+            c = torch.where(go_up, c * mult_up, torch.where(go_down, c / mult_down, c))
+            cost[ids] = c
+            up_count[ids] = torch.where(go_up, 0, up_c)
+            down_count[ids] = torch.where(go_down, 0, down_c)
+            up_flag[ids], down_flag[ids] = uf | go_up, df | go_down
+            active[ids[done]] = False
+
+        never = ~torch.isfinite(reg_best)
+        if bool(never.any()):  # keep the last mask of a class that never succeeded
+            best_m[never] = mask_of(m_raw[never])
+            best_p[never] = pattern_of(p_raw[never])
+        self._masks, self._patterns = best_m.detach(), best_p.detach()
+        self._x_clean = xt
+        self.masks_ = self._masks.cpu().numpy()
+        self.patterns_ = self._patterns.cpu().numpy()
+        self.l1_norms_ = self._masks.abs().flatten(1).sum(dim=1).to(torch.float64).cpu().numpy()
+        self.trigger_success_ = best_success.cpu().numpy()
+        self.epochs_ = epochs.cpu().numpy()
+        self.anomaly_index_ = anomaly_index(self.l1_norms_)
+        med = np.median(self.l1_norms_)
+        flagged = np.flatnonzero(
+            (self.anomaly_index_ > self.anomaly_threshold) & (self.l1_norms_ < med)
+        )
+        self.infected_classes_ = [
+            int(c) for c in flagged[np.argsort(-self.anomaly_index_[flagged])]
+        ]
+        self._neurons: dict[tuple[int, bool], tuple[torch.Tensor, float, float, float]] = {}
+        if hasattr(self, "_clean_act"):
+            del self._clean_act
+        return self
+
+    # ------------------------------------------------------------------ trigger neurons
+
+    def _layer(self) -> str | int:
+        self.layer_ = super()._layer()
+        return self.layer_
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations ``(N, D)`` of the chosen layer, one unit per channel (spatial mean)."""
+        layer = self._layer()
+        outs = []
+        with torch.no_grad():
+            for i in range(0, x.shape[0], 256):
+                a = self.estimator.activations_tensor(x[i : i + 256], layer)
+                outs.append(a.reshape(a.shape[0], a.shape[1], -1).to(torch.float64).mean(dim=2))
+        return torch.cat(outs)
+
+    def _trigger_neurons(
+        self, label: int, within_class: bool
+    ) -> tuple[torch.Tensor, float, float, float]:
+        """Units of ``layer`` most excited by the reversed trigger of ``label``, and the mean,
+        std and standardised threshold of their activation on clean inputs.
+
+        The reference is every clean input (run-time filter), or with ``within_class`` the
+        clean inputs the model assigns to ``label`` (training-set poison is labelled
+        ``label``, so it must stand out from genuine members of that class).
+        """
+        key = (label, within_class)
+        if key not in self._neurons:
+            require_capabilities(self.estimator, ("activations",), type(self).__name__)
+            if not hasattr(self, "_clean_act"):
+                self._clean_act = self._act(self._x_clean)
+                with torch.no_grad():
+                    self._clean_pred = torch.cat(
+                        [
+                            self.estimator.predict_tensor(self._x_clean[i : i + 256]).argmax(1)
+                            for i in range(0, self._x_clean.shape[0], 256)
+                        ]
+                    ).cpu()
+            clean = self._clean_act
+            if within_class and int((self._clean_pred == label).sum()) >= 2:
+                clean = clean[self._clean_pred == label]
+            stamped = self._act(self._stamp(self._x_clean, label))
+            gap = stamped.mean(dim=0) - clean.mean(dim=0)
+            count = max(1, math.ceil(self.neuron_fraction * gap.shape[0]))
+            units = torch.argsort(gap, descending=True)[:count]
+            score = clean[:, units].mean(dim=1)
+            mu, sd = float(score.mean()), float(score.std())
+            sd = sd if math.isfinite(sd) and sd > 0 else 1.0
+            z = (score - mu) / sd
+            threshold = float(torch.quantile(z, 1 - self.false_positive_rate))
+            self._neurons[key] = (units, mu, sd, threshold)
+        return self._neurons[key]
+
+    def _scores(self, x: torch.Tensor, labels: list[int], within_class: bool) -> torch.Tensor:
+        """``(len(labels), N)`` standardised trigger-neuron activation minus the threshold."""
+        act = self._act(x)
+        rows = []
+        for c in labels:
+            units, mu, sd, threshold = self._trigger_neurons(c, within_class)
+            rows.append((act[:, units].mean(dim=1) - mu) / sd - threshold)
+        return torch.stack(rows) if rows else torch.empty((0, x.shape[0]), dtype=torch.float64)
+
+    # ------------------------------------------------------------------ detect
+
+    def detect(self, x: Any, y: Any = None) -> DetectionResult:
+        """Flag the inputs that carry the trigger of an infected class.
+
+        Reverse-engineers the triggers on ``x`` first when :meth:`reverse_engineer` has not
+        run (better: run it on clean data).
+
+        Parameters
+        ----------
+        x : array-like or torch.Tensor, shape (N, *input_shape)
+            Training (or incoming) inputs.
+        y : array-like or torch.Tensor, optional
+            Their labels. With labels, only samples labelled with an infected class can be
+            flagged (training-set poison); without, any input (run-time filtering).
+
+        Returns
+        -------
+        DetectionResult
+            ``scores``: the largest, over infected classes, standardised activation of the
+            trigger neurons above the filter's threshold (positive: carries the trigger;
+            all zero when no class is infected). ``report[c]`` for every label ``c``: its
+            size, the number flagged, the class's anomaly index and mask L1 norm, and
+            whether it is infected.
+        """
+        self._validate()
+        xt = self._x(x)
+        labels: np.ndarray | None = None
+        if y is not None:
+            yt, _ = to_tensor(y, dtype=None)
+            k = self.estimator.nb_classes
+            labels = check_labels(yt.cpu(), n=xt.shape[0], nb_classes=k).numpy()
+        if not hasattr(self, "masks_"):
+            self.reverse_engineer(xt)
+        infected = self.infected_classes_
+        n = xt.shape[0]
+        if infected:
+            per_class = (
+                self._scores(xt, infected, labels is not None).cpu().numpy()
+            )  # (n_infected, N)
+            scores = per_class.max(axis=0)
+            if labels is not None:
+                rows = {c: i for i, c in enumerate(infected)}
+                own = np.array([rows.get(int(c), -1) for c in labels])
+                has = own >= 0
+                scores[has] = per_class[own[has], np.flatnonzero(has)]
+                is_poison = has & (scores > 0)
+            else:
+                is_poison = scores > 0
+        else:
+            scores, is_poison = np.zeros(n), np.zeros(n, dtype=bool)
+        report: dict[int, dict[str, Any]] = {}
+        keys = np.unique(labels).tolist() if labels is not None else []
+        for c in keys:
+            sel = labels == c
+            report[int(c)] = {
+                "size": int(sel.sum()),
+                "n_flagged": int(is_poison[sel].sum()),
+                "anomaly_index": float(self.anomaly_index_[c]),
+                "l1_norm": float(self.l1_norms_[c]),
+                "infected": int(c) in infected,
+            }
+        return DetectionResult(
+            is_poison=is_poison,
+            scores=scores.astype(np.float64),
+            report=report,
+            method="NeuralCleanse",
+            labels=labels,
+        )
+
+    # ------------------------------------------------------------------ mitigation
+
+    def mitigate(
+        self,
+        x: Any,
+        y: Any,
+        method: str = "unlearning",
+        *,
+        epochs: int = 2,
+        learning_rate: float = 1e-3,
+        fraction: float = 0.2,
+        max_prune_ratio: float = 0.5,
+        success_threshold: float = 0.05,
+    ) -> Classifier:
+        """Repair the model against the infected classes' triggers; returns a new estimator.
+
+        Parameters
+        ----------
+        x, y : array-like or torch.Tensor
+            Clean data with correct labels (for fine-tuning, and to check the pruning).
+        method : {"unlearning", "pruning", "filter"}
+            * ``"unlearning"``: fine-tune a copy of the network (Adam, ``epochs``,
+              ``learning_rate``) on the clean data where ``fraction`` of the samples (20% in
+              the paper) carry the reversed trigger of an infected class and keep their
+              correct label.
+            * ``"pruning"``: mask, in a copy, the units of ``layer`` in decreasing order of
+              how much the reversed triggers raise their mean activation, until the reversed
+              triggers succeed on at most ``success_threshold`` of the clean inputs not of
+              their class, or ``max_prune_ratio`` of the units are gone.
+            * ``"filter"``: an estimator that rejects the inputs ``detect(x)`` flags: their
+              probabilities are all zero (no class wins), others pass unchanged.
+        epochs, learning_rate, fraction : unlearning settings.
+        max_prune_ratio, success_threshold : pruning settings.
+
+        Returns
+        -------
+        Classifier
+            A :class:`~bastion.estimators.TorchClassifier` with its own network (unlearning,
+            pruning) or a predict-only filtering wrapper; the original estimator is left
+            unchanged. With no infected class, a warning and an unchanged copy.
+
+        Attributes set
+        --------------
+        pruned_neurons_ : numpy.ndarray of int
+            After ``"pruning"``: the masked units of ``layer_``, in order.
+        """
+        validate_params(
+            "NeuralCleanse.mitigate",
+            {
+                "method": method,
+                "epochs": epochs,
+                "learning_rate": learning_rate,
+                "fraction": fraction,
+                "max_prune_ratio": max_prune_ratio,
+                "success_threshold": success_threshold,
+            },
+            {
+                "method": [Options(["unlearning", "pruning", "filter"])],
+                "epochs": [Interval(int, 1, None)],
+                "learning_rate": [Interval(float, 0, None, closed="neither")],
+                "fraction": [Interval(float, 0, 1, closed="right")],
+                "max_prune_ratio": [Interval(float, 0, 1, closed="neither")],
+                "success_threshold": [Interval(float, 0, 1)],
+            },
+        )
+        self._validate()
+        self._fitted()
+        if method == "filter":
+            return _FilteredClassifier(self)
+        clf = _torch_classifier(self.estimator, "NeuralCleanse.mitigate")
+        xt, yt = _clean_data(clf, x, y)
+        infected = self.infected_classes_
+        if not infected:
+            warnings.warn(
+                "NeuralCleanse found no infected class: the returned model is an unchanged copy.",
+                stacklevel=2,
+            )
+            return _clone_classifier(clf, copy.deepcopy(clf.model))
+        gen = resolve_random_state(self.random_state, "cpu")
+        if method == "unlearning":
+            n = xt.shape[0]
+            count = math.floor(fraction * n + 0.5)
+            chosen = torch.randperm(n, generator=gen)[:count].to(xt.device)
+            which = torch.tensor(infected, device=xt.device)[
+                torch.randint(0, len(infected), (count,), generator=gen).to(xt.device)
+            ]
+            x_ft = xt.clone()
+            x_ft[chosen] = self._stamp(xt[chosen], which)
+            model = _clone_classifier(clf, copy.deepcopy(clf.model))
+            return model.fit(
+                x_ft,
+                yt,
+                epochs=epochs,
+                lr=learning_rate,
+                batch_size=self.batch_size,
+                random_state=gen,
+                verbose=self.verbose,
+            )
+        # pruning
+        require_capabilities(clf, ("activations",), "NeuralCleanse.mitigate")
+        layer = _layer_name(clf, self._layer())
+        clean = self._act(xt).mean(dim=0)
+        gap = torch.stack([self._act(self._stamp(xt, c)).mean(dim=0) - clean for c in infected])
+        order = torch.argsort(gap.sum(dim=0), descending=True)
+        pruned, hook = _copy_with_mask(clf, layer, order.shape[0])
+        stamped = [(self._stamp(xt[yt != c], c), c) for c in infected]
+
+        def success() -> float:
+            rates = []
+            with torch.no_grad():
+                for xs, c in stamped:
+                    pred = pruned._predict_probabilities(xs).argmax(dim=1)
+                    rates.append(float((pred == c).float().mean()) if xs.shape[0] else 0.0)
+            return max(rates)
+
+        limit = max(1, math.floor(max_prune_ratio * order.shape[0]))
+        n_pruned = 0
+        while n_pruned < limit and success() > success_threshold:
+            hook.keep[order[n_pruned]] = 0.0
+            n_pruned += 1
+        self.pruned_neurons_ = order[:n_pruned].cpu().numpy()
+        return pruned
+
+
+class _FilteredClassifier(Classifier):
+    """Predict-only wrapper: inputs Neural Cleanse's filter flags get all-zero probabilities."""
+
+    capabilities = frozenset({"predict"})
+
+    def __init__(self, defence: NeuralCleanse) -> None:
+        super().__init__()
+        est = defence.estimator
+        self.defence = defence
+        self.input_shape = tuple(est.input_shape)
+        self.nb_classes = est.nb_classes
+        self.clip_values = est.clip_values
+        self.device = est.device
+        self.dtype = est.dtype
+
+    def _predict_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        nc = self.defence
+        probs = nc.estimator._predict_probabilities(x)
+        if not nc.infected_classes_:
+            return probs
+        rejected = (nc._scores(x, nc.infected_classes_, False) > 0).any(dim=0).to(probs.device)
+        return probs * (~rejected).unsqueeze(1).to(probs.dtype)
