@@ -1,0 +1,164 @@
+"""Shared pieces of model-extraction attacks: the ``extract(x_pool) -> thief`` template, query
+accounting, victim queries in batches and the thief's training loop on hard or soft labels."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from bastion._tensor import resolve_random_state, to_tensor
+from bastion._validation import Boolean, Constraint, Interval, RandomState, check_x
+from bastion.attacks.poisoning._base import _Parametrized
+from bastion.estimators.base import require_capabilities
+from bastion.exceptions import EstimatorError, InputError
+
+__all__ = ["ExtractionAttack"]
+
+
+#: Constraints shared by the attacks that train a thief.
+THIEF_CONSTRAINTS: dict[str, list[Constraint]] = {
+    "nb_queries": [Interval(int, 1, None)],
+    "epochs": [Interval(int, 1, None)],
+    "batch_size": [Interval(int, 1, None)],
+    "lr": [Interval(float, 0, None, closed="neither")],
+    "random_state": [RandomState()],
+    "verbose": [Boolean()],
+}
+
+
+class ExtractionAttack(_Parametrized):
+    """Base of model-extraction (stealing) attacks: ``extract(x_pool) -> thief``.
+
+    ``__init__`` takes the victim first and only stores the parameters; they are validated when
+    :meth:`extract` starts. Every query goes through the victim's ``predict_tensor``, so the
+    victim's own ``query_count`` grows by the number of samples sent, and the attack records
+    the queries of its last run in ``queries_``.
+
+    Subclasses implement ``_extract(x_pool, generator, **kwargs)`` and query the victim only
+    through :meth:`_query`.
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+    _victim_requirements: ClassVar[tuple[str, ...]] = ("predict",)
+    _thief_requirements: ClassVar[tuple[str, ...]] = ("logits",)
+
+    victim: Any
+    thief: Any
+    random_state: Any
+    verbose: bool = False
+    #: Victim queries spent by the last :meth:`extract` (samples whose outputs were returned).
+    queries_: int
+
+    # ------------------------------------------------------------------ template
+
+    def extract(self, x_pool: Any, **kwargs: Any) -> Any:
+        """Steal the victim with the attacker's data ``x_pool``; return the trained thief.
+
+        Parameters
+        ----------
+        x_pool : array-like or torch.Tensor, shape (N, *input_shape)
+            Unlabelled data the attacker holds (natural images, or seeds).
+        **kwargs
+            Attack-specific inputs (see the subclass).
+
+        Returns
+        -------
+        thief : estimator
+            The thief estimator, trained in place.
+        """
+        owner = type(self).__name__
+        require_capabilities(self.victim, self._victim_requirements, owner)
+        if "thief" in self._param_names():
+            require_capabilities(self.thief, self._thief_requirements, f"{owner} (thief)")
+            self._check_thief(owner)
+        self._validate()
+        xt, _ = to_tensor(
+            x_pool, device=self.victim.device, dtype=getattr(self.victim, "dtype", torch.float32)
+        )
+        check_x(
+            xt,
+            input_shape=tuple(self.victim.input_shape),
+            clip_values=self.victim.clip_values,
+            name="x_pool",
+        )
+        generator = resolve_random_state(self.random_state, "cpu")
+        start = int(self.victim.query_count)
+        try:
+            return self._extract(xt, generator, **kwargs)
+        finally:
+            self.queries_ = int(self.victim.query_count) - start
+
+    def _check_thief(self, owner: str) -> None:
+        if not isinstance(getattr(self.thief, "model", None), torch.nn.Module):
+            raise EstimatorError(
+                f"{owner} trains the thief's torch model: give a TorchClassifier as thief."
+            )
+        if tuple(self.thief.input_shape) != tuple(self.victim.input_shape) or (
+            self.thief.nb_classes != self.victim.nb_classes
+        ):
+            raise InputError(
+                f"{owner}: the thief must have the victim's input_shape "
+                f"{tuple(self.victim.input_shape)} and nb_classes {self.victim.nb_classes}; "
+                f"got {tuple(self.thief.input_shape)} and {self.thief.nb_classes}."
+            )
+
+    def _extract(self, x_pool: torch.Tensor, generator: torch.Generator, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+
+    def _query(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """The victim's outputs (probabilities, or one-hot rows for a label-only API)."""
+        with torch.no_grad():
+            outs = [
+                self.victim.predict_tensor(x[i : i + batch_size].to(self.victim.device))
+                for i in range(0, x.shape[0], batch_size)
+            ]
+        return torch.cat(outs).float()
+
+    def _train_thief(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        generator: torch.Generator,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> torch.optim.Optimizer:
+        """Train the thief on hard labels ``(N,)`` or soft targets ``(N, K)`` (cross-entropy
+        against the target distribution); returns the optimiser so training can resume."""
+        thief = self.thief
+        model: torch.nn.Module = thief.model
+        dev = thief.device
+        x = x.to(dev, getattr(thief, "dtype", torch.float32))
+        targets = targets.to(dev)
+        soft = targets.ndim == 2
+        norm = getattr(thief, "_norm", None)  # the estimator's (mean, std) preprocessing
+        opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+        n = x.shape[0]
+        model.train()
+        try:
+            bar = tqdm(range(epochs), desc=type(self).__name__, disable=not self.verbose)
+            for _ in bar:
+                order = torch.randperm(n, generator=generator).to(dev)
+                for i in range(0, n, batch_size):
+                    idx = order[i : i + batch_size]
+                    xb = x[idx]
+                    if norm is not None:
+                        xb = (xb - norm[0]) / norm[1]
+                    logits = model(xb)
+                    if soft:
+                        loss = -(targets[idx] * F.log_softmax(logits, dim=1)).sum(1).mean()
+                    else:
+                        loss = F.cross_entropy(logits, targets[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+        finally:
+            model.eval()
+        return opt

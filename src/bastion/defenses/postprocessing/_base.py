@@ -1,0 +1,103 @@
+"""The postprocessor template and the defended estimator that applies postprocessors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from bastion._tensor import to_tensor
+from bastion.attacks.poisoning._base import _Parametrized
+from bastion.estimators.base import Classifier, require_capabilities
+from bastion.exceptions import InputError, InvalidParameterError
+
+__all__ = ["PostprocessedClassifier", "Postprocessor"]
+
+
+class Postprocessor(_Parametrized):
+    """Base of output-perturbing defences: ``postprocessor(probabilities) -> probabilities``.
+
+    A postprocessor maps a batch of class probabilities ``(N, K)`` to the probabilities the
+    API reveals. ``__init__`` only stores parameters; they are validated at the first call.
+    Subclasses implement ``_apply(probs)`` on a float tensor.
+    """
+
+    def __call__(self, preds: Any) -> Any:
+        """Apply the defence to probabilities ``(N, K)``; same type out as in."""
+        t, kind = to_tensor(preds, dtype=None)
+        if t.ndim != 2 or not t.is_floating_point():
+            raise InputError(
+                f"{type(self).__name__} expects floating-point probabilities of shape (N, K); "
+                f"got shape {tuple(t.shape)} and dtype {t.dtype}."
+            )
+        return kind.restore(self.apply_tensor(t))
+
+    def apply_tensor(self, probs: torch.Tensor) -> torch.Tensor:
+        """The kernel: validated parameters, tensor in, tensor out (no checks on ``probs``)."""
+        self._validate()
+        return self._apply(probs)
+
+    def _apply(self, probs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PostprocessedClassifier(Classifier):
+    """An estimator whose outputs pass through postprocessors: a defended prediction API.
+
+    The wrapper is an estimator like the one it protects (DESIGN principle 7): attacks and
+    metrics use it unchanged. It offers only ``predict`` (the defence changes what the API
+    reveals, so gradients of the undefended model are not exposed); every query is counted on
+    the wrapper's ``query_count`` and on the wrapped estimator's.
+
+    Parameters
+    ----------
+    estimator : estimator
+        The protected model (any bastion estimator with ``predict``).
+    postprocessors : sequence of Postprocessor
+        Applied in order to the probabilities.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bastion.estimators import TorchClassifier
+    >>> from bastion.defenses.postprocessing import PostprocessedClassifier, ReverseSigmoid
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    >>> clf = TorchClassifier(net, input_shape=(4,), nb_classes=3)
+    >>> api = PostprocessedClassifier(clf, postprocessors=[ReverseSigmoid(beta=1.0, gamma=0.2)])
+    >>> api.predict(torch.rand(2, 4)).shape
+    torch.Size([2, 3])
+    >>> api.query_count, clf.query_count
+    (2, 2)
+    """
+
+    capabilities = frozenset({"predict"})
+
+    def __init__(self, estimator: Any, *, postprocessors: Sequence[Postprocessor]) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        require_capabilities(estimator, ["predict"], owner)
+        if isinstance(postprocessors, Postprocessor):
+            postprocessors = [postprocessors]
+        if not all(isinstance(p, Postprocessor) for p in postprocessors):
+            raise InvalidParameterError(
+                f"The 'postprocessors' parameter of {owner} must be a sequence of "
+                f"Postprocessor instances. Got {postprocessors!r} instead."
+            )
+        self.estimator = estimator
+        self.postprocessors = list(postprocessors)
+        self.input_shape = tuple(estimator.input_shape)
+        self.nb_classes = estimator.nb_classes
+        self.clip_values = estimator.clip_values
+        self.device = estimator.device
+        self.dtype = getattr(estimator, "dtype", torch.float32)
+
+    def _predict_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            probs = self.estimator.predict_tensor(x)
+            for post in self.postprocessors:
+                probs = post.apply_tensor(probs)
+        return probs
+
+    def __repr__(self) -> str:
+        return f"PostprocessedClassifier({self.estimator!r}, postprocessors={self.postprocessors})"
