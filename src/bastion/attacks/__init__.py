@@ -1,5 +1,6 @@
-"""Attacks, organised by threat: ``evasion``, ``poisoning`` (more to come: extraction,
-inference)."""
+"""Attacks, organised by threat: :mod:`~bastion.attacks.evasion`,
+:mod:`~bastion.attacks.poisoning`, :mod:`~bastion.attacks.extraction` and
+:mod:`~bastion.attacks.inference`."""
 
 from bastion.attacks.base import (
     Attack,

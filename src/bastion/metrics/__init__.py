@@ -3,8 +3,14 @@
 - Poisoning: :func:`detection_scores` (and :func:`detection_precision`,
   :func:`detection_recall`, :func:`detection_f1`) against a ground-truth poison mask,
   :func:`attack_success_rate` of a backdoor, :func:`clean_accuracy`.
+- Extraction: :func:`fidelity` (agreement of a stolen model with the victim),
+  :func:`thief_accuracy`, :func:`accuracy_vs_queries`.
+- Privacy: :mod:`bastion.metrics.privacy` (ROC, AUC, TPR at low FPR, membership advantage,
+  log-log ROC plot) and :func:`pdtp` (per-sample leakage, Long et al. 2017).
 """
 
+from bastion.metrics.extraction import accuracy_vs_queries, fidelity, thief_accuracy
+from bastion.metrics.pdtp import PDTPResult, pdtp
 from bastion.metrics.poisoning import (
     attack_success_rate,
     clean_accuracy,
@@ -15,10 +21,15 @@ from bastion.metrics.poisoning import (
 )
 
 __all__ = [
+    "PDTPResult",
+    "accuracy_vs_queries",
     "attack_success_rate",
     "clean_accuracy",
     "detection_f1",
     "detection_precision",
     "detection_recall",
     "detection_scores",
+    "fidelity",
+    "pdtp",
+    "thief_accuracy",
 ]
