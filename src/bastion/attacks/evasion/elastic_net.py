@@ -31,7 +31,8 @@ class ElasticNet(MinimumNormAttack):
     is ``beta`` itself (not ``a_k * beta``).
 
     Each sample has its own constant ``c``, starting at ``initial_const``; after each of the
-    ``binary_search_steps`` runs of ``max_iter`` steps (started again from ``x``), ``c`` is
+    ``binary_search_steps`` runs of ``max_iter`` steps (each warm-started from the previous
+    run's last iterate, which finds smaller perturbations for the same number of steps), ``c`` is
     bisected towards the largest failed value when the run found an adversarial example and
     multiplied by 10 while none was found. Every point where the gradient is evaluated (``y_k``,
     a valid input inside the box) is scored from the logits of that same forward pass, so
@@ -185,8 +186,8 @@ class ElasticNet(MinimumNormAttack):
         fista = self.optimizer == "fista"
         every = max(1, self.max_iter // 10)
         everyone = torch.arange(n, device=x.device)
+        x_k, slack = x.clone(), x.clone()
         for _ in range(self.binary_search_steps):
-            x_k, slack = x.clone(), x.clone()
             found = torch.zeros(n, dtype=torch.bool, device=x.device)
             prev = torch.full_like(const, math.inf)
             idx = everyone
