@@ -79,6 +79,10 @@ class SupportsClassGradient(SupportsPredict, Protocol):
 
     def class_gradient_tensor(self, x: torch.Tensor, label: Any = ...) -> torch.Tensor: ...
 
+    def class_gradient_and_logits_tensor(
+        self, x: torch.Tensor, label: Any = ...
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
     def objective_gradient_tensor(
         self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
@@ -234,6 +238,23 @@ class Classifier(abc.ABC):
 
     def _class_gradient(self, x: torch.Tensor, label: Any) -> torch.Tensor:
         raise NotImplementedError
+
+    def class_gradient_and_logits_tensor(
+        self, x: torch.Tensor, label: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`class_gradient_tensor` and the logits at ``x``, from one forward pass where
+        the estimator allows it (attacks that linearise the model at every step need both)."""
+        self._require("class_gradient", "class_gradient_and_logits_tensor")
+        self.gradient_count += int(x.shape[0])
+        return self._class_gradient_and_logits(x, label)
+
+    def _class_gradient_and_logits(
+        self, x: torch.Tensor, label: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Generic fallback: two passes. Estimators with an autograd graph override it.
+        with torch.no_grad():
+            logits = self._logits(x)
+        return self._class_gradient(x, label), logits
 
     def objective_gradient_tensor(
         self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]

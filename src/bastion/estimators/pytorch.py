@@ -209,16 +209,21 @@ class TorchClassifier(Classifier):
         return grad
 
     def _class_gradient(self, x: torch.Tensor, label: Any) -> torch.Tensor:
+        return self._class_gradient_and_logits(x, label)[0]
+
+    def _class_gradient_and_logits(
+        self, x: torch.Tensor, label: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self._forward(x)
             if isinstance(label, int):
                 (grad,) = torch.autograd.grad(logits[:, label].sum(), x)
-                return grad
+                return grad, logits.detach()
             if label is not None and label.ndim == 1:
                 picked = logits.gather(1, label.view(-1, 1).to(logits.device))
                 (grad,) = torch.autograd.grad(picked.sum(), x)
-                return grad
+                return grad, logits.detach()
             # One vectorised backward for several classes per sample: seed r selects, for each
             # sample, the r-th requested class (all classes when label is None).
             if label is None:
@@ -237,7 +242,7 @@ class TorchClassifier(Classifier):
                     for r in range(k)
                 ]
                 jac = torch.stack(rows)
-        return jac.transpose(0, 1).contiguous()
+        return jac.transpose(0, 1).contiguous(), logits.detach()
 
     # ------------------------------------------------------------------ layers
 

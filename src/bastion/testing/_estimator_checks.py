@@ -117,7 +117,8 @@ def check_loss_gradient(problem: Problem) -> None:
 
 def check_class_gradient(problem: Problem) -> None:
     """``class_gradient`` (all classes in one call) matches finite differences of the logits,
-    the one-class forms (int label, one label per sample) and ``objective_gradient_tensor``."""
+    the one-class forms (int label, one label per sample), ``objective_gradient_tensor`` and
+    ``class_gradient_and_logits_tensor``."""
     est = problem.estimator
     x = torch.as_tensor(problem.x[:4], dtype=est.dtype, device=est.device)
     lo, hi = est.clip_values or (-np.inf, np.inf)
@@ -146,6 +147,12 @@ def check_class_gradient(problem: Problem) -> None:
     np.testing.assert_allclose(
         np.asarray(est.class_gradient(x, label=labels)), picked.cpu().numpy(), atol=1e-6
     )
+    both, z = est.class_gradient_and_logits_tensor(x)
+    np.testing.assert_allclose(both.cpu().numpy(), jac.cpu().numpy(), atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            z.cpu().numpy(), est.logits_tensor(x).cpu().numpy(), rtol=1e-5, atol=1e-6
+        )
 
 
 def check_activations(problem: Problem) -> None:

@@ -322,12 +322,19 @@ class FAB(MinimumNormAttack):
         rows = torch.arange(n, device=x0.device)
         lo, hi = est.clip_values if est.clip_values is not None else (-math.inf, math.inf)
         x1 = start.clone()
-        with torch.no_grad():
-            logits = est.logits_tensor(x1.reshape(shape))
+        # Targeted FAB picks, at each step, the strongest class other than the target: it needs
+        # the logits at x1 before the Jacobian call. The other variants take them from it.
+        pick_other = cls is not None and other is None
+        logits = torch.empty(0)
+        if pick_other:
+            with torch.no_grad():
+                logits = est.logits_tensor(x1.reshape(shape))
         for it in range(self.max_iter):
             if cls is None:
-                # Untargeted FAB: all classes in one Jacobian call, nearest linearised boundary.
-                jac = est.class_gradient_tensor(x1.reshape(shape)).flatten(2)  # (n, K, D)
+                # Untargeted FAB: all classes in one Jacobian call (whose forward pass gives the
+                # logits too), nearest linearised boundary.
+                jac, logits = est.class_gradient_and_logits_tensor(x1.reshape(shape))
+                jac = jac.flatten(2)  # (n, K, D)
                 f = logits - logits.gather(1, y.view(-1, 1))
                 w_all = jac - jac[rows, y].unsqueeze(1)
                 if mask is not None:
@@ -337,10 +344,11 @@ class FAB(MinimumNormAttack):
                 w, f_s = w_all[rows, s], f[rows, s]
             else:
                 o = other
-                if o is None:  # the strongest class other than the target
+                if o is None:  # the strongest class other than the target, at x1
                     o = logits.scatter(1, cls.view(-1, 1), -math.inf).argmax(dim=1)
                 pair = torch.stack([cls, o], dim=1)
-                jac = est.class_gradient_tensor(x1.reshape(shape), pair).flatten(2)  # (n, 2, D)
+                jac, logits = est.class_gradient_and_logits_tensor(x1.reshape(shape), pair)
+                jac = jac.flatten(2)  # (n, 2, D)
                 w = jac[:, 0] - jac[:, 1]
                 f_s = logits[rows, cls] - logits[rows, o]
                 if mask is not None:
@@ -365,8 +373,10 @@ class FAB(MinimumNormAttack):
             best_norm.copy_(torch.where(better, dist_now, best_norm))
             if it == self.max_iter - 1:
                 break
-            # Step back toward x0, and refresh the logits there.
+            # Step back toward x0 (the next Jacobian call gives the logits there, except for
+            # targeted FAB, which needs them first).
             idx = adv.nonzero().squeeze(1)
             x1[idx] = x0[idx] + self.beta * (x1[idx] - x0[idx])
-            with torch.no_grad():
-                logits[idx] = est.logits_tensor(x1[idx].reshape(shape))
+            if pick_other:
+                with torch.no_grad():
+                    logits[idx] = est.logits_tensor(x1[idx].reshape(shape))
