@@ -346,11 +346,12 @@ class FAB(MinimumNormAttack):
                 o = other
                 if o is None:  # the strongest class other than the target, at x1
                     o = logits.scatter(1, cls.view(-1, 1), -math.inf).argmax(dim=1)
-                pair = torch.stack([cls, o], dim=1)
-                jac, logits = est.class_gradient_and_logits_tensor(x1.reshape(shape), pair)
-                jac = jac.flatten(2)  # (n, 2, D)
-                w = jac[:, 0] - jac[:, 1]
-                f_s = logits[rows, cls] - logits[rows, o]
+                # One backward pass, of the logit difference itself.
+                grad, f_s, logits = est.objective_gradient_tensor(
+                    x1.reshape(shape),
+                    lambda z, c=cls, o=o: z[rows, c] - z[rows, o],
+                )
+                w = grad.flatten(1)
                 if mask is not None:
                     w = w * mask
             # Project x1 and x0 onto the same linearised boundary, each within the box.
