@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from typing import Any, ClassVar
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bastion._params import Parametrized
 from bastion._tensor import resolve_random_state, to_tensor
 from bastion._validation import (
     Boolean,
@@ -32,12 +32,11 @@ from bastion._validation import (
     Satisfies,
     check_labels,
     check_x,
-    validate_params,
 )
 from bastion.attacks._lp import canonical_norm, lp_norm, project_lp_box
 from bastion.attacks._queries import QueryCounter
 from bastion.estimators.base import require_capabilities
-from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
+from bastion.exceptions import EstimatorError, InputError
 
 __all__ = [
     "Attack",
@@ -49,7 +48,7 @@ __all__ = [
 ]
 
 
-class Attack:
+class Attack(Parametrized):
     """Base of every attack: parameters, validation and capability checks.
 
     Subclasses define ``__init__(self, estimator, *, param=default, ...)`` that stores each
@@ -57,57 +56,14 @@ class Attack:
     the estimator capabilities they need in ``_estimator_requirements``.
     """
 
-    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+    _not_params: ClassVar[tuple[str, ...]] = ("estimator",)
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict",)
 
     estimator: Any
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        names = []
-        for p in sig.parameters.values():
-            if p.name in ("self", "estimator"):
-                continue
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                raise TypeError(f"{cls.__name__}.__init__ must not take *args or **kwargs")
-            names.append(p.name)
-        return names
-
-    def get_params(self) -> dict[str, Any]:
-        """The hyper-parameters as given (the estimator excluded)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> Attack:
-        """Set hyper-parameters by name; returns ``self``. Values are validated at the next
-        ``generate``."""
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise InvalidParameterError(
-                    f"Invalid parameter {key!r} for {type(self).__name__}. "
-                    f"Valid parameters are: {sorted(valid)!r}."
-                )
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        sig = inspect.signature(type(self).__init__)
-        parts = [f"estimator={type(self.estimator).__name__}"]
-        for name in self._param_names():
-            value = getattr(self, name)
-            default = sig.parameters[name].default
-            try:
-                same = bool(value == default) and type(value) is type(default)
-            except Exception:
-                same = False
-            if not same:
-                parts.append(f"{name}={value!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
-
     def _validate(self) -> None:
         """Check hyper-parameters and estimator capabilities (called at the start of work)."""
-        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        super()._validate()
         require_capabilities(self.estimator, self._estimator_requirements, type(self).__name__)
 
 

@@ -3,65 +3,26 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
+from bastion._params import Parametrized
 from bastion._validation import (
     Constraint,
     Satisfies,
-    validate_params,
 )
-from bastion.exceptions import InputError, InvalidParameterError
+from bastion.exceptions import InputError
 
 __all__ = ["PoisoningAttack"]
 
 
-class _Parametrized:
-    """sklearn-style parameters: read from ``__init__``'s signature, validated when used."""
-
-    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
-
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name != "self"]
-
-    def get_params(self) -> dict[str, Any]:
-        """The parameters as given."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> Any:
-        """Set parameters by name; returns ``self``. Values are validated when next used."""
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise InvalidParameterError(
-                    f"Invalid parameter {key!r} for {type(self).__name__}. "
-                    f"Valid parameters are: {sorted(valid)!r}."
-                )
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        sig = inspect.signature(type(self).__init__)
-        parts = []
-        for name in self._param_names():
-            value, default = getattr(self, name), sig.parameters[name].default
-            try:
-                same = bool(value == default) and type(value) is type(default)
-            except Exception:
-                same = False
-            if not same:
-                parts.append(f"{name}={value!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
-
-    def _validate(self) -> None:
-        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+class _Parametrized(Parametrized):
+    """sklearn-style parameters (kept under this name for the poisoning, extraction and
+    inference modules that import it)."""
 
 
 def _is_clip_values(value: Any) -> bool:

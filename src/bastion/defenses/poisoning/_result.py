@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,10 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bastion._params import Parametrized
 from bastion._tensor import to_tensor
-from bastion._validation import Constraint, check_labels, check_x, validate_params
+from bastion._validation import Constraint, check_labels, check_x
 from bastion.estimators.base import require_capabilities
-from bastion.exceptions import InputError, InvalidParameterError
+from bastion.exceptions import InputError
 
 __all__ = ["DetectionResult", "PoisonDetector"]
 
@@ -86,7 +86,7 @@ class DetectionResult:
         )
 
 
-class PoisonDetector:
+class PoisonDetector(Parametrized):
     """Base of training-set poison detectors: ``detect(x, y) -> DetectionResult``.
 
     Subclasses define ``__init__(self, estimator, *, param=default, ...)`` that stores each
@@ -102,42 +102,10 @@ class PoisonDetector:
     batch_size: int
     verbose: bool
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.name not in ("self", "estimator")]
-
-    def get_params(self) -> dict[str, Any]:
-        """The hyper-parameters as given (the estimator excluded)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> PoisonDetector:
-        """Set hyper-parameters by name; returns ``self``. Validated at the next ``detect``."""
-        valid = self._param_names()
-        for key, value in params.items():
-            if key not in valid:
-                raise InvalidParameterError(
-                    f"Invalid parameter {key!r} for {type(self).__name__}. "
-                    f"Valid parameters are: {sorted(valid)!r}."
-                )
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        sig = inspect.signature(type(self).__init__)
-        parts = [f"estimator={type(self.estimator).__name__}"]
-        for name in self._param_names():
-            value, default = getattr(self, name), sig.parameters[name].default
-            try:
-                same = bool(value == default) and type(value) is type(default)
-            except Exception:
-                same = False
-            if not same:
-                parts.append(f"{name}={value!r}")
-        return f"{type(self).__name__}({', '.join(parts)})"
+    _not_params: ClassVar[tuple[str, ...]] = ("estimator",)
 
     def _validate(self) -> None:
-        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        super()._validate()
         require_capabilities(self.estimator, self._estimator_requirements, type(self).__name__)
 
     def detect(self, x: Any, y: Any) -> DetectionResult:
