@@ -233,10 +233,17 @@ class TorchClassifier(Classifier):
                 seeds = F.one_hot(label.to(logits.device), logits.shape[1]).to(logits.dtype)
                 seeds = seeds.transpose(0, 1)  # (k, N, K)
             k = seeds.shape[0]
-            try:
-                (jac,) = torch.autograd.grad(logits, x, grad_outputs=seeds, is_grads_batched=True)
-            except RuntimeError:
-                # Some operators have no batching rule: fall back to one backward per class.
+            jac = None
+            if x.device.type != "cpu":
+                # On accelerators one vmapped backward beats k sequential ones; on the CPU the
+                # loop is faster (measured 1.2-1.6x on the digits CNN), so it is used there.
+                try:
+                    (jac,) = torch.autograd.grad(
+                        logits, x, grad_outputs=seeds, is_grads_batched=True
+                    )
+                except RuntimeError:
+                    jac = None  # an operator without a batching rule
+            if jac is None:
                 rows = [
                     torch.autograd.grad(logits, x, grad_outputs=seeds[r], retain_graph=r < k - 1)[0]
                     for r in range(k)
