@@ -32,6 +32,8 @@ __all__ = ["HopSkipJump"]  # DecisionBasedAttack is a template, not an attack
 #: Most input elements in one tensor of probes (64 MiB in float32): larger sets are queried in
 #: several calls.
 _PROBE_ELEMENTS = 1 << 24
+#: Most probes per query call: forward passes cost more per image in very large batches.
+_PROBE_ROWS = 256
 #: Halvings of the HopSkipJump step before a sample gives up on the iteration.
 _MAX_HALVINGS = 40
 
@@ -433,7 +435,7 @@ class HopSkipJump(DecisionBasedAttack):
         owner = torch.repeat_interleave(torch.arange(m, device=x.device), n_evals)
         s_frv, s_rv = torch.zeros_like(x), torch.zeros_like(x)
         s_f = x.new_zeros(m)
-        chunk = max(1, _PROBE_ELEMENTS // max(1, x[0].numel()))
+        chunk = max(1, min(_PROBE_ROWS, _PROBE_ELEMENTS // max(1, x[0].numel())))
         for start in range(0, owner.numel(), chunk):
             o = owner[start : start + chunk]
             size = (o.numel(), *shape)
