@@ -265,7 +265,7 @@ def test_umap_needs_its_package():
     except ImportError:
         pass
     else:  # pragma: no cover
-        pytest.skip("umap-learn is installed")
+        pytest.skip(reason="umap-learn is installed: the missing-dependency error cannot be shown")
     x, y, _ = _blobs()
     with pytest.raises(ImportError, match="umap-learn"):
         ActivationClustering(_identity_classifier(), reduce="umap").detect(x, y)
