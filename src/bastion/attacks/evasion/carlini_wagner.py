@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._validation import Constraint, Interval
+from bastion.attacks._batch import rows as _rows
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
 
 __all__ = ["CW", "CarliniWagnerL2", "CarliniWagnerLinf"]
@@ -39,13 +40,6 @@ def _adam(
     m_hat = m / (1 - torch.pow(0.9, t)) if isinstance(t, torch.Tensor) else m / (1 - 0.9**t)
     v_hat = v / (1 - torch.pow(0.999, t)) if isinstance(t, torch.Tensor) else v / (1 - 0.999**t)
     return p - lr * m_hat / (v_hat.sqrt() + 1e-8), m, v
-
-
-def _rows(mask: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
-    """The mask rows of the samples ``idx`` (a shared one-sample mask is kept as it is)."""
-    if mask is None or mask.shape[0] == 1:
-        return mask
-    return mask[idx]
 
 
 def _value_and_grad(

@@ -9,8 +9,9 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._validation import Constraint, Interval, Options
+from bastion.attacks._batch import rows as _rows
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
-from bastion.attacks.evasion.carlini_wagner import _margin, _rows, _value_and_grad
+from bastion.attacks.evasion.carlini_wagner import _margin, _value_and_grad
 
 __all__ = ["EAD", "ElasticNet"]
 

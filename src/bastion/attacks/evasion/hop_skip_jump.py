@@ -15,6 +15,8 @@ import torch
 
 from bastion._tensor import to_tensor
 from bastion._validation import NONE, Constraint, Interval, Options, check_x
+from bastion.attacks._batch import per_sample as _view
+from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import canonical_norm, lp_norm
 from bastion.attacks.base import (
     BATCH_SIZE,
@@ -36,17 +38,6 @@ _PROBE_ELEMENTS = 1 << 24
 _PROBE_ROWS = 256
 #: Halvings of the HopSkipJump step before a sample gives up on the iteration.
 _MAX_HALVINGS = 40
-
-
-def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def _rows(t: torch.Tensor | None, r: torch.Tensor) -> torch.Tensor | None:
-    """Rows ``r`` of a per-sample tensor, or the tensor itself when it has one shared row."""
-    if t is None or t.shape[0] == 1:
-        return t
-    return t[r]
 
 
 class DecisionBasedAttack(QueryAttack, MinimumNormAttack):

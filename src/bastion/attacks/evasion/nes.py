@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from bastion._validation import NONE, Constraint, Interval, Options
+from bastion.attacks._batch import per_sample as _view
+from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import canonical_norm, project_point, steepest_direction
 from bastion.attacks.base import (
     BATCH_SIZE,
@@ -54,17 +56,6 @@ def score_objective(
 def _adversarial(probs: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
     pred = probs.argmax(dim=1)
     return pred == y if targeted else pred != y
-
-
-def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
-    """Rows ``idx`` of a per-sample tensor (a shared one-row tensor is kept as it is)."""
-    if t is None or t.shape[0] == 1:
-        return t
-    return t[idx]
 
 
 def _clip(x: torch.Tensor, clip_values: Any) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from bastion._validation import Boolean, Constraint, Interval
+from bastion.attacks._batch import rows as _rows
 from bastion.attacks.base import (
     BATCH_SIZE,
     MAX_QUERIES,
@@ -23,12 +24,6 @@ from bastion.attacks.evasion.nes import score_objective
 __all__ = ["ZooAttack"]
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
-
-
-def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
-    if t is None or t.shape[0] == 1:
-        return t
-    return t[idx]
 
 
 class ZooAttack(QueryAttack, MinimumNormAttack):
