@@ -82,6 +82,7 @@ from bench_evasion import (
     seed_everything,
     stats,
     trained_model,
+    user_and_bastion_models,
 )
 
 Tensor = torch.Tensor
@@ -687,6 +688,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each (1)")
     parser.add_argument("--aa-repeats", type=int, default=1, help="timed AutoAttack runs (1)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (1)")
+    parser.add_argument(
+        "--same-layout",
+        action="store_true",
+        help="give ART and torchattacks bastion's channels-last model too",
+    )
     parser.add_argument("--time-limit", type=float, default=300.0, help="no repeat past this")
     parser.add_argument("--speedup", type=float, default=5.0, help="HSJ speed target (5)")
     parser.add_argument("--norm-tol", type=float, default=0.0, help="HSJ distance tolerance (0)")
@@ -698,11 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     (x_tr, y_tr), (x_te, y_te) = load_digits(size=28, random_state=SEED)
-    model = trained_model(torch.from_numpy(x_tr), torch.from_numpy(y_tr))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    first_leaf = next(m for m in model.modules() if not list(m.children()))
-    first_leaf.register_forward_pre_hook(FORWARDS)
+    model, bastion_model = user_and_bastion_models(
+        trained_model(torch.from_numpy(x_tr), torch.from_numpy(y_tr)), args.same_layout
+    )
     x_all, y_all = torch.from_numpy(x_te), torch.from_numpy(y_te).long()
     correct = predict(model, x_all) == y_all
     clean_acc = float(correct.float().mean())
@@ -718,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx: dict[str, Any] = {
         "model": model,
         "clf": TorchClassifier(
-            model, input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0)
+            bastion_model, input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0)
         ),
         "art": None,
         "art_clf": None,

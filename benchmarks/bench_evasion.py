@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib.metadata
 import inspect
 import io
@@ -152,8 +153,29 @@ class Context:
     missing: dict[str, str] = field(default_factory=dict)
 
 
-def build_context(model: nn.Module, batch_size: int) -> Context:
-    clf = TorchClassifier(model, input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0))
+def user_and_bastion_models(model: nn.Module, same_layout: bool) -> tuple[nn.Module, nn.Module]:
+    """The model the other libraries get (as the user has it: NCHW weights) and the one
+    bastion's TorchClassifier wraps (it stores convolution weights channels-last on the CPU,
+    ``memory_format="auto"``); with ``same_layout`` one channels-last model for every library.
+    Both count their forward passes in FORWARDS (on the first leaf module: ART's
+    PyTorchClassifier calls the model's children one by one, so a hook on the model itself
+    would miss its forward passes)."""
+    for p in model.parameters():
+        p.requires_grad_(False)  # the attacks only need input gradients
+    mine = model if same_layout else copy.deepcopy(model)
+    if same_layout:
+        model.to(memory_format=torch.channels_last)
+    for m in {id(model): model, id(mine): mine}.values():
+        next(leaf for leaf in m.modules() if not list(leaf.children())).register_forward_pre_hook(
+            FORWARDS
+        )
+    return model, mine
+
+
+def build_context(model: nn.Module, batch_size: int, bastion_model: nn.Module) -> Context:
+    clf = TorchClassifier(
+        bastion_model, input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0)
+    )
     ctx = Context(model=model, clf=clf, batch_size=batch_size)
     try:
         import art.attacks.evasion as art_evasion
@@ -517,84 +539,90 @@ def attack_specs(ctx: Context) -> list[Spec]:
             torchattacks=ta and (lambda f=ta_apgd: f),
         )
 
-    # CW-L2: 5 binary-search steps x 100 iterations, learning rate 0.01, confidence 0, initial
-    # c 0.1, early abort. ART CarliniL2Method(confidence, learning_rate, binary_search_steps,
-    # max_iter, initial_const) (ART optimises with a line search, not Adam, and has no
-    # abort_early switch). Foolbox L2CarliniWagnerAttack(binary_search_steps, steps, stepsize,
-    # confidence, initial_const, abort_early=True) is the paper's algorithm.
-    # torchattacks CW(c, kappa, steps, lr) has NO binary search over c: it runs with the fixed
-    # c = 1 (its default) for 5 x 100 = 500 steps, the same number of gradient steps.
-    cw = {"bss": 5, "iters": 100, "lr": 0.01, "c0": 0.1}
+    # CW-L2, two rows. "CW-L2": 5 binary-search steps x 100 iterations, learning rate 0.01,
+    # confidence 0, initial c 0.1, early abort. ART CarliniL2Method(confidence, learning_rate,
+    # binary_search_steps, max_iter, initial_const) (ART optimises with a line search, not Adam,
+    # and has no abort_early switch). Foolbox L2CarliniWagnerAttack(binary_search_steps, steps,
+    # stepsize, confidence, initial_const, abort_early=True) is the paper's algorithm.
+    # torchattacks CW(c, kappa, steps, lr) has NO binary search over c, so it has its own row,
+    # "CW-L2 fixed c": one c = 1 (its default) for 500 Adam steps, which every library runs with
+    # binary_search_steps=1 and initial_const=1.
+    def cw_row(name: str, params: str, cw: dict[str, float], with_ta: bool) -> None:
+        def bastion_cw(x: Tensor, y: Tensor) -> Tensor:
+            return CarliniWagnerL2(
+                clf,
+                confidence=0.0,
+                learning_rate=cw["lr"],
+                binary_search_steps=int(cw["bss"]),
+                max_iter=int(cw["iters"]),
+                initial_const=cw["c0"],
+                abort_early=True,
+                batch_size=bs,
+            ).generate(x, y)
 
-    def bastion_cw(x: Tensor, y: Tensor) -> Tensor:
-        return CarliniWagnerL2(
-            clf,
-            confidence=0.0,
-            learning_rate=cw["lr"],
-            binary_search_steps=int(cw["bss"]),
-            max_iter=int(cw["iters"]),
-            initial_const=cw["c0"],
-            abort_early=True,
-            batch_size=bs,
-        ).generate(x, y)
+        add(
+            Spec(name, "minnorm", "2", params, {"bastion": bastion_cw}),
+            art=art
+            and (
+                lambda: (
+                    lambda x, y: run_art(
+                        art.CarliniL2Method(
+                            ctx.art_clf,
+                            confidence=0.0,
+                            learning_rate=cw["lr"],
+                            binary_search_steps=int(cw["bss"]),
+                            max_iter=int(cw["iters"]),
+                            initial_const=cw["c0"],
+                            batch_size=bs,
+                            verbose=False,
+                        ),
+                        x,
+                        y,
+                    )
+                )
+            ),
+            torchattacks=(ta if with_ta else None)
+            and (
+                lambda: (
+                    lambda x, y: run_ta(
+                        ta.CW(model, c=cw["c0"], kappa=0.0, steps=int(cw["iters"]), lr=cw["lr"]),
+                        x,
+                        y,
+                    )
+                )
+            ),
+            foolbox=fb
+            and (
+                lambda: (
+                    lambda x, y: run_fb(
+                        ctx,
+                        fb.attacks.L2CarliniWagnerAttack(
+                            binary_search_steps=int(cw["bss"]),
+                            steps=int(cw["iters"]),
+                            stepsize=cw["lr"],
+                            confidence=0.0,
+                            initial_const=cw["c0"],
+                            abort_early=True,
+                        ),
+                        x,
+                        y,
+                        None,
+                    )
+                )
+            ),
+        )
 
-    add(
-        Spec(
-            "CW-L2",
-            "minnorm",
-            "2",
-            "5 binary steps x 100 iter, lr=0.01, kappa=0, c0=0.1",
-            {"bastion": bastion_cw},
-            mapping={"torchattacks": "no binary search: fixed c=1, 500 steps"},
-        ),
-        art=art
-        and (
-            lambda: (
-                lambda x, y: run_art(
-                    art.CarliniL2Method(
-                        ctx.art_clf,
-                        confidence=0.0,
-                        learning_rate=cw["lr"],
-                        binary_search_steps=int(cw["bss"]),
-                        max_iter=int(cw["iters"]),
-                        initial_const=cw["c0"],
-                        batch_size=bs,
-                        verbose=False,
-                    ),
-                    x,
-                    y,
-                )
-            )
-        ),
-        torchattacks=ta
-        and (
-            lambda: (
-                lambda x, y: run_ta(
-                    ta.CW(model, c=1.0, kappa=0.0, steps=int(cw["bss"] * cw["iters"]), lr=cw["lr"]),
-                    x,
-                    y,
-                )
-            )
-        ),
-        foolbox=fb
-        and (
-            lambda: (
-                lambda x, y: run_fb(
-                    ctx,
-                    fb.attacks.L2CarliniWagnerAttack(
-                        binary_search_steps=int(cw["bss"]),
-                        steps=int(cw["iters"]),
-                        stepsize=cw["lr"],
-                        confidence=0.0,
-                        initial_const=cw["c0"],
-                        abort_early=True,
-                    ),
-                    x,
-                    y,
-                    None,
-                )
-            )
-        ),
+    cw_row(
+        "CW-L2",
+        "5 binary steps x 100 iter, lr=0.01, kappa=0, c0=0.1",
+        {"bss": 5, "iters": 100, "lr": 0.01, "c0": 0.1},
+        with_ta=False,
+    )
+    cw_row(
+        "CW-L2-fixed-c",
+        "no binary search: c=1, 500 iter, lr=0.01, kappa=0",
+        {"bss": 1, "iters": 500, "lr": 0.01, "c0": 1.0},
+        with_ta=True,
     )
 
     # CW-Linf: 100 iterations per round, learning rate 0.01, tau decrease 0.9, c from 0.01
@@ -714,7 +742,8 @@ def attack_specs(ctx: Context) -> list[Spec]:
     # max_iter, beta, initial_const, decision_rule="EN"); torchattacks EADEN(kappa, lr,
     # binary_search_steps, max_iterations, abort_early=True, initial_const, beta); Foolbox
     # EADAttack(binary_search_steps, steps, initial_stepsize, confidence, initial_const,
-    # regularization=beta, decision_rule="EN", abort_early=True). bastion has no early abort.
+    # regularization=beta, decision_rule="EN", abort_early=True). bastion aborts a sample
+    # after two stalled windows (see ElasticNet).
     # Reported norm: L1.
     ead = {"beta": 1e-3, "bss": 5, "iters": 100, "lr": 0.01, "c0": 0.1}
     add(
@@ -1135,6 +1164,14 @@ def bench_attack(
         adv = torch.where(finite.reshape(-1, *([1] * (adv.ndim - 1))), adv, x)
         pred = predict(model, adv)
         ok = (pred == y if spec.kind == "targeted" else pred != y) & finite
+        if spec.kind == "minnorm":
+            # Foolbox's Carlini-Wagner returns an all-zero image for the samples it never made
+            # adversarial; a constant image is no perturbation of the input, so it counts as a
+            # failure (reported as n_degenerate).
+            flat = adv.reshape(n, -1)
+            degenerate = (flat.amax(1) == flat.amin(1)) & (x.reshape(n, -1).std(1) > 0)
+            ok &= ~degenerate
+            res["n_degenerate"] = int(degenerate.sum())
         d = norms(adv - x, spec.norm)
         success[lib], dist[lib] = ok, d
         res["success_rate"] = float(ok.float().mean())
@@ -1322,6 +1359,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument(
+        "--same-layout",
+        action="store_true",
+        help="give every library bastion's channels-last model (default: the others get the "
+        "user's NCHW model, bastion's TorchClassifier stores it channels-last)",
+    )
+    parser.add_argument(
         "--time-limit",
         type=float,
         default=300.0,
@@ -1345,13 +1388,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     (x_tr, y_tr), (x_te, y_te) = load_digits(size=28, random_state=SEED)
-    model = trained_model(torch.from_numpy(x_tr), torch.from_numpy(y_tr))
-    for p in model.parameters():
-        p.requires_grad_(False)  # the attacks only need input gradients
-    # Count on the first leaf module: ART's PyTorchClassifier calls the model's children one by
-    # one (to expose the layers), so a hook on the model itself would miss its forward passes.
-    first_leaf = next(m for m in model.modules() if not list(m.children()))
-    first_leaf.register_forward_pre_hook(FORWARDS)
+    model, bastion_model = user_and_bastion_models(
+        trained_model(torch.from_numpy(x_tr), torch.from_numpy(y_tr)), args.same_layout
+    )
     x_all, y_all = torch.from_numpy(x_te), torch.from_numpy(y_te).long()
     correct = predict(model, x_all) == y_all
     clean_acc = float(correct.float().mean())
@@ -1364,7 +1403,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         t_j = model(x_j).topk(2, dim=1).indices[:, 1].contiguous()  # runner-up class
 
-    ctx = build_context(model, batch_size=args.n)
+    ctx = build_context(model, batch_size=args.n, bastion_model=bastion_model)
     specs = attack_specs(ctx)
     if args.attacks:
         wanted = {a.lower() for a in args.attacks}
@@ -1410,7 +1449,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\nmedian s: median wall-clock seconds for all the images; success: untargeted success "
         "rate (JSMA: targeted); norms over all images for fixed-budget attacks, over the "
-        "successful ones for minimum-norm attacks; (common): over the images every library "
+        "successful ones for minimum-norm attacks (a constant output image, which Foolbox's "
+        "CW returns where it failed, is a failure); (common): over the images every library "
         "fooled; fwd/img: forward passes per image (work done, independent of machine load); "
         "bastion / fastest other: ratio of median times (< 1: bastion faster)."
     )

@@ -5,7 +5,10 @@ accuracy). Each library steals it with ``--budget`` queries drawn from the 1,347
 digits (the attacker's natural data), training a fresh SmallCNN thief (same seed for every
 library) for ``--epochs`` epochs with Adam (lr 1e-3, batch 64). Reported per (attack, library):
 wall-clock time of ``extract`` (median of ``--repeats``), victim queries, fidelity (agreement
-with the victim on the 450 test digits) and the thief's test accuracy.
+with the victim on the 450 test digits) and the thief's test accuracy. ART gets the models as a
+user has them (NCHW weights); bastion's ``TorchClassifier`` stores convolution weights
+channels-last on the CPU (``memory_format="auto"``); ``--same-layout`` gives ART channels-last
+models too.
 
 Run with the comparison venv (``bash benchmarks/setup_compare.sh``)::
 
@@ -16,6 +19,7 @@ Run with the comparison venv (``bash benchmarks/setup_compare.sh``)::
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.metadata
 import json
 import os
@@ -48,7 +52,14 @@ def run_bastion(attack: str, victim: Any, x_pool: np.ndarray, budget: int, epoch
     return thief, a.queries_
 
 
-def run_art(attack: str, victim_net: torch.nn.Module, x_pool: np.ndarray, budget: int, epochs: int):
+def run_art(
+    attack: str,
+    victim_net: torch.nn.Module,
+    x_pool: np.ndarray,
+    budget: int,
+    epochs: int,
+    same_layout: bool = False,
+) -> tuple[Any, int]:
     from art.attacks.extraction import CopycatCNN as ArtCopycat
     from art.attacks.extraction import KnockoffNets as ArtKnockoff
     from art.estimators.classification import PyTorchClassifier
@@ -64,7 +75,8 @@ def run_art(attack: str, victim_net: torch.nn.Module, x_pool: np.ndarray, budget
         )
 
     victim = wrap(victim_net)
-    thief = wrap(fresh())
+    net = fresh()
+    thief = wrap(net.to(memory_format=torch.channels_last) if same_layout else net)
     np.random.seed(0)  # noqa: NPY002  (ART draws its queries from the global RNG)
     if attack == "copycat":
         a = ArtCopycat(
@@ -90,10 +102,18 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--same-layout",
+        action="store_true",
+        help="give ART channels-last models too (bastion's TorchClassifier default on the CPU)",
+    )
     args = p.parse_args()
     (x_tr, y_tr), (x_te, y_te) = load_digits(size=28, random_state=0)
     net = train_classifier(fresh(0), x_tr, y_tr, epochs=5, random_state=0)
+    user_net = copy.deepcopy(net)  # ART gets the victim as the user has it (NCHW weights)
     victim = TorchClassifier(net, input_shape=(1, 28, 28), nb_classes=10)
+    if args.same_layout:
+        user_net = net
     rows = []
     for attack in ("copycat", "knockoff"):
         for lib in ("bastion", "art"):
@@ -103,7 +123,9 @@ def main() -> None:
                 if lib == "bastion":
                     thief, queries = run_bastion(attack, victim, x_tr, args.budget, args.epochs)
                 else:
-                    thief, queries = run_art(attack, net, x_tr, args.budget, args.epochs)
+                    thief, queries = run_art(
+                        attack, user_net, x_tr, args.budget, args.epochs, args.same_layout
+                    )
                 times.append(time.perf_counter() - t0)
                 pred = np.asarray(thief.predict(x_te)).argmax(1)
                 fids.append(float(np.mean(pred == np.asarray(victim.predict(x_te)).argmax(1))))
@@ -137,6 +159,7 @@ def main() -> None:
             "budget": args.budget,
             "epochs": args.epochs,
             "repeats": args.repeats,
+            "same_layout": args.same_layout,
             "victim_test_accuracy": thief_accuracy(victim, x_te, y_te),
             "note": "machine shared with other jobs while measured; re-time when quiet",
         },

