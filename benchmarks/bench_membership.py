@@ -1,10 +1,13 @@
 """Membership inference: bastion's attacks side by side with IBM ART 1.20.1's.
 
-One problem for every attack: an MLP (scikit-learn, 64 hidden units, no regularisation)
-trained on a random half of 600 digits (8x8; ``--label-noise`` of the labels replaced by random
-classes first), the other half the non-members. The attacker's own data (shadow / reference
-population) is 600 other digits. For each attack the script reports the TPR at 0.1 % and 1 %
-FPR (the headline), the AUC, the membership advantage and the wall-clock time (fit + infer).
+One problem for every attack, the one of ``tests/attacks/test_membership.py``: the digits
+reduced to 12 of their 64 pixels (rows 0, 2, 4, 6 x columns 1, 4, 7), clean labels by default
+(``--label-noise`` of the labels replaced by random classes first), and an MLP (scikit-learn,
+128 hidden units, no regularisation, Adam at 0.01 for 300 epochs) trained on a random half of
+500 of them (250 members), the other half the non-members. The attacker's own data (shadow /
+reference population) is 500 other digits. For each attack the script reports the TPR at
+0.1 % and 1 % FPR (the headline), the AUC, the membership advantage and the wall-clock time
+(fit + infer).
 
 Pairs compared (same threat model within a pair):
 
@@ -51,12 +54,18 @@ from bastion.attacks.inference import (
 from bastion.estimators import SklearnClassifier
 from bastion.metrics.privacy import membership_report
 
-N = 600
+N = 500
 
 
 def mlp(random_state: int) -> MLPClassifier:
     return MLPClassifier(
-        (64,), alpha=1e-6, max_iter=200, tol=1e-6, n_iter_no_change=200, random_state=random_state
+        (128,),
+        alpha=1e-6,
+        learning_rate_init=0.01,
+        max_iter=300,
+        tol=1e-9,
+        n_iter_no_change=300,
+        random_state=random_state,
     )
 
 
@@ -66,14 +75,15 @@ def train(x: Any, y: Any, random_state: int) -> SklearnClassifier:
 
 def problem(seed: int, label_noise: float) -> dict[str, Any]:
     x, y = load_digits(return_X_y=True)
-    x = (x / 16).astype(np.float32)
+    x = (x / 16).astype(np.float32).reshape(-1, 8, 8)[:, ::2, 1::3]  # 12 pixels
+    x = np.ascontiguousarray(x.reshape(len(x), -1))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     x, y = x[order], y[order].copy()
+    member = np.zeros(N, dtype=bool)
+    member[rng.permutation(N)[: N // 2]] = True  # drawn first: the tests' split
     flip = rng.random(len(x)) < label_noise
     y[flip] = rng.integers(0, 10, int(flip.sum()))
-    member = np.zeros(N, dtype=bool)
-    member[rng.permutation(N)[: N // 2]] = True
     return {
         "x": x[:N],
         "y": y[:N],
@@ -182,8 +192,8 @@ def art_attacks(p: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--label-noise", type=float, nargs="+", default=[0.0, 0.1])
+    ap.add_argument("--seed", type=int, default=1)  # the seed of the tests
+    ap.add_argument("--label-noise", type=float, nargs="+", default=[0.0])
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-art", action="store_true")
     args = ap.parse_args()
@@ -191,7 +201,10 @@ def main() -> None:
     result: dict[str, Any] = {
         "benchmark": "membership",
         "command": " ".join(sys.argv),
-        "problem": f"MLP(64) on half of {N} digits 8x8; attacker data: {N} other digits",
+        "problem": (
+            f"MLP(128) on half of {N} digits reduced to 12 pixels (seed {args.seed}); "
+            f"attacker data: {N} other digits"
+        ),
         "machine": {
             "python": platform.python_version(),
             "torch": torch.__version__,

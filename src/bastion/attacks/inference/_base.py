@@ -55,8 +55,11 @@ def log_scores(estimator: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor
 
 
 def cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy loss from class scores ``z`` (N, K) and labels (N,)."""
-    return torch.logsumexp(z, dim=1) - z.gather(1, y[:, None]).squeeze(1)
+    """Per-sample cross-entropy loss from class scores ``z`` (N, K) and labels (N,), as
+    ``softplus(-phi)`` with ``phi`` the :func:`logit_confidence`: ``logsumexp(z) - z_y`` rounds
+    to exactly 0 once ``z_y`` leads by ~37 (float64), which ties the losses of confident
+    members and non-members; this form keeps them apart down to ~1e-300."""
+    return torch.nn.functional.softplus(-logit_confidence(z, y))
 
 
 def logit_confidence(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
