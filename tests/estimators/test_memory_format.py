@@ -15,20 +15,26 @@ def _cl(model: torch.nn.Module) -> bool:
 
 
 def test_auto_stores_conv_weights_channels_last_with_the_same_results():
-    reference = SmallCNN(input_size=8, random_state=0)
-    model = SmallCNN(input_size=8, random_state=0)
-    nchw = TorchClassifier(
-        reference, input_shape=(1, 8, 8), nb_classes=10, memory_format="preserve"
-    )
-    auto = TorchClassifier(model, input_shape=(1, 8, 8), nb_classes=10)
+    # Three input channels: with one, NCHW and NHWC gradients have the same strides and a
+    # layout leak could not show.
+    reference = SmallCNN(in_channels=3, input_size=8, random_state=0)
+    model = SmallCNN(in_channels=3, input_size=8, random_state=0)
+    shape = (3, 8, 8)
+    nchw = TorchClassifier(reference, input_shape=shape, nb_classes=10, memory_format="preserve")
+    auto = TorchClassifier(model, input_shape=shape, nb_classes=10)
     assert _cl(auto.model) and not _cl(nchw.model)
     assert torch.equal(model.conv1.weight, reference.conv1.weight)  # values unchanged
-    x = torch.rand(16, 1, 8, 8)
+    x = torch.rand(16, *shape)
     y = torch.randint(0, 10, (16,))
     torch.testing.assert_close(auto.predict(x), nchw.predict(x), rtol=1e-5, atol=1e-6)
     g_auto, g_ref = auto.loss_gradient(x, y), nchw.loss_gradient(x, y)
     assert g_auto.is_contiguous()
     torch.testing.assert_close(g_auto, g_ref, rtol=1e-4, atol=1e-6)
+    g_obj = auto.objective_gradient_tensor(x, lambda z: z[:, 0])[0]
+    assert g_obj.is_contiguous()
+    torch.testing.assert_close(
+        g_obj, nchw.objective_gradient_tensor(x, lambda z: z[:, 0])[0], rtol=1e-4, atol=1e-6
+    )
     jac = auto.class_gradient(x)
     assert jac.is_contiguous()
     torch.testing.assert_close(jac, nchw.class_gradient(x), rtol=1e-4, atol=1e-6)

@@ -191,6 +191,8 @@ class Classifier(abc.ABC):
         self.gradient_count = 0
 
     # ------------------------------------------------------------------ kernels
+    # Every gradient and activation a kernel returns is contiguous in the usual (NCHW) order,
+    # whatever memory layout the model computes in (a no-op copy when it already is).
 
     def predict_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(N, nb_classes)`` for a float tensor on ``self.device``."""
@@ -220,7 +222,10 @@ class Classifier(abc.ABC):
         """
         self._require("loss_gradient", "loss_gradient_tensor")
         self.gradient_count += int(x.shape[0])
-        return self._loss_gradient(x, y, return_outputs)
+        out = self._loss_gradient(x, y, return_outputs)
+        if return_outputs:
+            return (out[0].contiguous(), *out[1:])
+        return out.contiguous()
 
     def _loss_gradient(self, x: torch.Tensor, y: torch.Tensor, return_outputs: bool) -> Any:
         raise NotImplementedError
@@ -234,7 +239,7 @@ class Classifier(abc.ABC):
         """
         self._require("class_gradient", "class_gradient_tensor")
         self.gradient_count += int(x.shape[0])
-        return self._class_gradient(x, label)
+        return self._class_gradient(x, label).contiguous()
 
     def _class_gradient(self, x: torch.Tensor, label: Any) -> torch.Tensor:
         raise NotImplementedError
@@ -246,7 +251,8 @@ class Classifier(abc.ABC):
         the estimator allows it (attacks that linearise the model at every step need both)."""
         self._require("class_gradient", "class_gradient_and_logits_tensor")
         self.gradient_count += int(x.shape[0])
-        return self._class_gradient_and_logits(x, label)
+        grad, logits = self._class_gradient_and_logits(x, label)
+        return grad.contiguous(), logits
 
     def _class_gradient_and_logits(
         self, x: torch.Tensor, label: Any
@@ -272,12 +278,12 @@ class Classifier(abc.ABC):
             logits = self._logits(xr)
             value = objective(logits)
             (grad,) = torch.autograd.grad(value.sum(), xr)
-        return grad, value.detach(), logits.detach()
+        return grad.contiguous(), value.detach(), logits.detach()
 
     def activations_tensor(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
         """Output of ``layer`` for a batch."""
         self._require("activations", "activations_tensor")
-        return self._activations(x, layer)
+        return self._activations(x, layer).contiguous()
 
     def _activations(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
         raise NotImplementedError

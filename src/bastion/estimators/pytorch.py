@@ -229,7 +229,6 @@ class TorchClassifier(Classifier):
             logits = self._forward(x)
             loss = self._loss_fn(logits, y)
             (grad,) = torch.autograd.grad(loss.sum(), x)
-        grad = grad.contiguous()
         if return_outputs:
             return grad, loss.detach(), logits.detach()
         return grad
@@ -245,11 +244,11 @@ class TorchClassifier(Classifier):
             logits = self._forward(x)
             if isinstance(label, int):
                 (grad,) = torch.autograd.grad(logits[:, label].sum(), x)
-                return grad.contiguous(), logits.detach()
+                return grad, logits.detach()
             if label is not None and label.ndim == 1:
                 picked = logits.gather(1, label.view(-1, 1).to(logits.device))
                 (grad,) = torch.autograd.grad(picked.sum(), x)
-                return grad.contiguous(), logits.detach()
+                return grad, logits.detach()
             # One vectorised backward for several classes per sample: seed r selects, for each
             # sample, the r-th requested class (all classes when label is None).
             if label is None:
@@ -312,7 +311,7 @@ class TorchClassifier(Classifier):
                 self._forward(x)
         finally:
             handle.remove()
-        return captured[-1].detach().contiguous()
+        return captured[-1].detach()
 
     # ------------------------------------------------------------------ training
 
