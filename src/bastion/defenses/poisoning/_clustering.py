@@ -12,8 +12,12 @@ blob (low silhouette) and a trigger's tight cluster stands out (high silhouette)
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 #: Silhouette scores are computed on at most this many samples of a class (O(n^2) otherwise).
 SILHOUETTE_SAMPLES = 2000
@@ -23,13 +27,35 @@ _RANK_TOL = 1e-5
 
 
 def _centred_svd(a: np.ndarray, nb_dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left singular vectors and singular values of the centred ``a``, numerical rank capped."""
+    """Leading left singular vectors and singular values of the centred ``a``.
+
+    At most ``nb_dims`` of them, and only those above the numerical rank. Only the leading
+    pairs are needed, so they come from a partial symmetric eigendecomposition of the
+    smaller of the Gram matrix ``A A^T`` and the scatter matrix ``A^T A`` (a few times
+    cheaper than a full SVD of each class). A squared singular value of relative size
+    ``_RANK_TOL**2 = 1e-10`` is still far above float64 rounding, so the rank test holds.
+    """
+    from scipy.linalg import eigh
+
     a = a.astype(np.float64, copy=False)
     centred = a - a.mean(axis=0)
-    u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    rank = int((s > _RANK_TOL * max(float(s[0]), 1e-30)).sum()) if s.size else 0
-    dims = max(1, min(nb_dims, rank))
-    return u[:, :dims], s[:dims]
+    n, d = centred.shape
+    small = min(n, d)
+    if small == 0:
+        return np.zeros((n, 1)), np.zeros(1)
+    k = min(nb_dims, small)
+    by_rows = n <= d
+    gram = centred @ centred.T if by_rows else centred.T @ centred
+    w, v = eigh(gram, subset_by_index=[small - k, small - 1])
+    s = np.sqrt(np.clip(w[::-1], 0.0, None))
+    v = v[:, ::-1]
+    rank = int((s > _RANK_TOL * max(float(s[0]), 1e-30)).sum())
+    dims = max(1, rank)
+    s, v = s[:dims], v[:, :dims]
+    if by_rows:
+        return v, s
+    u = np.divide(centred @ v, s, out=np.zeros((n, dims)), where=s > 0)
+    return u, s
 
 
 def reduce(a: np.ndarray, method: str, nb_dims: int, seed: int) -> np.ndarray:
@@ -68,14 +94,37 @@ def reduce(a: np.ndarray, method: str, nb_dims: int, seed: int) -> np.ndarray:
 
 
 def silhouette(points: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    """Mean silhouette score of a clustering (NaN when undefined)."""
-    from sklearn.metrics import silhouette_score
+    """Mean silhouette score of a clustering (NaN when undefined).
 
-    k = len(np.unique(labels))
-    if k < 2 or k >= points.shape[0]:
+    Rousseeuw's silhouette with Euclidean distances, as scikit-learn's ``silhouette_score``
+    computes it (same sampling of ``SILHOUETTE_SAMPLES`` points drawn with ``seed``; a
+    point alone in its cluster scores 0), without its per-call overhead: one distance
+    matrix and one matrix product per class.
+    """
+    import torch
+
+    n = points.shape[0]
+    if n > SILHOUETTE_SAMPLES:
+        keep = np.random.RandomState(seed).permutation(n)[:SILHOUETTE_SAMPLES]
+        points, labels = points[keep], labels[keep]
+        n = SILHOUETTE_SAMPLES
+    _, lab = np.unique(labels, return_inverse=True)
+    k = int(lab.max()) + 1 if n else 0
+    if k < 2 or k >= n:
         return float("nan")
-    sample = SILHOUETTE_SAMPLES if points.shape[0] > SILHOUETTE_SAMPLES else None
-    return float(silhouette_score(points, labels, sample_size=sample, random_state=seed))
+    x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64))
+    cl = torch.from_numpy(lab.reshape(-1))
+    onehot = torch.nn.functional.one_hot(cl, k).to(torch.float64)
+    sums = torch.cdist(x, x) @ onehot  # (n, k): summed distance to each cluster
+    freq = onehot.sum(dim=0)
+    own = freq[cl]
+    rows = torch.arange(n)
+    a = sums[rows, cl] / (own - 1).clamp_min(1)
+    means = sums / freq
+    means[rows, cl] = torch.inf
+    b = means.amin(dim=1)
+    s = torch.nan_to_num((b - a) / torch.maximum(a, b))
+    return float(torch.where(own > 1, s, 0.0).mean())
 
 
 def mosaic(images: np.ndarray, max_images: int) -> np.ndarray:
@@ -92,47 +141,126 @@ def mosaic(images: np.ndarray, max_images: int) -> np.ndarray:
     return grid.reshape(rows * h, side * w, ch)
 
 
+#: Elements of the largest (classes x starts x samples x max(clusters, dims)) tensor that
+#: :func:`kmeans_batch` runs at once; more classes are split into groups.
+_KMEANS_BUDGET = 1 << 22
+
+
 def kmeans(
     points: np.ndarray, nb_clusters: int, n_init: int, seed: int, max_iter: int = 300
 ) -> np.ndarray:
-    """Lloyd's k-means with ``n_init`` k-means++ starts run side by side; the labels of the
-    start with the lowest inertia.
+    """k-means of one point set (see :func:`kmeans_batch`)."""
+    return kmeans_batch([points], nb_clusters, n_init, seed, max_iter)[0]
+
+
+def kmeans_batch(
+    sets: list[np.ndarray], nb_clusters: int, n_init: int, seed: int, max_iter: int = 300
+) -> list[np.ndarray]:
+    """Lloyd's k-means of several point sets, ``n_init`` k-means++ starts each, all run side
+    by side; for each set, the labels of its start with the lowest inertia.
 
     Small, whitened classes have many local optima (30 starts of scikit-learn's k-means on a
     class of 150 digits give 30 different splits), so the poison's split is found reliably
-    only with many starts; batching them in one tensor makes 64 starts cost about one.
+    only with many starts. The sets (classes) are zero-padded to a common size and every
+    start of every class advances in the same tensor operations, so 64 starts of 10 classes
+    cost about as many Python-level steps as one start of one class. A class stops moving
+    once its labels are stable or its centres move less than scikit-learn's tolerance.
     """
     import torch
 
-    x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64))
-    n = x.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    sq = x.square().sum(dim=1)
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(sets):
+        stop, n, d = start + 1, sets[start].shape[0], sets[start].shape[1]
+        while stop < len(sets):
+            n2, d2 = max(n, sets[stop].shape[0]), max(d, sets[stop].shape[1])
+            if (stop - start + 1) * n_init * n2 * max(nb_clusters, d2) > _KMEANS_BUDGET:
+                break
+            n, d, stop = n2, d2, stop + 1
+        out.extend(_kmeans_group(sets[start:stop], nb_clusters, n_init, gen, max_iter))
+        start = stop
+    return out
 
-    def dist2(centres: torch.Tensor) -> torch.Tensor:  # (B, n, k) squared distances
-        cross = torch.einsum("nd,bkd->bnk", x, centres)
-        return (sq[None, :, None] - 2 * cross + centres.square().sum(-1)[:, None, :]).clamp_min(0)
 
-    # k-means++ seeding, all starts at once.
-    centres = x[torch.randint(n, (n_init,), generator=gen)].unsqueeze(1)
-    for _ in range(1, nb_clusters):
-        d2 = dist2(centres).amin(dim=2)
-        d2 = torch.where(d2.sum(dim=1, keepdim=True) > 0, d2, torch.ones_like(d2))
-        nxt = torch.multinomial(d2, 1, generator=gen).squeeze(1)
-        centres = torch.cat([centres, x[nxt].unsqueeze(1)], dim=1)
-    labels = dist2(centres).argmin(dim=2)
-    tol = 1e-4 * float(x.var(dim=0).mean()) if n > 1 else 0.0  # scikit-learn's tolerance
+def _kmeans_group(
+    sets: list[np.ndarray], k: int, n_init: int, gen: torch.Generator, max_iter: int
+) -> list[np.ndarray]:
+    import torch
+
+    dt = torch.float32  # ample for k-means; halves the memory traffic of every step
+    sizes = torch.tensor([s.shape[0] for s in sets])
+    c, n, d = len(sets), int(sizes.max()), max(s.shape[1] for s in sets)
+    x = torch.zeros(c, n, d, dtype=dt)
+    tol = torch.zeros(c, dtype=dt)
+    for i, s in enumerate(sets):
+        pts = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float64))
+        x[i, : s.shape[0], : s.shape[1]] = pts
+        if s.shape[0] > 1:  # scikit-learn's tolerance: 1e-4 x the mean feature variance
+            tol[i] = 1e-4 * pts.var(dim=0, unbiased=False).mean()
+    w = (torch.arange(n) < sizes[:, None]).to(dt)  # (c, n): 1 on real points, 0 on padding
+    sq = x.square().sum(dim=2)[:, None, None, :]
+    xt = x.transpose(1, 2)  # (c, d, n)
+    cols = torch.arange(c)[:, None]
+
+    def dist2(centres: torch.Tensor) -> torch.Tensor:  # (c, B, k', d) -> (c, B, k', n)
+        kk = centres.shape[2]
+        cross = torch.bmm(centres.reshape(c, n_init * kk, d), xt).view(c, n_init, kk, n)
+        return (sq - 2 * cross + centres.square().sum(dim=3, keepdim=True)).clamp_min(0)
+
+    def nearest(d2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (c, B, k', n) -> distance to and index of the nearest centre (first on ties); a
+        # loop over the few centres beats argmin over a middle dimension by far
+        best, lab = d2[:, :, 0], torch.zeros(d2.shape[:2] + d2.shape[3:], dtype=torch.long)
+        for j in range(1, d2.shape[2]):
+            closer = d2[:, :, j] < best
+            best = torch.where(closer, d2[:, :, j], best)
+            lab = lab.masked_fill(closer, j)
+        return best, lab
+
+    # k-means++ seeding, every start of every set at once.
+    first = (torch.rand(c, n_init, generator=gen) * sizes[:, None]).long()
+    centres = x[cols, first.clamp_max(sizes[:, None] - 1)].unsqueeze(2)
+    for _ in range(1, k):
+        p = nearest(dist2(centres))[0] * w[:, None, :]
+        p = torch.where(p.sum(dim=2, keepdim=True) > 0, p, w[:, None, :].expand_as(p))
+        cdf = p.cumsum(dim=2)  # draw one point per row with probability p (inverse CDF)
+        u = torch.rand(c, n_init, 1, generator=gen, dtype=cdf.dtype) * cdf[:, :, -1:]
+        nxt = torch.searchsorted(cdf, u, right=True).squeeze(2).clamp_max(sizes[:, None] - 1)
+        centres = torch.cat([centres, x[cols, nxt].unsqueeze(2)], dim=2)
+    sizes_f = sizes.to(dt)[:, None, None]
+    total = x.sum(dim=1)[:, None, :]  # (c, 1, d): padding rows are zero
+
+    def assign(centres: torch.Tensor) -> torch.Tensor:  # (c, B, k, d) -> labels (c, B, n)
+        if k == 2:  # nearer to centre 1 <=> the projection on c1 - c0 passes the midpoint
+            sqn = centres.square().sum(dim=3)
+            proj = torch.bmm(centres[:, :, 1] - centres[:, :, 0], xt)
+            return (proj > 0.5 * (sqn[:, :, 1:] - sqn[:, :, :1])).long()
+        return nearest(dist2(centres))[1]
+
+    def means(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # sums, counts
+        if k == 2:
+            member = labels.to(dt) * w[:, None, :]
+            s1, n1 = torch.bmm(member, x), member.sum(dim=2, keepdim=True)
+            return torch.stack([total - s1, s1], dim=2), torch.stack([sizes_f - n1, n1], dim=2)
+        member = (labels.unsqueeze(2) == torch.arange(k).view(1, 1, k, 1)).to(dt)
+        member = member * w[:, None, None, :]
+        sums = torch.bmm(member.view(c, n_init * k, n), x).view(c, n_init, k, d)
+        return sums, member.sum(dim=3, keepdim=True)
+
+    labels = assign(centres)
+    done = torch.zeros(c, dtype=torch.bool)
     for _ in range(max_iter):
-        old = centres
-        onehot = torch.nn.functional.one_hot(labels, nb_clusters).to(x.dtype)
-        counts = onehot.sum(dim=1)
-        new = (onehot.transpose(1, 2) @ x) / counts.clamp_min(1).unsqueeze(-1)
-        centres = torch.where(counts.unsqueeze(-1) > 0, new, centres)  # an emptied cluster stays
-        new_labels = dist2(centres).argmin(dim=2)
-        shift = float((centres - old).square().sum(dim=(1, 2)).max())
-        if torch.equal(new_labels, labels) or shift <= tol:
-            labels = new_labels
+        sums, counts = means(labels)
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), centres)  # emptied: stays
+        new = torch.where(done[:, None, None, None], centres, new)  # converged sets stay put
+        new_labels = assign(new)
+        shift = (new - centres).square().sum(dim=(2, 3)).amax(dim=1)
+        same = ((new_labels == labels) | (w[:, None, :] == 0)).flatten(1).all(dim=1)
+        centres, labels = new, new_labels
+        done |= same | (shift <= tol)
+        if bool(done.all()):
             break
-        labels = new_labels
-    inertia = dist2(centres).amin(dim=2).sum(dim=1)
-    return labels[int(torch.argmin(inertia))].numpy().astype(np.int64)
+    inertia = (nearest(dist2(centres))[0] * w[:, None, :]).sum(dim=2)  # (c, B)
+    best = inertia.argmin(dim=1)
+    return [labels[i, int(best[i]), : int(sizes[i])].numpy().astype(np.int64) for i in range(c)]

@@ -22,7 +22,7 @@ from bastion._validation import (
     check_labels,
     validate_params,
 )
-from bastion.defenses.poisoning._clustering import kmeans, mosaic, reduce, silhouette
+from bastion.defenses.poisoning._clustering import kmeans_batch, mosaic, reduce, silhouette
 from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector, _sklearn_seeds
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import EstimatorError, InputError
@@ -220,6 +220,7 @@ class ActivationClustering(PoisonDetector):
         present = [int(c) for c in np.unique(labels)]
         centres = {c: acts[labels == c].mean(axis=0) for c in present}
 
+        reduced: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for c in present:
             idx = np.flatnonzero(labels == c)
             entry: dict[str, Any] = {"size": int(idx.size), "n_flagged": 0}
@@ -227,9 +228,13 @@ class ActivationClustering(PoisonDetector):
             if idx.size < max(self.nb_clusters, 2) + 1:
                 entry["skipped"] = f"too few samples ({idx.size}) to cluster"
                 continue
-            a = acts[idx]
-            red = reduce(a, self.reduce, self.nb_dims, seeds[2 * c])
-            lab = kmeans(red, self.nb_clusters, _KMEANS_STARTS, seeds[2 * c + 1])
+            reduced[c] = (idx, reduce(acts[idx], self.reduce, self.nb_dims, seeds[2 * c]))
+        # every class's k-means starts advance together (one set of tensor ops per step)
+        cluster_labels = kmeans_batch(
+            [red for _, red in reduced.values()], self.nb_clusters, _KMEANS_STARTS, seeds[1]
+        )
+        for (c, (idx, red)), lab in zip(reduced.items(), cluster_labels, strict=True):
+            entry = report[c]
             sizes = np.bincount(lab, minlength=self.nb_clusters)
             rel = sizes / idx.size
             sil = silhouette(red, lab, seeds[2 * c])
@@ -238,7 +243,7 @@ class ActivationClustering(PoisonDetector):
                 relative_sizes=np.round(rel, 4).tolist(),
                 silhouette=sil,
             )
-            flagged = self._analyse(c, a, lab, rel, sil, centres, entry)
+            flagged = self._analyse(c, acts[idx], lab, rel, sil, centres, entry)
             entry["flagged_clusters"] = flagged
             in_flagged = np.isin(lab, flagged)
             is_poison[idx] = in_flagged
