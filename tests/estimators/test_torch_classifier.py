@@ -151,3 +151,18 @@ def test_class_gradient_kernel_for_several_classes_per_sample():
     some = clf.class_gradient_tensor(x, picks)
     assert some.shape == (5, 2, 3, 2, 2)
     torch.testing.assert_close(some, full[torch.arange(5).unsqueeze(1), picks])
+
+
+def test_the_estimator_pickles_with_its_default_loss():
+    """Saving an estimator (or sending it to a worker process) must not fail on the loss."""
+    import pickle
+
+    from bastion.zoo import SmallCNN
+
+    clf = TorchClassifier(
+        SmallCNN(input_size=8, random_state=0), input_shape=(1, 8, 8), nb_classes=10
+    )
+    x, y = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(4)
+    copy = pickle.loads(pickle.dumps(clf))
+    torch.testing.assert_close(copy.predict(x), clf.predict(x))
+    torch.testing.assert_close(copy.loss_gradient(x, y), clf.loss_gradient(x, y))

@@ -99,6 +99,10 @@ def _preprocessing_tensors(
 _MEMORY_FORMATS = ("auto", "channels_last", "preserve")
 
 
+def _cross_entropy_per_sample(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(z, y, reduction="none")
+
+
 class TorchClassifier(Classifier):
     """A PyTorch classification model as a bastion estimator.
 
@@ -201,7 +205,7 @@ class TorchClassifier(Classifier):
     @staticmethod
     def _per_sample_loss(loss: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         if loss is None:
-            return lambda z, y: F.cross_entropy(z, y, reduction="none")
+            return _cross_entropy_per_sample  # a module-level function: the estimator pickles
         if hasattr(loss, "reduction"):
             loss = copy.copy(loss)
             loss.reduction = "none"
