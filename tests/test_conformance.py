@@ -1,13 +1,16 @@
-"""Run the public conformance suite over every public attack and estimator."""
+"""Run the public conformance suite over every public attack, estimator and poison detector."""
 
 import pytest
 
 from bastion.testing import (
     ESTIMATOR_EXAMPLES,
     all_attacks,
+    all_detectors,
     all_estimators,
     attack_checks,
+    detector_checks,
     estimator_checks,
+    poison_problem,
     torch_problem,
 )
 
@@ -19,6 +22,18 @@ ATTACK_CASES = [(cls, check) for cls in all_attacks() for check in attack_checks
 )
 def test_attack_conformance(cls, check):
     check(cls, torch_problem())
+
+
+DETECTOR_CASES = [(cls, check) for cls in all_detectors() for check in detector_checks(cls)]
+
+
+@pytest.mark.parametrize(
+    ("cls", "check"),
+    DETECTOR_CASES,
+    ids=[f"{c.__name__}-{k.__name__}" for c, k in DETECTOR_CASES],
+)
+def test_detector_conformance(cls, check):
+    check(cls, poison_problem())
 
 
 ESTIMATOR_CASES = [
@@ -40,6 +55,14 @@ def test_discovery_finds_everything_public():
     assert {"FastGradientMethod", "ProjectedGradientDescent"} <= names
     assert "FGSM" not in names  # aliases are not counted twice
     assert {cls.__name__ for cls in all_estimators()} == set(ESTIMATOR_EXAMPLES)
+    detectors = {cls.__name__ for cls in all_detectors()}
+    assert detectors == {
+        "ActivationClustering",
+        "NeuralCleanse",
+        "ProvenanceDefense",
+        "STRIP",
+        "SpectralSignatures",
+    }  # FinePruning repairs a model and has no detect(x, y); the template is not counted
 
 
 def test_gradient_checks_catch_a_wrong_gradient():
@@ -70,3 +93,40 @@ def test_budget_check_catches_an_attack_that_overshoots():
 
     with pytest.raises(AssertionError, match="eps"):
         check_budget_and_bounds(Overshoot, torch_problem())
+
+
+def test_detector_checks_catch_a_broken_detector():
+    """A detector that writes into its input, or returns scores for the wrong samples, or
+    flags at random, fails the matching check."""
+    import numpy as np
+
+    from bastion.defenses.poisoning import SpectralSignatures
+    from bastion.testing._detector_checks import (
+        check_effective,
+        check_input_not_mutated,
+        check_result,
+    )
+
+    class Mutating(SpectralSignatures):
+        def detect(self, x, y):
+            x[:, :, 3:5, 3:5] = 0.5  # "sanitises" the centre in place
+            return super().detect(x, y)
+
+    class Shuffled(SpectralSignatures):
+        def detect(self, x, y):
+            result = super().detect(x, y)
+            return result.replace(scores=result.scores[:-1], is_poison=result.is_poison * 1)
+
+    class Blind(SpectralSignatures):
+        def detect(self, x, y):
+            result = super().detect(x, y)
+            order = np.random.default_rng(0).permutation(len(result.scores))
+            return result.replace(scores=result.scores[order], is_poison=result.is_poison[order])
+
+    problem = poison_problem()
+    with pytest.raises(AssertionError):
+        check_input_not_mutated(Mutating, problem)
+    with pytest.raises(AssertionError, match=r"is_poison|scores"):
+        check_result(Shuffled, problem)
+    with pytest.raises(AssertionError, match="poison"):
+        check_effective(Blind, problem)

@@ -1,4 +1,4 @@
-"""Find every public attack and estimator class."""
+"""Find every public attack, estimator and poison detector class."""
 
 from __future__ import annotations
 
@@ -13,9 +13,17 @@ from bastion.attacks.base import (
     MinimumNormAttack,
     QueryAttack,
 )
+from bastion.defenses.poisoning._result import PoisonDetector
 from bastion.estimators.base import Classifier
 
-_TEMPLATES = {Attack, EvasionAttack, FixedBudgetAttack, MinimumNormAttack, QueryAttack}
+_TEMPLATES = {
+    Attack,
+    EvasionAttack,
+    FixedBudgetAttack,
+    MinimumNormAttack,
+    QueryAttack,
+    PoisonDetector,
+}
 
 
 def _public_classes(package: str, base: type) -> list[type]:
@@ -48,3 +56,9 @@ def all_attacks() -> list[type[Attack]]:
 def all_estimators() -> list[type[Classifier]]:
     """Every public estimator class of ``bastion.estimators``."""
     return _public_classes("bastion.estimators", Classifier)
+
+
+def all_detectors() -> list[type[PoisonDetector]]:
+    """Every public poison detector class of ``bastion.defenses.poisoning`` (subclasses of
+    :class:`~bastion.defenses.poisoning.PoisonDetector` with ``detect(x, y)``)."""
+    return _public_classes("bastion.defenses.poisoning", PoisonDetector)

@@ -128,6 +128,49 @@ def eot_problem(n: int = 24, *, noise: float = 0.0) -> Problem:
     return Problem(clf, base.x, base.y, base.x_train, base.y_train)
 
 
+@dataclass(frozen=True)
+class PoisonProblem:
+    """A training set with known backdoor poison and the model trained on it."""
+
+    estimator: Classifier  # trained on (x, y), poison included
+    x: np.ndarray  # float32 (N, 1, 8, 8) in [0, 1]: the suspect training set
+    y: np.ndarray  # int64 (N,), the poison labelled with ``target``
+    is_poison: np.ndarray  # bool (N,): the ground truth
+    target: int
+    x_clean: np.ndarray  # held-out clean inputs (calibration, reverse engineering, validation)
+    y_clean: np.ndarray
+    sources: np.ndarray  # int (N,): a provenance id per sample (3 sources, interleaved)
+
+
+@functools.lru_cache(maxsize=1)
+def poison_problem() -> PoisonProblem:
+    """600 of the 8x8 digits, 5% of every class but 0 patched (2x2) and relabelled 0 (27
+    poisoned samples, a third of the samples labelled 0), and a :class:`~bastion.zoo.SmallCNN`
+    trained on them for 10 epochs (the backdoor succeeds on over 90% of triggered test inputs,
+    clean accuracy about 95%). Built once per process (about 1.5 s); do not retrain it.
+    """
+    from bastion.attacks.poisoning import BackdoorAttack, PatchTrigger
+    from bastion.datasets import load_digits
+    from bastion.zoo import SmallCNN, train_classifier
+
+    (x, y), (x_te, y_te) = load_digits(size=8, random_state=0)
+    attack = BackdoorAttack(PatchTrigger(size=2), target=0, fraction=0.05, random_state=0)
+    x_p, y_p, mask = attack.poison(x[:600], y[:600])
+    model = SmallCNN(input_size=8, random_state=0)
+    train_classifier(model, x_p, y_p, epochs=10, lr=3e-3, random_state=0)
+    clf = TorchClassifier(model, input_shape=(1, 8, 8), nb_classes=10, clip_values=(0.0, 1.0))
+    return PoisonProblem(
+        estimator=clf,
+        x=x_p,
+        y=y_p,
+        is_poison=np.asarray(mask, dtype=bool),
+        target=0,
+        x_clean=x_te[:100],
+        y_clean=y_te[:100],
+        sources=np.arange(len(y_p)) % 3,
+    )
+
+
 #: Example instances for every public estimator class (a test checks none is missing).
 ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
     "TorchClassifier": [torch_problem, functools.partial(torch_problem, dtype=torch.float64)],

@@ -112,6 +112,14 @@ class ProvenanceDefense(PoisonDetector):
         "verbose": [Boolean()],
     }
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict", "fit")
+    _conformance: ClassVar[dict[str, Any]] = {
+        "skip": {
+            "check_effective": "the shared problem is a backdoor, which leaves the clean "
+            "accuracy intact and so is outside this defence's threat model (see the "
+            "docstring): removing the poisoned source does not raise the trusted accuracy. "
+            "tests/defenses/test_provenance.py checks it on a label-flipping source",
+        }
+    }
 
     def __init__(
         self,
