@@ -353,9 +353,14 @@ def check_attack(cls: Any, problem: Problem | None = None) -> list[str]:
     AssertionError
         Naming the failed check.
     """
-    problem = problem or torch_problem()
+    return run_checks(cls, problem or torch_problem(), attack_checks(cls))
+
+
+def run_checks(cls: Any, problem: Any, checks: Iterator[Callable[[Any, Any], None]]) -> list[str]:
+    """Run ``checks`` on ``cls``; the names of those run, or an AssertionError naming the
+    failed one (shared by the attack and detector suites)."""
     ran = []
-    for check in attack_checks(cls):
+    for check in checks:
         try:
             check(cls, problem)
         except AssertionError as err:

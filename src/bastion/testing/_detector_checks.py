@@ -20,7 +20,7 @@ import torch
 
 from bastion.defenses.poisoning._result import DetectionResult
 from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
-from bastion.testing._attack_checks import _invalid_value
+from bastion.testing._attack_checks import _invalid_value, run_checks
 from bastion.testing._problems import PoisonProblem, blackbox_problem, poison_problem
 
 DetectorCheck = Callable[[Any, PoisonProblem], None]
@@ -328,12 +328,4 @@ def check_detector(cls: Any, problem: PoisonProblem | None = None) -> list[str]:
     AssertionError
         Naming the failed check.
     """
-    problem = problem or poison_problem()
-    ran = []
-    for check in detector_checks(cls):
-        try:
-            check(cls, problem)
-        except AssertionError as err:
-            raise AssertionError(f"{cls.__name__} failed {check.__name__}: {err}") from err
-        ran.append(check.__name__)
-    return ran
+    return run_checks(cls, problem or poison_problem(), detector_checks(cls))
