@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from bastion._params import Parametrized
 from bastion._tensor import resolve_random_state, to_tensor
 from bastion._validation import (
+    NONE,
     Boolean,
     Constraint,
     Interval,
@@ -83,6 +84,11 @@ NORM = Options(["inf", float("inf"), 1, 2])
 BATCH_SIZE: list[Constraint] = [Interval(int, 1, None)]
 VERBOSE: list[Constraint] = [Boolean()]
 TARGETED: list[Constraint] = [Boolean()]
+#: An optional directory or file path (str, bytes or any ``os.PathLike``).
+OPTIONAL_PATH: list[Constraint] = [
+    Satisfies(lambda v: isinstance(v, (str, bytes)) or hasattr(v, "__fspath__"), "a path"),
+    NONE,
+]
 RANDOM_STATE: list[Constraint] = [RandomState()]
 MAX_QUERIES: list[Constraint] = [Interval(int, 1, None)]
 

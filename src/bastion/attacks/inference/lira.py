@@ -18,7 +18,7 @@ from bastion._validation import (
     RandomState,
     Satisfies,
 )
-from bastion.attacks.base import BATCH_SIZE, VERBOSE
+from bastion.attacks.base import BATCH_SIZE, OPTIONAL_PATH, VERBOSE
 from bastion.attacks.inference._base import ReferenceModelAttack, log_scores, logit_confidence
 
 __all__ = ["LiRA", "image_augmentations"]
@@ -211,10 +211,7 @@ class LiRA(ReferenceModelAttack):
             Satisfies(_is_augmentations, "a non-empty sequence of callables"),
             NONE,
         ],
-        "save_path": [
-            Satisfies(lambda v: isinstance(v, (str, bytes)) or hasattr(v, "__fspath__"), "a path"),
-            NONE,
-        ],
+        "save_path": OPTIONAL_PATH,
         "batch_size": BATCH_SIZE,
         "random_state": [RandomState()],
         "verbose": VERBOSE,

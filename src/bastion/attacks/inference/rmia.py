@@ -9,7 +9,7 @@ import torch
 
 from bastion._tensor import resolve_random_state
 from bastion._validation import NONE, Boolean, Constraint, Interval, RandomState, Satisfies
-from bastion.attacks.base import BATCH_SIZE, VERBOSE
+from bastion.attacks.base import BATCH_SIZE, OPTIONAL_PATH, VERBOSE
 from bastion.attacks.inference._base import ReferenceModelAttack, log_scores
 
 __all__ = ["RMIA"]
@@ -99,10 +99,7 @@ class RMIA(ReferenceModelAttack):
         "offline_a": [Interval(float, 0, 1)],
         "gamma": [Interval(float, 0, None, closed="neither")],
         "nb_population_samples": [Interval(int, 1, None), NONE],
-        "save_path": [
-            Satisfies(lambda v: isinstance(v, (str, bytes)) or hasattr(v, "__fspath__"), "a path"),
-            NONE,
-        ],
+        "save_path": OPTIONAL_PATH,
         "batch_size": BATCH_SIZE,
         "random_state": [RandomState()],
         "verbose": VERBOSE,
