@@ -91,30 +91,38 @@ def _invalid_value(constraints: list[Constraint]) -> Any:
 def check_signature(cls: Any, problem: Problem) -> None:
     """Estimator first, every other parameter keyword-only with a default; ``__init__`` only
     stores; ``get_params``/``set_params``/``repr`` work from the signature."""
-    sig = inspect.signature(cls.__init__)
-    params = list(sig.parameters.values())
+    check_parametrized_signature(cls, problem.estimator, conformance_params(cls), batch_size=3)
+
+
+def check_parametrized_signature(
+    cls: Any, estimator: Any, given: dict[str, Any], **settable: Any
+) -> None:
+    """The signature conventions every public class built on an estimator follows (shared by
+    the attack and detector suites): ``cls(estimator, **given)`` stores ``given`` as is, and
+    ``set_params(**settable)`` sets them."""
+    params = list(inspect.signature(cls.__init__).parameters.values())
     assert params[1].name == "estimator", f"{cls.__name__}: first parameter must be 'estimator'"
     for p in params[2:]:
         assert p.kind is p.KEYWORD_ONLY, f"{cls.__name__}.{p.name} must be keyword-only"
         assert p.default is not p.empty, f"{cls.__name__}.{p.name} needs a default"
-    given = conformance_params(cls)
-    attack = cls(problem.estimator, **given)
-    got = attack.get_params()
+    obj = cls(estimator, **given)
+    got = obj.get_params()
     for k, v in given.items():
         assert got[k] is v, f"{cls.__name__} must store {k!r} as given"
     assert set(got) == set(cls._param_names())
     assert set(cls._parameter_constraints) <= set(got), "constraints for unknown parameters"
-    assert attack.set_params(batch_size=3) is attack and attack.batch_size == 3
+    assert obj.set_params(**settable) is obj
+    assert all(getattr(obj, k) == v for k, v in settable.items())
     try:
-        attack.set_params(not_a_parameter=1)
+        obj.set_params(not_a_parameter=1)
     except InvalidParameterError as err:
         assert "not_a_parameter" in str(err)
     else:
         raise AssertionError("set_params accepted an unknown parameter")
-    assert repr(attack).startswith(cls.__name__ + "(")
+    assert repr(obj).startswith(cls.__name__ + "(")
     # No work (and no validation) in __init__: a bad value is only reported when used.
     bad = {k: _invalid_value(c) for k, c in cls._parameter_constraints.items()}
-    cls(problem.estimator, **bad)
+    cls(estimator, **bad)
 
 
 def check_invalid_params(cls: Any, problem: Problem) -> None:

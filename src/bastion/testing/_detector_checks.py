@@ -20,7 +20,11 @@ import torch
 
 from bastion.defenses.poisoning._result import DetectionResult
 from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
-from bastion.testing._attack_checks import _invalid_value, run_checks
+from bastion.testing._attack_checks import (
+    _invalid_value,
+    check_parametrized_signature,
+    run_checks,
+)
 from bastion.testing._problems import PoisonProblem, blackbox_problem, poison_problem
 
 DetectorCheck = Callable[[Any, PoisonProblem], None]
@@ -97,28 +101,7 @@ def check_signature(cls: Any, problem: PoisonProblem) -> None:
     """Estimator first, every other parameter keyword-only with a default; ``__init__`` only
     stores (no validation); ``get_params``/``set_params``/``repr`` work from the signature;
     ``detect(x, y, ...)``."""
-    params = list(inspect.signature(cls.__init__).parameters.values())
-    assert params[1].name == "estimator", f"{cls.__name__}: first parameter must be 'estimator'"
-    for p in params[2:]:
-        assert p.kind is p.KEYWORD_ONLY, f"{cls.__name__}.{p.name} must be keyword-only"
-        assert p.default is not p.empty, f"{cls.__name__}.{p.name} needs a default"
-    given = detector_params(cls)
-    det = cls(problem.estimator, **given)
-    got = det.get_params()
-    for k, v in given.items():
-        assert got[k] is v, f"{cls.__name__} must store {k!r} as given"
-    assert set(got) == set(cls._param_names())
-    assert set(cls._parameter_constraints) <= set(got), "constraints for unknown parameters"
-    assert det.set_params(verbose=True) is det and det.verbose is True
-    try:
-        det.set_params(not_a_parameter=1)
-    except InvalidParameterError as err:
-        assert "not_a_parameter" in str(err)
-    else:
-        raise AssertionError("set_params accepted an unknown parameter")
-    assert repr(det).startswith(cls.__name__ + "(")
-    bad = {k: _invalid_value(c) for k, c in cls._parameter_constraints.items()}
-    cls(problem.estimator, **bad)  # no work (and no validation) in __init__
+    check_parametrized_signature(cls, problem.estimator, detector_params(cls), verbose=True)
     detect = list(inspect.signature(cls.detect).parameters)
     assert detect[1:3] == ["x", "y"], f"{cls.__name__}.detect must take (x, y, ...)"
 
