@@ -95,8 +95,9 @@ class ActivationClustering(PoisonDetector):
     reduce : {"whiten", "pca", "fastica", "umap"}, default="whiten"
         Dimensionality reduction, fitted per class (see above).
     clustering : {"kmeans"}, default="kmeans"
-        Clustering method: Lloyd's k-means with 64 k-means++ starts run as one batched
-        torch computation, keeping the split of lowest inertia.
+        Clustering method: Lloyd's k-means with 64 k-means++ starts per class, the starts of
+        all classes run as one batched torch computation (float32), keeping each class's
+        split of lowest inertia.
     analysis : {"silhouette", "smaller", "relative-size", "distance"}, default="silhouette"
         How clusters are judged (see above).
     size_threshold : float, default=0.35
