@@ -7,10 +7,12 @@ from bastion.testing import (
     all_attacks,
     all_detectors,
     all_estimators,
+    all_poisoning_attacks,
     attack_checks,
     detector_checks,
     estimator_checks,
     poison_problem,
+    poisoning_checks,
     torch_problem,
 )
 
@@ -34,6 +36,22 @@ DETECTOR_CASES = [(cls, check) for cls in all_detectors() for check in detector_
 )
 def test_detector_conformance(cls, check):
     check(cls, poison_problem())
+
+
+POISONING_CASES = [
+    (cls, check) for cls in all_poisoning_attacks() for check in poisoning_checks(cls)
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "check"),
+    POISONING_CASES,
+    ids=[f"{c.__name__}-{k.__name__}" for c, k in POISONING_CASES],
+)
+def test_poisoning_attack_conformance(cls, check):
+    from bastion.testing._poisoning_checks import default_poisoning_problem
+
+    check(cls, default_poisoning_problem(cls))
 
 
 ESTIMATOR_CASES = [
@@ -63,6 +81,14 @@ def test_discovery_finds_everything_public():
         "STRIP",
         "SpectralSignatures",
     }  # FinePruning repairs a model and has no detect(x, y); the template is not counted
+    assert {cls.__name__ for cls in all_poisoning_attacks()} == {
+        "BackdoorAttack",
+        "CleanLabelBackdoor",
+        "FeatureCollision",
+        "GradientMatching",
+        "HiddenTriggerBackdoor",
+        "SVMPoisoning",
+    }  # neither the PoisoningAttack template nor the triggers
 
 
 def test_gradient_checks_catch_a_wrong_gradient():
@@ -130,3 +156,40 @@ def test_detector_checks_catch_a_broken_detector():
         check_result(Shuffled, problem)
     with pytest.raises(AssertionError, match="poison"):
         check_effective(Blind, problem)
+
+
+def test_poisoning_checks_catch_a_broken_attack():
+    """An attack that changes samples outside its mask, writes into its input, or keeps the
+    labels of a dirty-label poison fails the matching check."""
+    from bastion.attacks.poisoning import BackdoorAttack
+    from bastion.testing._poisoning_checks import (
+        check_input_not_mutated,
+        check_labels,
+        check_result,
+        default_poisoning_problem,
+    )
+
+    class Outside(BackdoorAttack):
+        def poison(self, x, y):
+            x_p, y_p, mask = super().poison(x, y)
+            x_p = x_p.copy()
+            x_p[~mask] = x_p[~mask] * 0.5  # also changes clean samples
+            return x_p, y_p, mask
+
+    class Mutating(BackdoorAttack):
+        def poison(self, x, y):
+            x[:, :, -2:, -2:] = 1.0  # stamps in place
+            return super().poison(x, y)
+
+    class KeepsLabels(BackdoorAttack):
+        def poison(self, x, y):
+            x_p, _, mask = super().poison(x, y)
+            return x_p, y.copy() if hasattr(y, "copy") else y.clone(), mask
+
+    problem = default_poisoning_problem(BackdoorAttack)
+    with pytest.raises(AssertionError, match="outside the mask"):
+        check_result(Outside, problem)
+    with pytest.raises(AssertionError):
+        check_input_not_mutated(Mutating, problem)
+    with pytest.raises(AssertionError, match="labels"):
+        check_labels(KeepsLabels, problem)

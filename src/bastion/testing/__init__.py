@@ -1,10 +1,11 @@
 """The public conformance suite.
 
-Every public attack, estimator and poison detector is discovered automatically and run through
-the same generic checks: API conventions, budget and bounds respected, inputs not mutated,
-type/device/dtype preserved, seeded determinism, batch-size invariance, clear errors on bad
-input, finite-difference checks of gradients, and detection of known poison. A new attack or
-detector gets them for free; a class skips a check only with a written reason in
+Every public attack (evasion and poisoning), estimator and poison detector is discovered
+automatically and run through the same generic checks: API conventions, budget and bounds
+respected, inputs not mutated, type/device/dtype preserved, seeded determinism, batch-size
+invariance, clear errors on bad input, finite-difference checks of gradients, and detection of
+known poison. A new attack or detector gets them for free; a class skips a check only with a
+written reason in
 ``_conformance = {"skip": {"check_name": "why"}}``.
 
 Examples
@@ -17,35 +18,55 @@ True
 
 from bastion.testing._attack_checks import attack_checks, check_attack, conformance_params
 from bastion.testing._detector_checks import check_detector, detector_checks, detector_params
-from bastion.testing._discovery import all_attacks, all_detectors, all_estimators
+from bastion.testing._discovery import (
+    all_attacks,
+    all_detectors,
+    all_estimators,
+    all_poisoning_attacks,
+)
 from bastion.testing._estimator_checks import check_estimator, estimator_checks
+from bastion.testing._poisoning_checks import (
+    check_poisoning_attack,
+    poisoning_checks,
+    poisoning_params,
+)
 from bastion.testing._problems import (
     ESTIMATOR_EXAMPLES,
+    PoisoningProblem,
     PoisonProblem,
     Problem,
     blackbox_problem,
     poison_problem,
+    poisoning_problem,
     sklearn_problem,
+    svm_poisoning_problem,
     torch_problem,
 )
 
 __all__ = [
     "ESTIMATOR_EXAMPLES",
     "PoisonProblem",
+    "PoisoningProblem",
     "Problem",
     "all_attacks",
     "all_detectors",
     "all_estimators",
+    "all_poisoning_attacks",
     "attack_checks",
     "blackbox_problem",
     "check_attack",
     "check_detector",
     "check_estimator",
+    "check_poisoning_attack",
     "conformance_params",
     "detector_checks",
     "detector_params",
     "estimator_checks",
     "poison_problem",
+    "poisoning_checks",
+    "poisoning_params",
+    "poisoning_problem",
     "sklearn_problem",
+    "svm_poisoning_problem",
     "torch_problem",
 ]

@@ -318,9 +318,6 @@ def check_query_budget(cls: Any, problem: Problem) -> None:
 
 def attack_checks(cls: Any) -> Iterator[AttackCheck]:
     """The checks that apply to ``cls``, minus those it skips with a written reason."""
-    skips: dict[str, str] = getattr(cls, "_conformance", {}).get("skip", {})
-    for reason in skips.values():
-        assert isinstance(reason, str) and reason.strip(), "a skip needs a reason"
     checks: list[AttackCheck] = [check_signature, check_invalid_params]
     if issubclass(cls, EvasionAttack):
         checks += [
@@ -341,9 +338,18 @@ def attack_checks(cls: Any) -> Iterator[AttackCheck]:
             checks.append(check_minimum_norm)
         if issubclass(cls, QueryAttack):
             checks.append(check_query_budget)
-    for check in checks:
-        if check.__name__ not in skips:
-            yield check
+    return without_skips(cls, checks)
+
+
+def without_skips(cls: Any, checks: list[Any]) -> Iterator[Any]:
+    """``checks`` minus those ``cls`` skips in ``_conformance["skip"]``; every skip needs a
+    written reason and must name one of ``checks`` (shared by every conformance suite)."""
+    skips: dict[str, str] = getattr(cls, "_conformance", {}).get("skip", {})
+    for reason in skips.values():
+        assert isinstance(reason, str) and reason.strip(), "a skip needs a reason"
+    unknown = set(skips) - {c.__name__ for c in checks}
+    assert not unknown, f"{cls.__name__} skips unknown checks {sorted(unknown)}"
+    return (check for check in checks if check.__name__ not in skips)
 
 
 def check_attack(cls: Any, problem: Problem | None = None) -> list[str]:

@@ -24,6 +24,7 @@ from bastion.testing._attack_checks import (
     _invalid_value,
     check_parametrized_signature,
     run_checks,
+    without_skips,
 )
 from bastion.testing._problems import PoisonProblem, blackbox_problem, poison_problem
 
@@ -266,9 +267,6 @@ def check_effective(cls: Any, problem: PoisonProblem) -> None:
 
 def detector_checks(cls: Any) -> Iterator[DetectorCheck]:
     """The checks that apply to ``cls``, minus those it skips with a written reason."""
-    skips: dict[str, str] = getattr(cls, "_conformance", {}).get("skip", {})
-    for reason in skips.values():
-        assert isinstance(reason, str) and reason.strip(), "a skip needs a reason"
     checks: list[DetectorCheck] = [
         check_signature,
         check_docstring,
@@ -283,11 +281,7 @@ def detector_checks(cls: Any) -> Iterator[DetectorCheck]:
     ]
     if "batch_size" in cls._param_names():
         checks.append(check_batch_size_invariance)
-    unknown = set(skips) - {c.__name__ for c in checks}
-    assert not unknown, f"{cls.__name__} skips unknown checks {sorted(unknown)}"
-    for check in checks:
-        if check.__name__ not in skips:
-            yield check
+    return without_skips(cls, checks)
 
 
 def check_detector(cls: Any, problem: PoisonProblem | None = None) -> list[str]:

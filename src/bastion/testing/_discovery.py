@@ -13,6 +13,7 @@ from bastion.attacks.base import (
     MinimumNormAttack,
     QueryAttack,
 )
+from bastion.attacks.poisoning._base import PoisoningAttack
 from bastion.defenses.poisoning._result import PoisonDetector
 from bastion.estimators.base import Classifier
 
@@ -23,6 +24,7 @@ _TEMPLATES = {
     MinimumNormAttack,
     QueryAttack,
     PoisonDetector,
+    PoisoningAttack,
 }
 
 
@@ -62,3 +64,10 @@ def all_detectors() -> list[type[PoisonDetector]]:
     """Every public poison detector class of ``bastion.defenses.poisoning`` (subclasses of
     :class:`~bastion.defenses.poisoning.PoisonDetector` with ``detect(x, y)``)."""
     return _public_classes("bastion.defenses.poisoning", PoisonDetector)
+
+
+def all_poisoning_attacks() -> list[type[PoisoningAttack]]:
+    """Every public poisoning attack class of ``bastion.attacks.poisoning`` (subclasses of
+    :class:`~bastion.attacks.poisoning.PoisoningAttack` with ``poison(x, y)``; triggers are
+    not attacks, the template is not counted)."""
+    return _public_classes("bastion.attacks.poisoning", PoisoningAttack)

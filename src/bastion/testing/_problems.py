@@ -171,6 +171,48 @@ def poison_problem() -> PoisonProblem:
     )
 
 
+@dataclass(frozen=True)
+class PoisoningProblem:
+    """What a poisoning-attack check needs: a clean training set to poison and the model (or
+    learner) the attack is built on."""
+
+    estimator: Any  # a trained Classifier, or a scikit-learn learner (SVMPoisoning)
+    x: np.ndarray  # float32, the clean training set to poison
+    y: np.ndarray  # int64 (N,)
+    x_val: np.ndarray  # other clean samples (target images, the attacker's validation set)
+    y_val: np.ndarray
+    trigger: Any = None  # the trigger to plant, where the attack takes one
+    clip_values: tuple[float, float] = (0.0, 1.0)  # where every sample lies
+
+
+@functools.lru_cache(maxsize=1)
+def poisoning_problem() -> PoisoningProblem:
+    """48 clean held-out 8x8 digits to poison, 52 more as targets/validation, the
+    :class:`~bastion.zoo.SmallCNN` of :func:`poison_problem` (cached) and a 2x2 white patch in
+    the bottom-right corner as the trigger."""
+    from bastion.attacks.poisoning import PatchTrigger
+
+    base = poison_problem()
+    x, y = base.x_clean, base.y_clean
+    return PoisoningProblem(
+        base.estimator, x[:48], y[:48], x[48:], y[48:], PatchTrigger(size=2, value=1.0)
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def svm_poisoning_problem() -> PoisoningProblem:
+    """Digits 0 versus 1 (64 features in [0, 1]): 40 training and 40 validation samples and an
+    unfitted linear :class:`sklearn.svm.SVC` (the learner the attack retrains)."""
+    from sklearn.svm import SVC
+
+    x, y = _digits8()
+    keep = np.flatnonzero(y < 2)[:80]
+    flat = x[keep].reshape(len(keep), -1)
+    return PoisoningProblem(
+        SVC(kernel="linear", C=1.0), flat[:40], y[keep][:40], flat[40:], y[keep][40:]
+    )
+
+
 #: Example instances for every public estimator class (a test checks none is missing).
 ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
     "TorchClassifier": [torch_problem, functools.partial(torch_problem, dtype=torch.float64)],

@@ -42,7 +42,7 @@ def _is_array(value: Any) -> bool:
     return arr.ndim >= 1 and arr.size > 0 and bool(np.all(np.isfinite(arr.astype(np.float64))))
 
 
-def _image_batch(x: torch.Tensor, owner: str) -> None:
+def _image_batch(x: torch.Tensor, owner: str, input_shape: tuple[int, ...] | None = None) -> None:
     if x.ndim != 4:
         raise InputError(
             f"{owner} works on channel-first images of shape (N, C, H, W); got shape "
@@ -50,6 +50,11 @@ def _image_batch(x: torch.Tensor, owner: str) -> None:
         )
     if not x.is_floating_point():
         raise InputError(f"{owner} needs floating-point images, got dtype {x.dtype}.")
+    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+        raise InputError(
+            f"{owner}: x must have shape (N, *{tuple(input_shape)}) to match the estimator; "
+            f"got {tuple(x.shape)}."
+        )
     if not bool(torch.isfinite(x).all()):
         raise InputError(f"{owner}: x contains NaN or infinite values.")
 

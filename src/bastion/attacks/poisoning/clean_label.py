@@ -143,6 +143,16 @@ class CleanLabelBackdoor(PoisoningAttack):
         "verbose": VERBOSE,
     }
 
+    #: How the conformance suite builds it (see ``bastion.testing``): a 3-step PGD.
+    _conformance: ClassVar[dict[str, Any]] = {
+        "factory": lambda cls, p, **kw: cls(p.estimator, p.trigger, **kw),
+        "params": {"target": 0, "fraction": 0.5, "eps": 0.1, "eps_step": 0.05, "max_iter": 3},
+        "note": "PGD within eps, then the trigger is stamped; labels never change",
+        "clean_label": True,
+        "stamps_trigger": True,
+        "budget": "eps",
+    }
+
     def __init__(
         self,
         estimator: Any,

@@ -180,6 +180,14 @@ class FeatureCollision(PoisoningAttack):
         "verbose": VERBOSE,
     }
 
+    #: How the conformance suite builds it (see ``bastion.testing``): 3 steps, one target.
+    _conformance: ClassVar[dict[str, Any]] = {
+        "factory": lambda cls, p, **kw: cls(p.estimator, p.x_val[0], **kw),
+        "params": {"max_iter": 3},
+        "note": "every base becomes a poison (the mask is all True); labels never change",
+        "clean_label": True,
+    }
+
     def __init__(
         self,
         estimator: Any,

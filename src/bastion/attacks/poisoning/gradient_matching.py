@@ -133,6 +133,16 @@ class GradientMatching(PoisoningAttack):
         "verbose": VERBOSE,
     }
 
+    #: How the conformance suite builds it (see ``bastion.testing``): 3 steps, one target.
+    _conformance: ClassVar[dict[str, Any]] = {
+        "factory": lambda cls, p, **kw: cls(p.estimator, p.x_val[0], **kw),
+        "params": {"target_label": 0, "budget": 0.1, "eps": 0.05, "max_iter": 3},
+        "note": "perturbs a budget of target-class samples within eps; labels never change",
+        "clean_label": True,
+        "budget": "eps",
+        "progress": ("alignment_history_", "up"),
+    }
+
     def __init__(
         self,
         estimator: Any,
@@ -203,7 +213,7 @@ class GradientMatching(PoisoningAttack):
         name = type(self).__name__
         est = self.estimator
         xt, kind = to_tensor(x, dtype=None)
-        _image_batch(xt, name)
+        _image_batch(xt, name, tuple(est.input_shape))
         labels = _class_labels(y, xt.shape[0], est.nb_classes, name)
         if self.target_label >= est.nb_classes:
             raise invalid_parameter(

@@ -134,6 +134,16 @@ class HiddenTriggerBackdoor(PoisoningAttack):
         "verbose": VERBOSE,
     }
 
+    #: How the conformance suite builds it (see ``bastion.testing``): 5 steps.
+    _conformance: ClassVar[dict[str, Any]] = {
+        "factory": lambda cls, p, **kw: cls(p.estimator, p.trigger, **kw),
+        "params": {"target": 0, "source": 1, "eps": 0.1, "max_iter": 5, "reassign_every": 5},
+        "note": "the trigger is hidden: poisons are target images within eps, labels kept",
+        "clean_label": True,
+        "budget": "eps",
+        "progress": ("loss_history_", "down"),
+    }
+
     def __init__(
         self,
         estimator: Any,
@@ -197,7 +207,7 @@ class HiddenTriggerBackdoor(PoisoningAttack):
         name = type(self).__name__
         est = self.estimator
         xt, kind = to_tensor(x, dtype=None)
-        _image_batch(xt, name)
+        _image_batch(xt, name, tuple(est.input_shape))
         labels = _class_labels(y, xt.shape[0], est.nb_classes, name)
         for pname in ("target", "source"):
             value = getattr(self, pname)

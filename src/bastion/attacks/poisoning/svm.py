@@ -144,6 +144,15 @@ class SVMPoisoning(PoisoningAttack):
         "verbose": VERBOSE,
     }
 
+    #: How the conformance suite builds it (see ``bastion.testing``): 2 points, 5 steps.
+    _conformance: ClassVar[dict[str, Any]] = {
+        "factory": lambda cls, p, **kw: cls(p.estimator, x_val=p.x_val, y_val=p.y_val, **kw),
+        "params": {"nb_points": 2, "step_size": 0.5, "max_iter": 5, "clip_values": (0.0, 1.0)},
+        "note": "on a linear SVC, digits 0 versus 1 (svm_poisoning_problem)",
+        "problem": "svm",
+        "progress": ("loss_history_", "up"),
+    }
+
     def __init__(
         self,
         estimator: Any,
@@ -268,6 +277,8 @@ class SVMPoisoning(PoisoningAttack):
         yt, ykind = to_tensor(y, dtype=None)
         if xt.ndim != 2 or not xt.is_floating_point():
             raise InputError(f"{name}: x must be a float array (N, d); got {tuple(xt.shape)}.")
+        if not bool(torch.isfinite(xt).all()):
+            raise InputError(f"{name}: x contains NaN or infinite values.")
         if yt.ndim != 1 or yt.shape[0] != xt.shape[0]:
             raise InputError(f"{name}: y must be labels (N,) matching x; got {tuple(yt.shape)}.")
         x_np = xt.detach().cpu().double().numpy()
