@@ -30,8 +30,14 @@ _NORM_BUDGETS = {"inf": 0.2, "2": 1.0, "1": 4.0}
 
 def conformance_params(cls: Any, **overrides: Any) -> dict[str, Any]:
     """Small, fast hyper-parameters for ``cls`` (``_conformance["params"]`` refines them)."""
+    return fast_params(cls, _FAST, overrides)
+
+
+def fast_params(cls: Any, fast: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``fast`` that ``cls`` accepts, ``random_state=0`` when it has one, then
+    its ``_conformance["params"]``, then ``overrides`` (shared by every conformance suite)."""
     names = cls._param_names()
-    params = {k: v for k, v in _FAST.items() if k in names}
+    params = {k: v for k, v in fast.items() if k in names}
     if "random_state" in names:
         params["random_state"] = 0
     params.update(getattr(cls, "_conformance", {}).get("params", {}))

@@ -23,6 +23,7 @@ from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
 from bastion.testing._attack_checks import (
     _invalid_value,
     check_parametrized_signature,
+    fast_params,
     run_checks,
     without_skips,
 )
@@ -47,13 +48,7 @@ _EXTRAS = ("sources", "x_val", "y_val")
 
 def detector_params(cls: Any, **overrides: Any) -> dict[str, Any]:
     """Small, fast hyper-parameters for ``cls`` (``_conformance["params"]`` refines them)."""
-    names = cls._param_names()
-    params = {k: v for k, v in _FAST.items() if k in names}
-    if "random_state" in names:
-        params["random_state"] = 0
-    params.update(getattr(cls, "_conformance", {}).get("params", {}))
-    params.update(overrides)
-    return params
+    return fast_params(cls, _FAST, overrides)
 
 
 def _prepared(

@@ -29,6 +29,7 @@ from bastion.exceptions import InputError, InvalidParameterError
 from bastion.testing._attack_checks import (
     _invalid_value,
     check_parametrized_signature,
+    fast_params,
     run_checks,
     without_skips,
 )
@@ -49,12 +50,7 @@ def _conf(cls: Any) -> dict[str, Any]:
 
 def poisoning_params(cls: Any, **overrides: Any) -> dict[str, Any]:
     """Small, fast hyper-parameters for ``cls`` (``_conformance["params"]``)."""
-    params: dict[str, Any] = {}
-    if "random_state" in cls._param_names():
-        params["random_state"] = 0
-    params.update(_conf(cls).get("params", {}))
-    params.update(overrides)
-    return params
+    return fast_params(cls, {}, overrides)
 
 
 def default_poisoning_problem(cls: Any) -> PoisoningProblem:
