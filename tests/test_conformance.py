@@ -1,4 +1,5 @@
-"""Run the public conformance suite over every public attack, estimator and poison detector."""
+"""Run the public conformance suite over every public attack (evasion, poisoning, model
+extraction), estimator and poison detector."""
 
 import pytest
 
@@ -7,10 +8,12 @@ from bastion.testing import (
     all_attacks,
     all_detectors,
     all_estimators,
+    all_extraction_attacks,
     all_poisoning_attacks,
     attack_checks,
     detector_checks,
     estimator_checks,
+    extraction_checks,
     poison_problem,
     poisoning_checks,
     torch_problem,
@@ -54,6 +57,22 @@ def test_poisoning_attack_conformance(cls, check):
     check(cls, default_poisoning_problem(cls))
 
 
+EXTRACTION_CASES = [
+    (cls, check) for cls in all_extraction_attacks() for check in extraction_checks(cls)
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "check"),
+    EXTRACTION_CASES,
+    ids=[f"{c.__name__}-{k.__name__}" for c, k in EXTRACTION_CASES],
+)
+def test_extraction_attack_conformance(cls, check):
+    from bastion.testing._extraction_checks import default_extraction_problem
+
+    check(cls, default_extraction_problem(cls))
+
+
 ESTIMATOR_CASES = [
     (f"{name}[{i}]", factory)
     for name, factories in ESTIMATOR_EXAMPLES.items()
@@ -89,6 +108,12 @@ def test_discovery_finds_everything_public():
         "HiddenTriggerBackdoor",
         "SVMPoisoning",
     }  # neither the PoisoningAttack template nor the triggers
+    assert {cls.__name__ for cls in all_extraction_attacks()} == {
+        "CopycatCNN",
+        "FunctionallyEquivalentExtraction",
+        "JacobianAugmentation",
+        "KnockoffNets",
+    }  # the ExtractionAttack template is not counted
 
 
 def test_gradient_checks_catch_a_wrong_gradient():
@@ -193,3 +218,38 @@ def test_poisoning_checks_catch_a_broken_attack():
         check_input_not_mutated(Mutating, problem)
     with pytest.raises(AssertionError, match="labels"):
         check_labels(KeepsLabels, problem)
+
+
+def test_extraction_checks_catch_a_broken_attack():
+    """An attack that spends more queries than its budget, writes into the attacker's pool, or
+    returns an untrained thief fails the matching check."""
+    from bastion.attacks.extraction import CopycatCNN
+    from bastion.testing._extraction_checks import (
+        check_effective,
+        check_input_not_mutated,
+        check_query_budget,
+        default_extraction_problem,
+    )
+
+    class Overspends(CopycatCNN):
+        def _extract(self, x_pool, generator, **kwargs):
+            self._query(x_pool)  # "calibrates" on the whole pool first
+            return super()._extract(x_pool, generator, **kwargs)
+
+    class Mutating(CopycatCNN):
+        def extract(self, x_pool, **kwargs):
+            x_pool[0] = 0.0  # "normalises" the pool in place
+            return super().extract(x_pool, **kwargs)
+
+    class Lazy(CopycatCNN):
+        def _extract(self, x_pool, generator, **kwargs):
+            self._query(x_pool[: self.nb_queries])
+            return self.thief  # never trained
+
+    problem = default_extraction_problem(CopycatCNN)
+    with pytest.raises(AssertionError, match="budget"):
+        check_query_budget(Overspends, problem)
+    with pytest.raises(AssertionError, match="x_pool was modified"):
+        check_input_not_mutated(Mutating, problem)
+    with pytest.raises(AssertionError, match="fidelity"):
+        check_effective(Lazy, problem)

@@ -1,11 +1,11 @@
 """The public conformance suite.
 
-Every public attack (evasion and poisoning), estimator and poison detector is discovered
-automatically and run through the same generic checks: API conventions, budget and bounds
-respected, inputs not mutated, type/device/dtype preserved, seeded determinism, batch-size
-invariance, clear errors on bad input, finite-difference checks of gradients, and detection of
-known poison. A new attack or detector gets them for free; a class skips a check only with a
-written reason in
+Every public attack (evasion, poisoning and model extraction), estimator and poison detector
+is discovered automatically and run through the same generic checks: API conventions, budget
+and bounds (or query budgets) respected, inputs not mutated, type/device/dtype preserved,
+seeded determinism, batch-size invariance, clear errors on bad input, finite-difference checks
+of gradients, detection of known poison and fidelity of stolen models. A new attack or
+detector gets them for free; a class skips a check only with a written reason in
 ``_conformance = {"skip": {"check_name": "why"}}``.
 
 Examples
@@ -22,9 +22,15 @@ from bastion.testing._discovery import (
     all_attacks,
     all_detectors,
     all_estimators,
+    all_extraction_attacks,
     all_poisoning_attacks,
 )
 from bastion.testing._estimator_checks import check_estimator, estimator_checks
+from bastion.testing._extraction_checks import (
+    check_extraction_attack,
+    extraction_checks,
+    extraction_params,
+)
 from bastion.testing._poisoning_checks import (
     check_poisoning_attack,
     poisoning_checks,
@@ -32,12 +38,15 @@ from bastion.testing._poisoning_checks import (
 )
 from bastion.testing._problems import (
     ESTIMATOR_EXAMPLES,
+    ExtractionProblem,
     PoisoningProblem,
     PoisonProblem,
     Problem,
     blackbox_problem,
+    extraction_problem,
     poison_problem,
     poisoning_problem,
+    relu_extraction_problem,
     sklearn_problem,
     svm_poisoning_problem,
     torch_problem,
@@ -45,27 +54,34 @@ from bastion.testing._problems import (
 
 __all__ = [
     "ESTIMATOR_EXAMPLES",
+    "ExtractionProblem",
     "PoisonProblem",
     "PoisoningProblem",
     "Problem",
     "all_attacks",
     "all_detectors",
     "all_estimators",
+    "all_extraction_attacks",
     "all_poisoning_attacks",
     "attack_checks",
     "blackbox_problem",
     "check_attack",
     "check_detector",
     "check_estimator",
+    "check_extraction_attack",
     "check_poisoning_attack",
     "conformance_params",
     "detector_checks",
     "detector_params",
     "estimator_checks",
+    "extraction_checks",
+    "extraction_params",
+    "extraction_problem",
     "poison_problem",
     "poisoning_checks",
     "poisoning_params",
     "poisoning_problem",
+    "relu_extraction_problem",
     "sklearn_problem",
     "svm_poisoning_problem",
     "torch_problem",

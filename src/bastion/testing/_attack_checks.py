@@ -111,7 +111,16 @@ def check_parametrized_signature(
     for p in params[2:]:
         assert p.kind is p.KEYWORD_ONLY, f"{cls.__name__}.{p.name} must be keyword-only"
         assert p.default is not p.empty, f"{cls.__name__}.{p.name} needs a default"
-    obj = cls(estimator, **given)
+    check_params_protocol(cls, cls(estimator, **given), given, **settable)
+    # No work (and no validation) in __init__: a bad value is only reported when used.
+    bad = {k: _invalid_value(c) for k, c in cls._parameter_constraints.items()}
+    cls(estimator, **bad)
+
+
+def check_params_protocol(cls: Any, obj: Any, given: dict[str, Any], **settable: Any) -> None:
+    """``obj`` (built with ``given``) stores them as is; ``get_params`` lists exactly the
+    signature's parameters; ``set_params(**settable)`` sets and returns ``obj``, and rejects
+    an unknown name; ``repr`` names the class (shared by every conformance suite)."""
     got = obj.get_params()
     for k, v in given.items():
         assert got[k] is v, f"{cls.__name__} must store {k!r} as given"
@@ -126,9 +135,6 @@ def check_parametrized_signature(
     else:
         raise AssertionError("set_params accepted an unknown parameter")
     assert repr(obj).startswith(cls.__name__ + "(")
-    # No work (and no validation) in __init__: a bad value is only reported when used.
-    bad = {k: _invalid_value(c) for k, c in cls._parameter_constraints.items()}
-    cls(estimator, **bad)
 
 
 def check_invalid_params(cls: Any, problem: Problem) -> None:

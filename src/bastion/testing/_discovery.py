@@ -13,13 +13,15 @@ from bastion.attacks.base import (
     MinimumNormAttack,
     QueryAttack,
 )
-from bastion.attacks.poisoning._base import PoisoningAttack
+from bastion.attacks.extraction._base import ExtractionAttack
+from bastion.attacks.poisoning._base import PoisoningAttack, _Parametrized
 from bastion.defenses.poisoning._result import PoisonDetector
 from bastion.estimators.base import Classifier
 
 _TEMPLATES = {
     Attack,
     EvasionAttack,
+    ExtractionAttack,
     FixedBudgetAttack,
     MinimumNormAttack,
     QueryAttack,
@@ -71,3 +73,11 @@ def all_poisoning_attacks() -> list[type[PoisoningAttack]]:
     :class:`~bastion.attacks.poisoning.PoisoningAttack` with ``poison(x, y)``; triggers are
     not attacks, the template is not counted)."""
     return _public_classes("bastion.attacks.poisoning", PoisoningAttack)
+
+
+def all_extraction_attacks() -> list[type]:
+    """Every public model-extraction attack class of ``bastion.attacks.extraction`` (each with
+    ``extract(x_pool)``: the :class:`~bastion.attacks.extraction.ExtractionAttack` subclasses
+    and :class:`~bastion.attacks.extraction.FunctionallyEquivalentExtraction`; the template is
+    not counted)."""
+    return _public_classes("bastion.attacks.extraction", _Parametrized)

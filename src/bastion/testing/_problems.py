@@ -213,6 +213,44 @@ def svm_poisoning_problem() -> PoisoningProblem:
     )
 
 
+@dataclass(frozen=True)
+class ExtractionProblem:
+    """What a model-extraction check needs: a victim to steal, the attacker's unlabelled data,
+    held-out inputs to measure fidelity on and a way to build a fresh thief."""
+
+    victim: Classifier  # the model whose prediction API is queried (never retrained)
+    x_pool: np.ndarray  # the attacker's unlabelled data (inside the victim's clip_values)
+    x_test: np.ndarray  # held-out inputs, for fidelity (agreement with the victim)
+    make_thief: Callable[[int], Any] | None = None  # seed -> a fresh thief of the victim's shape
+
+
+def _digits_thief(seed: int) -> TorchClassifier:
+    return TorchClassifier(_mlp(torch.float32, seed + 1), input_shape=(1, 8, 8), nb_classes=10)
+
+
+def extraction_problem() -> ExtractionProblem:
+    """The tanh MLP of :func:`torch_problem` (cached, about 95% accuracy on 8x8 digits) as the
+    victim, 200 held-out digits as the attacker's pool, 197 more for fidelity, and fresh
+    seeded MLPs of the same shape as thieves."""
+    x, _ = _digits8()
+    return ExtractionProblem(_trained_torch(torch.float32), x[1400:1600], x[1600:], _digits_thief)
+
+
+@functools.lru_cache(maxsize=1)
+def relu_extraction_problem() -> ExtractionProblem:
+    """A float64 one-hidden-layer ReLU network ``Linear(8, 4), ReLU, Linear(4, 3)`` with seeded
+    random weights (the victim functionally equivalent extraction assumes), standard normal
+    pool and test inputs; no thief (the attack builds its own model)."""
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3)).to(torch.float64)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float64))
+    victim = TorchClassifier(net, input_shape=(8,), nb_classes=3, clip_values=None)
+    rng = np.random.default_rng(0)
+    return ExtractionProblem(victim, rng.standard_normal((20, 8)), rng.standard_normal((200, 8)))
+
+
 #: Example instances for every public estimator class (a test checks none is missing).
 ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
     "TorchClassifier": [torch_problem, functools.partial(torch_problem, dtype=torch.float64)],

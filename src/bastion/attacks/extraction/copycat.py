@@ -77,6 +77,11 @@ class CopycatCNN(ExtractionAttack):
         "use_probabilities": [Boolean()],
     }
 
+    _conformance: ClassVar[dict[str, Any]] = {
+        "note": "hard labels of nb_queries pool samples; the thief is trained on them",
+        "budget": lambda p, n: min(p["nb_queries"], n),
+    }
+
     def __init__(
         self,
         victim: Any,

@@ -124,6 +124,17 @@ class FunctionallyEquivalentExtraction(_Parametrized):
         "random_state": [RandomState()],
     }
 
+    _conformance: ClassVar[dict[str, Any]] = {
+        "factory": lambda cls, p, **kw: cls(p.victim, num_neurons=4, **kw),
+        "problem": "relu",
+        "note": "recovers the float64 ReLU network of relu_extraction_problem; no thief",
+        "min_fidelity": 0.99,
+        "skip": {
+            "check_nan_input": "x_pool is ignored (documented): the attack crafts its queries",
+            "check_bad_input": "x_pool is ignored (documented): the attack crafts its queries",
+        },
+    }
+
     def __init__(
         self,
         victim: Any,
@@ -196,7 +207,11 @@ class FunctionallyEquivalentExtraction(_Parametrized):
     def extract(self, x_pool: Any = None) -> Any:
         """Recover the victim's weights; return the recovered model.
 
-        ``x_pool`` is not needed (the attack crafts its own queries) and is ignored.
+        Parameters
+        ----------
+        x_pool : any, optional
+            Ignored: the attack crafts its own queries (accepted so that every extraction
+            attack is called the same way).
 
         Returns
         -------

@@ -81,6 +81,12 @@ class JacobianAugmentation(ExtractionAttack):
     }
     _thief_requirements: ClassVar[tuple[str, ...]] = ("logits", "class_gradient")
 
+    _conformance: ClassVar[dict[str, Any]] = {
+        "params": {"nb_rounds": 2},
+        "note": "the pool is the seed set; it doubles once (two rounds)",
+        "budget": lambda p, n: n * 2 ** (p["nb_rounds"] - 1),
+    }
+
     def __init__(
         self,
         victim: Any,
@@ -113,6 +119,11 @@ class JacobianAugmentation(ExtractionAttack):
         ----------
         x_seed : array-like or torch.Tensor, shape (N, *input_shape)
             The attacker's initial data (small: the set doubles every round).
+
+        Returns
+        -------
+        thief : estimator
+            The substitute (the ``thief`` estimator), trained in place.
         """
         return super().extract(x_seed)
 

@@ -130,6 +130,12 @@ class KnockoffNets(ExtractionAttack):
         "use_probabilities": [Boolean()],
     }
 
+    _conformance: ClassVar[dict[str, Any]] = {
+        "params": {"sampling": "adaptive", "nb_actions": 4},
+        "note": "adaptive (gradient-bandit) sampling over k-means clusters of the pool",
+        "budget": lambda p, n: min(p["nb_queries"], n),
+    }
+
     def __init__(
         self,
         victim: Any,
@@ -173,6 +179,11 @@ class KnockoffNets(ExtractionAttack):
         y_pool : array-like of int, shape (N,), optional
             Coarse labels of the pool (the paper's label hierarchy), used as the actions of
             adaptive sampling; without them the pool is clustered with k-means.
+
+        Returns
+        -------
+        thief : estimator
+            The thief estimator, trained in place.
         """
         return super().extract(x_pool, y_pool=y_pool)
 
