@@ -139,11 +139,22 @@ def check_params_protocol(cls: Any, obj: Any, given: dict[str, Any], **settable:
 
 def check_invalid_params(cls: Any, problem: Problem) -> None:
     """Each constrained parameter rejects a bad value with a message naming it."""
+    expect_invalid_params(
+        cls,
+        lambda name, value: _make(cls, problem, **{name: value}).generate(
+            problem.x[:2], problem.y[:2]
+        ),
+    )
+
+
+def expect_invalid_params(cls: Any, use: Callable[[str, Any], Any]) -> None:
+    """For each constrained parameter of ``cls``, ``use(name, bad_value)`` (build with it and
+    run) must raise :class:`InvalidParameterError` naming the parameter and the class (shared
+    by every conformance suite)."""
     for name, allowed in cls._parameter_constraints.items():
         value = _invalid_value(allowed)
-        attack = _make(cls, problem, **{name: value})
         try:
-            attack.generate(problem.x[:2], problem.y[:2])
+            use(name, value)
         except InvalidParameterError as err:
             assert repr(name) in str(err), f"message must name {name!r}: {err}"
             assert cls.__name__ in str(err)
