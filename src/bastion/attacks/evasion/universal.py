@@ -31,6 +31,9 @@ class UniversalPerturbation(FixedBudgetAttack):
     the extra perturbation ``dv`` that sends ``x + v`` across the boundary, and ``v`` becomes
     the projection of ``v + dv`` onto the eps-ball. It stops when the fooling rate (the share of
     samples whose predicted label changes) reaches ``1 - delta``, or after ``max_iter`` passes.
+    The fooling rate is not monotone in the passes (a later pass can undo an earlier one), so
+    the perturbation kept is the one with the highest fooling rate at the end of a pass (the
+    paper returns the last one; this costs no extra queries).
 
     Samples are processed in mini-batches of ``batch_size``: the inner attack sees ``v`` as it
     was at the start of the mini-batch, and the ``dv`` are then folded into ``v`` one by one.
@@ -60,7 +63,8 @@ class UniversalPerturbation(FixedBudgetAttack):
     Attributes
     ----------
     perturbation_ : torch.Tensor, shape ``input_shape``
-        The universal perturbation (after ``fit`` or ``generate``).
+        The universal perturbation (after ``fit`` or ``generate``): of all passes, the one
+        whose end had the highest fooling rate.
     fooling_rate_ : float
         Its fooling rate on the data it was computed on.
     n_passes_ : int
@@ -144,6 +148,7 @@ class UniversalPerturbation(FixedBudgetAttack):
         v = torch.zeros_like(x[:1])
         inner = self._inner()
         fooling = 0.0
+        best_v, best_fooling = v, 0.0
         passes = 0
         bar = tqdm(total=self.max_iter, desc=type(self).__name__, disable=not self.verbose)
         for _pass in range(self.max_iter):
@@ -163,15 +168,17 @@ class UniversalPerturbation(FixedBudgetAttack):
                     v = project_lp(v + row.unsqueeze(0), eps, norm)
             adv = self._predicted_labels(x + v if clip is None else (x + v).clamp(*clip))
             fooling = float((adv != clean).to(torch.float32).mean())
+            if fooling > best_fooling:
+                best_v, best_fooling = v.clone(), fooling
             bar.update(1)
             bar.set_postfix(fooling_rate=f"{fooling:.3f}")
             if fooling >= 1 - self.delta:
                 break
         bar.close()
-        self.perturbation_ = v[0]
-        self.fooling_rate_ = fooling
+        self.perturbation_ = best_v[0]
+        self.fooling_rate_ = best_fooling
         self.n_passes_ = passes
-        return v[0]
+        return best_v[0]
 
     def fit(self, x: Any, y: Any = None, *, mask: Any = None) -> UniversalPerturbation:
         """Compute the universal perturbation on ``x`` (labels are the model's predictions;
