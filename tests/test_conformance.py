@@ -1,5 +1,5 @@
 """Run the public conformance suite over every public attack (evasion, poisoning, model
-extraction), estimator and poison detector."""
+extraction, inference), estimator and poison detector."""
 
 import pytest
 
@@ -9,11 +9,13 @@ from bastion.testing import (
     all_detectors,
     all_estimators,
     all_extraction_attacks,
+    all_inference_attacks,
     all_poisoning_attacks,
     attack_checks,
     detector_checks,
     estimator_checks,
     extraction_checks,
+    inference_checks,
     poison_problem,
     poisoning_checks,
     torch_problem,
@@ -73,6 +75,22 @@ def test_extraction_attack_conformance(cls, check):
     check(cls, default_extraction_problem(cls))
 
 
+INFERENCE_CASES = [
+    (cls, check) for cls in all_inference_attacks() for check in inference_checks(cls)
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "check"),
+    INFERENCE_CASES,
+    ids=[f"{c.__name__}-{k.__name__}" for c, k in INFERENCE_CASES],
+)
+def test_inference_attack_conformance(cls, check):
+    from bastion.testing._inference_checks import default_inference_problem
+
+    check(cls, default_inference_problem(cls))
+
+
 ESTIMATOR_CASES = [
     (f"{name}[{i}]", factory)
     for name, factories in ESTIMATOR_EXAMPLES.items()
@@ -114,6 +132,20 @@ def test_discovery_finds_everything_public():
         "JacobianAugmentation",
         "KnockoffNets",
     }  # the ExtractionAttack template is not counted
+    assert {cls.__name__ for cls in all_inference_attacks()} == {
+        "AttributeInferenceBaseline",
+        "AttributeInferenceBlackBox",
+        "AttributeInferenceWhiteBoxDecisionTree",
+        "AttributeInferenceWhiteBoxLifestyleDecisionTree",
+        "DatabaseReconstruction",
+        "GapAttack",
+        "LabelOnly",
+        "LiRA",
+        "LossThreshold",
+        "MIFace",
+        "RMIA",
+        "ShadowModelAttack",
+    }  # neither the membership templates nor image_augmentations
 
 
 def test_gradient_checks_catch_a_wrong_gradient():
@@ -253,3 +285,48 @@ def test_extraction_checks_catch_a_broken_attack():
         check_input_not_mutated(Mutating, problem)
     with pytest.raises(AssertionError, match="fidelity"):
         check_effective(Lazy, problem)
+
+
+def test_inference_checks_catch_a_broken_attack():
+    """An inference attack that writes into its input, returns scores for the wrong samples,
+    draws fresh randomness whatever its seed, or scores every sample alike fails the matching
+    check."""
+    import numpy as np
+
+    from bastion.attacks.inference import AttributeInferenceBaseline, LossThreshold
+    from bastion.testing._inference_checks import (
+        check_effective,
+        check_input_not_mutated,
+        check_result,
+        check_seeded_determinism,
+        default_inference_problem,
+    )
+
+    class Mutating(LossThreshold):
+        def infer(self, x, y):
+            x[:, 0] = 0.0  # "normalises" the candidates in place
+            return super().infer(x, y)
+
+    class Short(LossThreshold):
+        def infer(self, x, y):
+            return super().infer(x, y)[:-1]  # loses the last sample
+
+    class Unseeded(AttributeInferenceBaseline):
+        def infer(self, x):
+            guess = super().infer(x)
+            order = np.random.default_rng().permutation(len(guess))  # ignores random_state
+            return guess[order]
+
+    class Blind(LossThreshold):
+        def infer(self, x, y):
+            return np.zeros(len(y))  # the same score for every sample
+
+    problem = default_inference_problem(LossThreshold)
+    with pytest.raises(AssertionError, match="modified"):
+        check_input_not_mutated(Mutating, problem)
+    with pytest.raises(AssertionError, match="scores"):
+        check_result(Short, problem)
+    with pytest.raises(AssertionError, match="differ"):
+        check_seeded_determinism(Unseeded, default_inference_problem(Unseeded))
+    with pytest.raises(AssertionError, match="AUC"):
+        check_effective(Blind, problem)

@@ -1,10 +1,13 @@
 """The public conformance suite.
 
-Every public attack (evasion, poisoning and model extraction), estimator and poison detector
-is discovered automatically and run through the same generic checks: API conventions, budget
+Every public attack (evasion, poisoning, model extraction and inference: membership,
+attribute inference, model inversion, reconstruction), estimator and poison detector is
+discovered automatically and run through the same generic checks: API conventions, budget
 and bounds (or query budgets) respected, inputs not mutated, type/device/dtype preserved,
 seeded determinism, batch-size invariance, clear errors on bad input, finite-difference checks
-of gradients, detection of known poison and fidelity of stolen models. A new attack or
+of gradients, detection of known poison, fidelity of stolen models and known answers of
+inference attacks (members told from non-members, hidden attributes and missing records
+recovered). A new attack or
 detector gets them for free; a class skips a check only with a written reason in
 ``_conformance = {"skip": {"check_name": "why"}}``.
 
@@ -23,6 +26,7 @@ from bastion.testing._discovery import (
     all_detectors,
     all_estimators,
     all_extraction_attacks,
+    all_inference_attacks,
     all_poisoning_attacks,
 )
 from bastion.testing._estimator_checks import check_estimator, estimator_checks
@@ -30,6 +34,11 @@ from bastion.testing._extraction_checks import (
     check_extraction_attack,
     extraction_checks,
     extraction_params,
+)
+from bastion.testing._inference_checks import (
+    check_inference_attack,
+    inference_checks,
+    inference_params,
 )
 from bastion.testing._poisoning_checks import (
     check_poisoning_attack,
@@ -39,13 +48,18 @@ from bastion.testing._poisoning_checks import (
 from bastion.testing._problems import (
     ESTIMATOR_EXAMPLES,
     ExtractionProblem,
+    InferenceProblem,
     PoisoningProblem,
     PoisonProblem,
     Problem,
+    attribute_problem,
     blackbox_problem,
     extraction_problem,
+    inversion_problem,
+    membership_problem,
     poison_problem,
     poisoning_problem,
+    reconstruction_problem,
     relu_extraction_problem,
     sklearn_problem,
     svm_poisoning_problem,
@@ -55,6 +69,7 @@ from bastion.testing._problems import (
 __all__ = [
     "ESTIMATOR_EXAMPLES",
     "ExtractionProblem",
+    "InferenceProblem",
     "PoisonProblem",
     "PoisoningProblem",
     "Problem",
@@ -62,13 +77,16 @@ __all__ = [
     "all_detectors",
     "all_estimators",
     "all_extraction_attacks",
+    "all_inference_attacks",
     "all_poisoning_attacks",
     "attack_checks",
+    "attribute_problem",
     "blackbox_problem",
     "check_attack",
     "check_detector",
     "check_estimator",
     "check_extraction_attack",
+    "check_inference_attack",
     "check_poisoning_attack",
     "conformance_params",
     "detector_checks",
@@ -77,10 +95,15 @@ __all__ = [
     "extraction_checks",
     "extraction_params",
     "extraction_problem",
+    "inference_checks",
+    "inference_params",
+    "inversion_problem",
+    "membership_problem",
     "poison_problem",
     "poisoning_checks",
     "poisoning_params",
     "poisoning_problem",
+    "reconstruction_problem",
     "relu_extraction_problem",
     "sklearn_problem",
     "svm_poisoning_problem",

@@ -81,3 +81,10 @@ def all_extraction_attacks() -> list[type]:
     and :class:`~bastion.attacks.extraction.FunctionallyEquivalentExtraction`; the template is
     not counted)."""
     return _public_classes("bastion.attacks.extraction", _Parametrized)
+
+
+def all_inference_attacks() -> list[type]:
+    """Every public inference attack class of ``bastion.attacks.inference``: membership
+    inference, attribute inference, model inversion and reconstruction (the membership
+    templates are not counted)."""
+    return _public_classes("bastion.attacks.inference", _Parametrized)

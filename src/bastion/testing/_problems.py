@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -265,3 +265,107 @@ ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
     ],
     "ExpectationOverTransformation": [eot_problem],
 }
+
+
+@dataclass(frozen=True)
+class InferenceProblem:
+    """What an inference-attack check needs: the target, the inputs ``infer`` takes (a dict of
+    arrays, one row per sample, e.g. ``x`` and ``y``), the data ``fit`` takes (the attacker's
+    population or complete records; empty when the attack needs no fit) and the ground truth
+    the attack should recover."""
+
+    estimator: Any  # the target (a fitted bastion estimator or scikit-learn model)
+    inputs: dict[str, np.ndarray]  # keyword arguments of infer, one row per sample
+    truth: np.ndarray  # membership (bool), hidden values, target classes or the missing record
+    fit_inputs: dict[str, np.ndarray] = field(default_factory=dict)  # keyword arguments of fit
+    trainer: Callable[..., Any] | None = None  # (x, y, random_state) -> a model like the target
+    values: np.ndarray | None = None  # the hidden attribute's known values
+    attack_feature: int = 0  # the hidden attribute's column
+    truth_label: int | None = None  # the missing record's label (reconstruction)
+
+
+def _membership_trainer(x: Any, y: Any, random_state: int = 0) -> SklearnClassifier:
+    from sklearn.linear_model import LogisticRegression
+
+    xa = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    ya = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    model = LogisticRegression(C=100.0, max_iter=2000).fit(xa.reshape(len(xa), -1), ya)
+    return SklearnClassifier(model, clip_values=(0.0, 1.0))
+
+
+@functools.lru_cache(maxsize=1)
+def membership_problem() -> InferenceProblem:
+    """Random binary labels on 40 uniform features in [0, 1], which only memorisation fits:
+    a logistic regression (C=100, the target) trained on 32 members fits them all and is at
+    chance on 32 non-members. Candidates: the 64 (members first, ``truth`` says which); the
+    attacker's population: those 64 and 96 more (LiRA's online setting); ``trainer`` trains a
+    reference or shadow model like the target (a few milliseconds)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(160, 40)).astype(np.float32)
+    y = rng.integers(0, 2, 160).astype(np.int64)
+    target = _membership_trainer(x[:32], y[:32])
+    return InferenceProblem(
+        target,
+        {"x": x[:64], "y": y[:64]},
+        np.arange(64) < 32,
+        {"x": x, "y": y},
+        trainer=_membership_trainer,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def attribute_problem() -> InferenceProblem:
+    """Tabular records ``(z0, h, z1)`` with a hidden attribute ``h`` in {1, 3} (column 1) that
+    ``z1`` predicts about 90% of the time, labels ``y = [h = 3] xor [z0 > 0]`` and a decision
+    tree (depth 8, the target) trained on all 300 records: the model's output reveals ``h``
+    given ``z0``; the majority value covers 54% of the attacked records. Inputs: 100 of the
+    training records without column 1, their labels and the model's probabilities; ``fit``:
+    the 200 other complete records (the attacker's)."""
+    from sklearn.tree import DecisionTreeClassifier
+
+    rng = np.random.default_rng(0)
+    n = 300
+    z0, z1 = rng.normal(size=n), rng.normal(size=n)
+    bit = (z1 + 0.3 * rng.normal(size=n) > 0).astype(np.int64)
+    values = np.array([1.0, 3.0])
+    x = np.c_[z0, values[bit], z1].astype(np.float32)
+    y = (bit ^ (z0 > 0)).astype(np.int64)
+    tree = DecisionTreeClassifier(max_depth=8, random_state=0).fit(x, y)
+    target = SklearnClassifier(tree)
+    known = np.delete(x[:100], 1, axis=1)
+    pred = np.asarray(target.predict(x[:100]))
+    return InferenceProblem(
+        target,
+        {"x": known, "y": y[:100], "pred": pred},
+        x[:100, 1],
+        {"x": x[100:]},
+        values=values,
+        attack_feature=1,
+    )
+
+
+def inversion_problem() -> InferenceProblem:
+    """The tanh MLP of :func:`torch_problem` (cached) to invert: 10 held-out digits as
+    starting points, each with the next class as its target."""
+    x, y = _digits8()
+    clf = _trained_torch(torch.float32)
+    clf.reset_counts()
+    target = (y[1200:1210] + 1) % 10
+    return InferenceProblem(clf, {"x": x[1200:1210], "y": target}, target)
+
+
+@functools.lru_cache(maxsize=1)
+def reconstruction_problem() -> InferenceProblem:
+    """A Gaussian naive Bayes (the target) trained on scikit-learn's iris; the informed
+    adversary knows every record but the first (the truth)."""
+    from sklearn.datasets import load_iris
+    from sklearn.naive_bayes import GaussianNB
+
+    x, y = load_iris(return_X_y=True)
+    model = GaussianNB().fit(x, y)
+    return InferenceProblem(
+        model,
+        {"x": x[1:], "y": y[1:].astype(np.int64)},
+        x[:1],
+        truth_label=int(y[0]),
+    )

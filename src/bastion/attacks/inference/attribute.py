@@ -23,7 +23,7 @@ The hidden feature is one column of tabular ``x``, with a finite set of values. 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -191,6 +191,12 @@ class AttributeInferenceBlackBox(_AttackModelMixin):
         "random_state": [RandomState()],
     }
 
+    #: How the conformance suite runs it (see ``bastion.testing``).
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "attribute",
+        "infer": lambda a, p, x, pred, **_: a.infer(x, pred=pred),
+    }
+
     def __init__(
         self,
         estimator: Any,
@@ -237,11 +243,29 @@ class AttributeInferenceBlackBox(_AttackModelMixin):
         return self
 
     def infer(self, x: Any, *, pred: Any) -> Any:
-        """Infer the hidden feature of records ``x`` (without its column) from the model's
-        output ``pred`` on them: scores ``(N, nb_classes)``, or labels ``(N,)`` with
-        ``prediction="label"``. Returns the values, same array type as ``x``."""
+        """Infer the hidden feature of records from the model's output on them.
+
+        Parameters
+        ----------
+        x : array-like or torch.Tensor, shape (N, n_features - 1)
+            The known features (the model's input without ``attack_feature``).
+        pred : array-like or torch.Tensor
+            The model's output on the records: scores ``(N, nb_classes)``, or labels ``(N,)``
+            with ``prediction="label"``.
+
+        Returns
+        -------
+        values : shape (N,), same array type as ``x``
+            The inferred values, among ``values_``.
+        """
         self._check_fitted()
         arr, is_tensor, device = _to_numpy(x, "x")
+        known = int(np.prod(self.estimator.input_shape)) - 1
+        if arr.shape[1] != known:
+            raise InputError(
+                f"x must hold the {known} known features (the model's inputs without "
+                f"attack_feature); got {arr.shape[1]}."
+            )
         p, _, _ = _to_numpy(pred, "pred", ndim=np.ndim(pred))
         if p.shape[0] != arr.shape[0]:
             raise InputError(f"pred has {p.shape[0]} rows but x has {arr.shape[0]}.")
@@ -288,6 +312,13 @@ class AttributeInferenceBaseline(_AttackModelMixin):
         "random_state": [RandomState()],
     }
 
+    #: How the conformance suite runs it (see ``bastion.testing``).
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "attribute",
+        "factory": lambda cls, p, **kw: cls(**{"attack_feature": p.attack_feature, **kw}),
+        "infer": lambda a, p, x, **_: a.infer(x),
+    }
+
     def __init__(
         self,
         *,
@@ -307,9 +338,25 @@ class AttributeInferenceBaseline(_AttackModelMixin):
         return self
 
     def infer(self, x: Any) -> Any:
-        """Infer the hidden feature of records ``x`` (without its column)."""
+        """Infer the hidden feature of records from their other features.
+
+        Parameters
+        ----------
+        x : array-like or torch.Tensor, shape (N, n_features - 1)
+            The known features (the records without ``attack_feature``).
+
+        Returns
+        -------
+        values : shape (N,), same array type as ``x``
+            The inferred values, among ``values_``.
+        """
         self._check_fitted()
         arr, is_tensor, device = _to_numpy(x, "x")
+        known = self.attack_model_.n_features_in_
+        if arr.shape[1] != known:
+            raise InputError(
+                f"x must hold the {known} known features seen in fit; got {arr.shape[1]}."
+            )
         return _restore(self.attack_model_.predict(arr), is_tensor, device)
 
 
@@ -420,6 +467,12 @@ class AttributeInferenceWhiteBoxDecisionTree(_TreeAttack):
     True
     """
 
+    #: How the conformance suite runs it (see ``bastion.testing``).
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "attribute",
+        "infer": lambda a, p, x, y, **_: a.infer(x, y, values=p.values),
+    }
+
     def __init__(self, estimator: Any, *, attack_feature: int = 0) -> None:
         self.estimator = estimator
         self.attack_feature = attack_feature
@@ -445,6 +498,11 @@ class AttributeInferenceWhiteBoxDecisionTree(_TreeAttack):
             The candidate values of the hidden feature.
         priors : sequence of float, optional
             Their prior probabilities (uniform when omitted).
+
+        Returns
+        -------
+        values : shape (N,), same array type as ``x``
+            The inferred value of each record, one of ``values``.
         """
         vals, pri = _candidates(values, priors, type(self).__name__)
         _, counts, classes, (is_tensor, device, tree) = self._leaf_counts(x, vals)
@@ -454,6 +512,17 @@ class AttributeInferenceWhiteBoxDecisionTree(_TreeAttack):
             if labels.shape[0] != counts.shape[1]:
                 raise InputError(
                     f"y has {labels.shape[0]} labels but x has {counts.shape[1]} rows."
+                )
+            k = len(tree.classes_)
+            if (
+                labels.dtype.kind not in "biuf"
+                or np.any(labels != np.round(labels))
+                or labels.min() < 0
+                or labels.max() >= k
+            ):
+                raise InputError(
+                    f"y must hold class indices in [0, {k - 1}] (the order of the tree's "
+                    f"classes_); got values in [{labels.min()}, {labels.max()}]."
                 )
             agree = classes == labels[None, :]
             # Keep only agreeing values where at least one agrees.
@@ -499,6 +568,12 @@ class AttributeInferenceWhiteBoxLifestyleDecisionTree(_TreeAttack):
     (5,)
     """
 
+    #: How the conformance suite runs it (see ``bastion.testing``).
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "attribute",
+        "infer": lambda a, p, x, **_: a.infer(x, values=p.values),
+    }
+
     def __init__(self, estimator: Any, *, attack_feature: int = 0) -> None:
         self.estimator = estimator
         self.attack_feature = attack_feature
@@ -511,7 +586,25 @@ class AttributeInferenceWhiteBoxLifestyleDecisionTree(_TreeAttack):
         values: Sequence[Any],
         priors: Sequence[float] | None = None,
     ) -> Any:
-        """Infer the hidden feature of ``x`` (the known features); ``y`` is not used."""
+        """Infer the hidden feature without the records' labels.
+
+        Parameters
+        ----------
+        x : array-like, shape (N, n_features - 1)
+            The known features (the model's input without ``attack_feature``).
+        y : array-like, optional
+            Not used (the attack needs no labels); accepted for symmetry with
+            :class:`AttributeInferenceWhiteBoxDecisionTree`.
+        values : sequence
+            The candidate values of the hidden feature.
+        priors : sequence of float, optional
+            Their prior probabilities (uniform when omitted).
+
+        Returns
+        -------
+        values : shape (N,), same array type as ``x``
+            The inferred value of each record, one of ``values``.
+        """
         vals, pri = _candidates(values, priors, type(self).__name__)
         leaves, counts, _, (is_tensor, device, tree) = self._leaf_counts(x, vals)
         n_nodes = tree.tree_.node_count

@@ -217,6 +217,14 @@ class LiRA(ReferenceModelAttack):
         "verbose": VERBOSE,
     }
 
+    #: How the conformance suite runs it (see ``bastion.testing``): 4 logistic-regression
+    #: reference models, online (the candidates are in the population).
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "membership",
+        "factory": lambda cls, p, **kw: cls(p.estimator, reference_trainer=p.trainer, **kw),
+        "queries": lambda params, n: n * len(params.get("augmentations") or [None]),
+    }
+
     def __init__(
         self,
         estimator: Any,

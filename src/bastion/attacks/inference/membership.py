@@ -72,6 +72,14 @@ class LossThreshold(MembershipInferenceAttack):
         "batch_size": BATCH_SIZE,
     }
 
+    #: How the conformance suite runs it (see ``bastion.testing``).
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "membership",
+        "score_range": (-np.inf, 0.0),  # log p_y
+        "decide": lambda a, p, x, y: a.fit(x, y, is_member=p.truth).predict(x, y),
+        "queries": lambda params, n: n,
+    }
+
     def __init__(self, estimator: Any, *, threshold: float | None = None, batch_size: int = 256):
         self.estimator = estimator
         self.threshold = threshold
@@ -159,6 +167,13 @@ class GapAttack(MembershipInferenceAttack):
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"batch_size": BATCH_SIZE}
+
+    #: How the conformance suite runs it (see ``bastion.testing``).
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "membership",
+        "score_range": (0.0, 1.0),
+        "queries": lambda params, n: n,
+    }
 
     def __init__(self, estimator: Any, *, batch_size: int = 256):
         self.estimator = estimator

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -86,6 +86,15 @@ class MIFace(_Parametrized):
         "learning_rate": [Interval(float, 0, None, closed="neither")],
         "batch_size": [Interval(int, 1, None)],
         "verbose": [Boolean()],
+    }
+
+    #: How the conformance suite runs it (see ``bastion.testing``): at most 300 steps, one
+    #: gradient per sample and step (and one for the start).
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "inversion",
+        "params": {"max_iter": 300, "threshold": 0.05, "learning_rate": 2.0},
+        "queries": lambda params, n: n * (params["max_iter"] + 1),
+        "counter": "gradient_count",
     }
 
     def __init__(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ class DatabaseReconstruction(_Parametrized):
     (True, 0)
     """
 
+    #: How the conformance suite runs it (see ``bastion.testing``): Gaussian naive Bayes on iris.
+    _conformance: ClassVar[dict[str, Any]] = {"family": "reconstruction"}
+
     def __init__(self, estimator: Any) -> None:
         self.estimator = estimator
 
@@ -86,6 +89,8 @@ class DatabaseReconstruction(_Parametrized):
         is_tensor = isinstance(x, torch.Tensor)
         xa = x.detach().cpu().numpy() if is_tensor else np.asarray(x)
         xa = xa.astype(np.float64)
+        if not np.all(np.isfinite(xa)):
+            raise InputError("x contains NaN or infinite values.")
         k = len(getattr(model, "classes_", []))
         ya = check_labels(torch.as_tensor(np.asarray(y)), n=xa.shape[0], nb_classes=max(k, 1))
         ya_np = ya.numpy()

@@ -105,6 +105,15 @@ class RMIA(ReferenceModelAttack):
         "verbose": VERBOSE,
     }
 
+    #: How the conformance suite runs it (see ``bastion.testing``): 4 logistic-regression
+    #: reference models, offline.
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "membership",
+        "factory": lambda cls, p, **kw: cls(p.estimator, reference_trainer=p.trainer, **kw),
+        "score_range": (0.0, 1.0),
+        "queries": lambda params, n: n,
+    }
+
     def __init__(
         self,
         estimator: Any,

@@ -99,6 +99,16 @@ class ShadowModelAttack(MembershipInferenceAttack):
         "verbose": VERBOSE,
     }
 
+    #: How the conformance suite runs it (see ``bastion.testing``): 2 logistic-regression
+    #: shadow models, one global attack model.
+    _conformance: ClassVar[dict[str, Any]] = {
+        "family": "membership",
+        "factory": lambda cls, p, **kw: cls(p.estimator, shadow_trainer=p.trainer, **kw),
+        "params": {"attack_model": "global"},
+        "score_range": (0.0, 1.0),
+        "queries": lambda params, n: n,
+    }
+
     def __init__(
         self,
         estimator: Any,
