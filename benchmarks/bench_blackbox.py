@@ -86,8 +86,12 @@ from bench_evasion import (
 )
 
 Tensor = torch.Tensor
-# FORWARDS: forward passes (images) through the model, whichever library calls it; the hook
-# that counts them is registered by bench_evasion.user_and_bastion_models, on its counter.
+# FORWARDS: forward passes (images) through the user's model (ART, torchattacks); the hook that
+# counts them is registered by bench_evasion.user_and_bastion_models, on its counter. bastion's
+# model carries no hook (a hook would make its estimator run eagerly instead of through its
+# frozen inference graph): its forward passes are the estimator's own counts, which every
+# query and gradient goes through (COUNTED).
+COUNTED: list[Any] = []
 
 
 class Float32(nn.Module):
@@ -118,13 +122,16 @@ def judge(ctx: dict[str, Any], lib: str) -> nn.Module:
 def timed(fn: Callable[[], Any]) -> tuple[float, Any, int]:
     """(seconds, result, forward images) of one run, reseeded, warnings and stderr muted."""
     FORWARDS.images = 0
+    for est in COUNTED:
+        est.reset_counts()
     seed_everything()
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         start = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - start
-    return seconds, out, FORWARDS.images
+    own = sum(est.query_count + est.gradient_count for est in COUNTED)
+    return seconds, out, FORWARDS.images + own
 
 
 def interleaved(
@@ -166,21 +173,24 @@ def median_with_failures(d: Tensor, ok: Tensor) -> float:
 
 
 @torch.no_grad()
-def forward_cost(model: nn.Module, sizes: tuple[int, ...] = (1, 64, 256, 4096)) -> dict[str, float]:
+def forward_cost(
+    model: Callable[[Tensor], Tensor], sizes: tuple[int, ...] = (1, 64, 256, 4096)
+) -> dict[str, float]:
     """Seconds per image of one forward pass, by batch size (best of 3 runs of >= 2048
     images): the floor of any attack that spends a given number of queries."""
     out = {}
     x = torch.rand(max(sizes), 1, 28, 28)
-    model(x[:64])
-    for bs in sizes:
-        best = math.inf
-        for _ in range(3):
-            done, start = 0, time.perf_counter()
-            while done < 2048:
-                model(x[:bs])
-                done += bs
-            best = min(best, (time.perf_counter() - start) / done)
-        out[str(bs)] = best
+    with torch.no_grad():
+        for bs in sizes:
+            model(x[:bs])  # warm-up (and, for bastion, the frozen graph of this shape)
+            best = math.inf
+            for _ in range(3):
+                done, start = 0, time.perf_counter()
+                while done < 2048:
+                    model(x[:bs])
+                    done += bs
+                best = min(best, (time.perf_counter() - start) / done)
+            out[str(bs)] = best
     return out
 
 
@@ -714,7 +724,9 @@ def main(argv: list[str] | None = None) -> int:
 
     (x_tr, y_tr), (x_te, y_te) = load_digits(size=28, random_state=SEED)
     model, bastion_model = user_and_bastion_models(
-        trained_model(torch.from_numpy(x_tr), torch.from_numpy(y_tr)), args.same_layout
+        trained_model(torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
+        args.same_layout,
+        hook_bastion=False,
     )
     x_all, y_all = torch.from_numpy(x_te), torch.from_numpy(y_te).long()
     correct = predict(model, x_all) == y_all
@@ -737,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
         "art_clf": None,
         "ta": None,
     }
+    if not args.same_layout:
+        COUNTED.append(ctx["clf"])
     missing = {}
     if not args.no_art:
         try:
@@ -774,11 +788,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{lib} not available: {why}")
 
     ctx["forward_cost"] = forward_cost(model)  # the user's (NCHW) model, as ART queries it
-    ctx["forward_cost_bastion"] = forward_cost(ctx["clf"].model)  # channels-last on the CPU
+    # bastion's forward as its attacks query it: the estimator's frozen graph on the CPU.
+    ctx["forward_cost_bastion"] = forward_cost(ctx["clf"].predict_tensor)
     print(
         "forward pass, us per image by batch size: "
         + ", ".join(f"{k}: {v * 1e6:.0f}" for k, v in ctx["forward_cost"].items())
-        + "; bastion's channels-last copy: "
+        + "; bastion's estimator (frozen graph): "
         + ", ".join(f"{k}: {v * 1e6:.0f}" for k, v in ctx["forward_cost_bastion"].items()),
         flush=True,
     )

@@ -153,19 +153,27 @@ class Context:
     missing: dict[str, str] = field(default_factory=dict)
 
 
-def user_and_bastion_models(model: nn.Module, same_layout: bool) -> tuple[nn.Module, nn.Module]:
+def user_and_bastion_models(
+    model: nn.Module, same_layout: bool, hook_bastion: bool = True
+) -> tuple[nn.Module, nn.Module]:
     """The model the other libraries get (as the user has it: NCHW weights) and the one
     bastion's TorchClassifier wraps (it stores convolution weights channels-last on the CPU,
     ``memory_format="auto"``); with ``same_layout`` one channels-last model for every library.
     Both count their forward passes in FORWARDS (on the first leaf module: ART's
     PyTorchClassifier calls the model's children one by one, so a hook on the model itself
-    would miss its forward passes)."""
+    would miss its forward passes). With ``hook_bastion=False`` only the user's model is
+    hooked: a hook makes bastion's estimator run its model eagerly (its frozen forward graph
+    would skip the hook), so a caller that wants bastion's own inference path counts bastion's
+    forward passes with the estimator's counters instead."""
     for p in model.parameters():
         p.requires_grad_(False)  # the attacks only need input gradients
     mine = model if same_layout else copy.deepcopy(model)
     if same_layout:
         model.to(memory_format=torch.channels_last)
-    for m in {id(model): model, id(mine): mine}.values():
+    hooked = {id(model): model}
+    if hook_bastion or same_layout:
+        hooked[id(mine)] = mine
+    for m in hooked.values():
         next(leaf for leaf in m.modules() if not list(leaf.children())).register_forward_pre_hook(
             FORWARDS
         )

@@ -52,6 +52,14 @@ def test_auto_freezes_float32_cnns_on_the_cpu_only():
     assert eager._frozen is None
 
 
+def test_small_batches_run_eagerly(x):
+    frozen, eager = _pair(SmallCNN(input_size=8, random_state=0))
+    torch.testing.assert_close(frozen.predict(x, batch_size=7), eager.predict(x, batch_size=7))
+    assert _graph_count(frozen) == 0  # below 8 samples the frozen path does not pay
+    frozen.predict(x, batch_size=8)
+    assert _graph_count(frozen) == 1
+
+
 def test_bad_inference_mode_raises():
     with pytest.raises(InvalidParameterError, match="inference"):
         TorchClassifier(SmallCNN(input_size=8), input_shape=SHAPE, nb_classes=10, inference="jit")

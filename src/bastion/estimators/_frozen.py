@@ -13,7 +13,8 @@ stands for the model:
   tensor's version counter), a change through ``.data`` (which the version counter does not see:
   a per-tensor sum is compared as well), or a sub-module switched between train and eval mode;
 - the model runs eagerly while any forward (pre-)hook is registered on it or globally, since a
-  traced graph would skip them;
+  traced graph would skip them, and for batches of fewer than 8 samples, where the frozen
+  path's fixed cost per call outweighs its gain;
 - the first batches of each new input shape are also computed eagerly and must agree to float
   rounding; a model that traces with a ``TracerWarning`` (data-dependent control flow), fails
   to trace, or disagrees is run eagerly from then on (with one warning).
@@ -33,6 +34,10 @@ from torch import nn
 __all__ = ["FrozenForward", "frozen_supported"]
 
 _VERIFY_SHAPES = 4  # input shapes checked against the eager model, per graph
+# Smaller batches run eagerly: the per-call cost of the frozen path (the change check, the
+# conversions to and from oneDNN's layout) outweighs its gain there (digits CNN, one thread:
+# 467 vs 252 us/image at batch 1, break-even near 8, 104 vs 203 at 16).
+_MIN_BATCH = 8
 
 
 def frozen_supported() -> bool:
@@ -151,7 +156,7 @@ class FrozenForward:
     ) -> torch.Tensor:
         """Computes ``eager(x)`` (the model's output, or ``layer``'s when given) with the frozen
         graph when it may, eagerly otherwise. Call without autograd."""
-        if self.disabled is not None or x.shape[0] == 0 or _has_hooks(model):
+        if self.disabled is not None or x.shape[0] < _MIN_BATCH or _has_hooks(model):
             return eager(x)
         state = self._fingerprint(model)
         if state != self._state:
