@@ -1050,7 +1050,7 @@ def attack_specs(ctx: Context) -> list[Spec]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch: int = 512) -> Tensor:
+def predict(model: Callable[[Tensor], Tensor], x: Tensor, batch: int = 512) -> Tensor:
     return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, x.shape[0], batch)])
 
 
