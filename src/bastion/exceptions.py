@@ -12,6 +12,7 @@ __all__ = [
     "EstimatorError",
     "InputError",
     "InvalidParameterError",
+    "NotFittedError",
 ]
 
 
@@ -38,3 +39,12 @@ class EstimatorError(BastionError, TypeError):
 class InputError(BastionError, ValueError):
     """Bad data: wrong shape or ndim, NaN/inf, values outside ``clip_values``, labels out of
     range or of the wrong length, or empty input."""
+
+
+class NotFittedError(InputError, AttributeError):
+    """A method that needs a fitted object (``infer``, ``apply``, ``detect`` of a run-time
+    defence, ...) was called before ``fit``. The message says what to call.
+
+    Also an :class:`InputError` (what bastion raised for this before) and an
+    ``AttributeError``, like scikit-learn's ``NotFittedError``.
+    """

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
@@ -22,7 +21,7 @@ from bastion.attacks.inference.attribute import (
     AttributeInferenceWhiteBoxLifestyleDecisionTree,
 )
 from bastion.estimators import SklearnClassifier
-from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
+from bastion.exceptions import EstimatorError, InputError, InvalidParameterError, NotFittedError
 
 PRIORS = [0.5, 0.3, 0.2]
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -100,8 +99,9 @@ def test_attribute_errors(problem):
         AttributeInferenceBaseline(attack_model="svm").fit(x_attacker)
     with pytest.raises(InputError, match="not a column"):
         AttributeInferenceBaseline(attack_feature=7).fit(x_attacker)
-    with pytest.raises(NotFittedError):
+    with pytest.raises(NotFittedError, match="call fit") as info:
         AttributeInferenceBlackBox(target).infer(x_train[:, 1:], pred=target.predict(x_train))
+    assert isinstance(info.value, (InputError, AttributeError))  # as before, and like sklearn
     attack = AttributeInferenceBlackBox(target, random_state=0).fit(x_attacker[:200])
     with pytest.raises(InputError, match="pred has"):
         attack.infer(x_train[:10, 1:], pred=target.predict(x_train[:5]))

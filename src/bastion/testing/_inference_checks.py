@@ -42,9 +42,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.exceptions import NotFittedError
 
-from bastion.exceptions import InputError
+from bastion.exceptions import InputError, NotFittedError
 from bastion.metrics.privacy import roc_auc
 from bastion.testing._attack_checks import (
     _invalid_value,
@@ -379,14 +378,13 @@ def check_bad_input(cls: Any, problem: InferenceProblem) -> None:
 
 
 def check_infer_before_fit(cls: Any, problem: InferenceProblem) -> None:
-    """Attacks that fit refuse to infer before :meth:`fit`, with the error the family uses
-    (:class:`InputError` for membership inference, scikit-learn's ``NotFittedError`` for the
-    attribute attack models) saying to call ``fit``."""
+    """Attacks that fit refuse to infer before :meth:`fit` with bastion's
+    :class:`~bastion.exceptions.NotFittedError`, saying to call ``fit``."""
     attack = _make(cls, problem)
     given = {k: problem.inputs[k] for k in _uses(cls)}
     try:
         _conf(cls)["infer"](attack, problem, **given)
-    except (InputError, NotFittedError) as err:
+    except NotFittedError as err:
         assert "fit" in str(err), f"the message must say to call fit: {err}"
     else:
         raise AssertionError(f"{cls.__name__} inferred before fit")

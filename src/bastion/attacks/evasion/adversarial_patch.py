@@ -21,7 +21,7 @@ from bastion._validation import (
     invalid_parameter,
 )
 from bastion.attacks.base import BATCH_SIZE, RANDOM_STATE, VERBOSE, EvasionAttack
-from bastion.exceptions import BastionError, EstimatorError
+from bastion.exceptions import EstimatorError, NotFittedError
 
 __all__ = ["AdversarialPatch"]
 
@@ -518,7 +518,7 @@ class AdversarialPatch(EvasionAttack):
         x_patched : same type, device, dtype and shape as ``x``
         """
         if not hasattr(self, "patch_"):
-            raise BastionError("call fit (or generate) before apply.")
+            raise NotFittedError("call fit (or generate) before apply.")
         xt, kind, _ = self._inputs(x, None)
         rs = self.random_state if random_state is None else random_state
         is_random = isinstance(location, str) and location == "random"

@@ -17,7 +17,7 @@ from bastion.attacks.base import (
     EvasionAttack,
     FixedBudgetAttack,
 )
-from bastion.exceptions import BastionError
+from bastion.exceptions import NotFittedError
 
 __all__ = ["UniversalPerturbation"]
 
@@ -193,7 +193,7 @@ class UniversalPerturbation(FixedBudgetAttack):
     def apply(self, x: Any) -> Any:
         """``x`` plus the fitted universal perturbation, inside ``clip_values``."""
         if not hasattr(self, "perturbation_"):
-            raise BastionError("call fit (or generate) before apply.")
+            raise NotFittedError("call fit (or generate) before apply.")
         est = self.estimator
         xt, kind = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
         check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)

@@ -32,7 +32,7 @@ from bastion._validation import check_labels, check_x, validate_params
 from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
 from bastion.estimators.pytorch import TorchClassifier
-from bastion.exceptions import EstimatorError, InputError
+from bastion.exceptions import EstimatorError, InputError, NotFittedError
 
 __all__ = ["MembershipInferenceAttack", "ReferenceModelAttack"]
 
@@ -136,7 +136,7 @@ class MembershipInferenceAttack(_Parametrized):
         """
         self._validate()
         if self._needs_fit and not hasattr(self, "_fitted"):
-            raise InputError(f"{type(self).__name__} must be fitted first: call fit(...).")
+            raise NotFittedError(f"{type(self).__name__} must be fitted first: call fit(...).")
         xt, yt, kind = self._inputs(x, y)
         return self._restore(self._infer(xt, yt), kind)
 
@@ -418,7 +418,7 @@ class ReferenceModelAttack(MembershipInferenceAttack):
         """
         validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
         if not getattr(self, "_fitted", False):
-            raise InputError(f"{type(self).__name__} must be fitted first: call fit(...).")
+            raise NotFittedError(f"{type(self).__name__} must be fitted first: call fit(...).")
         require_capabilities(self.estimator, self._estimator_requirements, type(self).__name__)
         xt, yt, kind = self._inputs(x, y)
         if len(self.reference_models_) != self.nb_reference_models:

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.exceptions import NotFittedError
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -38,7 +37,7 @@ from bastion._tensor import RandomStateLike, resolve_random_state
 from bastion._validation import Constraint, Interval, Options, RandomState, Satisfies
 from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
-from bastion.exceptions import EstimatorError, InputError
+from bastion.exceptions import EstimatorError, InputError, NotFittedError
 
 __all__ = [
     "AttributeInferenceBaseline",

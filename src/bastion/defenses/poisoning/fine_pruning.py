@@ -25,7 +25,7 @@ from bastion._validation import (
 from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
 from bastion.estimators.pytorch import TorchClassifier
-from bastion.exceptions import EstimatorError, InputError
+from bastion.exceptions import EstimatorError, InputError, NotFittedError
 
 __all__ = ["FinePruning"]
 
@@ -324,7 +324,7 @@ class FinePruning(_Parametrized):
         from bastion.metrics.poisoning import attack_success_rate, clean_accuracy
 
         if not hasattr(self, "estimator_"):
-            raise InputError("FinePruning is not fitted: call fit(x_clean, y_clean) first.")
+            raise NotFittedError("FinePruning is not fitted: call fit(x_clean, y_clean) first.")
         bs = self.batch_size
         out = {
             "clean_accuracy_before": clean_accuracy(self.estimator, x_test, y_test, batch_size=bs),

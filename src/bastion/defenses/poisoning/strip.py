@@ -20,7 +20,7 @@ from bastion._validation import (
     check_x,
 )
 from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector
-from bastion.exceptions import InputError
+from bastion.exceptions import InputError, NotFittedError
 
 __all__ = ["STRIP"]
 
@@ -220,7 +220,7 @@ class STRIP(PoisonDetector):
         """
         self._validate()
         if not hasattr(self, "threshold_"):
-            raise InputError("STRIP is not fitted: call fit(x_clean) first.")
+            raise NotFittedError("STRIP is not fitted: call fit(x_clean) first.")
         xt = self._x(x)
         gen = resolve_random_state(self.random_state, "cpu")
         ent = self._entropy(xt, gen).numpy()
