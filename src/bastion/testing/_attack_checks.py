@@ -28,6 +28,12 @@ _FAST = {"max_iter": 5, "eps": 0.2, "eps_step": 0.05, "batch_size": 7, "num_rand
 _NORM_BUDGETS = {"inf": 0.2, "2": 1.0, "1": 4.0}
 
 
+def conformance_spec(cls: Any) -> dict[str, Any]:
+    """A copy of the class's ``_conformance`` declaration (how the suites build and run it,
+    what it skips and why); empty when it declares none."""
+    return dict(getattr(cls, "_conformance", {}))
+
+
 def conformance_params(cls: Any, **overrides: Any) -> dict[str, Any]:
     """Small, fast hyper-parameters for ``cls`` (``_conformance["params"]`` refines them)."""
     return fast_params(cls, _FAST, overrides)
@@ -40,7 +46,7 @@ def fast_params(cls: Any, fast: dict[str, Any], overrides: dict[str, Any]) -> di
     params = {k: v for k, v in fast.items() if k in names}
     if "random_state" in names:
         params["random_state"] = 0
-    params.update(getattr(cls, "_conformance", {}).get("params", {}))
+    params.update(conformance_spec(cls).get("params", {}))
     params.update(overrides)
     return params
 
@@ -367,7 +373,7 @@ def attack_checks(cls: Any) -> Iterator[AttackCheck]:
 def without_skips(cls: Any, checks: list[Any]) -> Iterator[Any]:
     """``checks`` minus those ``cls`` skips in ``_conformance["skip"]``; every skip needs a
     written reason and must name one of ``checks`` (shared by every conformance suite)."""
-    skips: dict[str, str] = getattr(cls, "_conformance", {}).get("skip", {})
+    skips: dict[str, str] = conformance_spec(cls).get("skip", {})
     for reason in skips.values():
         assert isinstance(reason, str) and reason.strip(), "a skip needs a reason"
     unknown = set(skips) - {c.__name__ for c in checks}

@@ -30,6 +30,7 @@ from bastion.exceptions import InputError
 from bastion.testing._attack_checks import (
     _invalid_value,
     check_params_protocol,
+    conformance_spec,
     expect_invalid_params,
     fast_params,
     run_checks,
@@ -51,10 +52,6 @@ _PROBLEMS: dict[str, Callable[[], ExtractionProblem]] = {
 _FAST = {"nb_queries": 100, "epochs": 3, "batch_size": 32, "lr": 1e-2}
 
 
-def _conf(cls: Any) -> dict[str, Any]:
-    return dict(getattr(cls, "_conformance", {}))
-
-
 def extraction_params(cls: Any, **overrides: Any) -> dict[str, Any]:
     """Small, fast hyper-parameters for ``cls`` (tiny query budgets and training, then
     ``_conformance["params"]``)."""
@@ -63,11 +60,11 @@ def extraction_params(cls: Any, **overrides: Any) -> dict[str, Any]:
 
 def default_extraction_problem(cls: Any) -> ExtractionProblem:
     """The problem ``cls`` runs on (``_conformance["problem"]``, default ``"digits"``)."""
-    return _PROBLEMS[_conf(cls).get("problem", "digits")]()
+    return _PROBLEMS[conformance_spec(cls).get("problem", "digits")]()
 
 
 def _make(cls: Any, problem: ExtractionProblem, **overrides: Any) -> Any:
-    factory = _conf(cls).get("factory")
+    factory = conformance_spec(cls).get("factory")
     params = extraction_params(cls, **overrides)
     if factory is None:
         assert problem.make_thief is not None, "the problem has no thief to train"
@@ -175,7 +172,7 @@ def check_query_budget(cls: Any, problem: ExtractionProblem) -> None:
     spent = problem.victim.query_count - start
     assert spent > 0, "the victim was never queried"
     assert attack.queries_ == spent, f"queries_={attack.queries_}, but the victim saw {spent}"
-    budget = _conf(cls).get("budget")
+    budget = conformance_spec(cls).get("budget")
     if budget is not None:
         most = int(budget(extraction_params(cls), len(problem.x_pool)))
         assert spent <= most, f"{spent} victim queries, over the budget of {most}"
@@ -232,7 +229,7 @@ def check_effective(cls: Any, problem: ExtractionProblem) -> None:
     stolen = _make(cls, problem).extract(problem.x_pool)
     ours = _stolen_predictions(stolen, problem.x_test).argmax(1)
     fidelity = float(np.mean(ours == _victim_labels(problem)))
-    least = float(_conf(cls).get("min_fidelity", 0.4))
+    least = float(conformance_spec(cls).get("min_fidelity", 0.4))
     assert fidelity >= least, f"fidelity {fidelity:.2f} < {least}"
 
 

@@ -49,6 +49,7 @@ from bastion.testing._attack_checks import (
     _invalid_value,
     check_parametrized_signature,
     check_params_protocol,
+    conformance_spec,
     expect_invalid_params,
     fast_params,
     run_checks,
@@ -91,7 +92,7 @@ def _family_defaults(cls: Any, family: str) -> dict[str, Any]:
 
 
 def _conf(cls: Any) -> dict[str, Any]:
-    own = dict(getattr(cls, "_conformance", {}))
+    own = conformance_spec(cls)
     family = own.get("family")
     assert family in _PROBLEMS, f"{cls.__name__}: _conformance['family'] must be one of {_PROBLEMS}"
     return {**_family_defaults(cls, family), **own}

@@ -30,6 +30,7 @@ from bastion.testing._attack_checks import (
     _invalid_value,
     check_parametrized_signature,
     check_params_protocol,
+    conformance_spec,
     expect_invalid_params,
     fast_params,
     run_checks,
@@ -46,10 +47,6 @@ _PROBLEMS: dict[str, Callable[[], PoisoningProblem]] = {
 }
 
 
-def _conf(cls: Any) -> dict[str, Any]:
-    return dict(getattr(cls, "_conformance", {}))
-
-
 def poisoning_params(cls: Any, **overrides: Any) -> dict[str, Any]:
     """Small, fast hyper-parameters for ``cls`` (``_conformance["params"]``)."""
     return fast_params(cls, {}, overrides)
@@ -57,11 +54,11 @@ def poisoning_params(cls: Any, **overrides: Any) -> dict[str, Any]:
 
 def default_poisoning_problem(cls: Any) -> PoisoningProblem:
     """The problem ``cls`` runs on (``_conformance["problem"]``, default ``"image"``)."""
-    return _PROBLEMS[_conf(cls).get("problem", "image")]()
+    return _PROBLEMS[conformance_spec(cls).get("problem", "image")]()
 
 
 def _make(cls: Any, problem: PoisoningProblem, **overrides: Any) -> Any:
-    factory = _conf(cls).get("factory")
+    factory = conformance_spec(cls).get("factory")
     params = poisoning_params(cls, **overrides)
     if factory is None:
         return cls(problem.estimator, **params)
@@ -93,7 +90,7 @@ def check_signature(cls: Any, problem: PoisoningProblem) -> None:
     given = poisoning_params(cls)
     fits = (
         params[0].name == "estimator"
-        and _conf(cls).get("factory") is None
+        and conformance_spec(cls).get("factory") is None
         and all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in params[1:])
     )
     if fits:
@@ -237,7 +234,7 @@ def check_labels(cls: Any, problem: PoisoningProblem) -> None:
     """Clean-label attacks leave every label as it was; the others relabel what they
     poison."""
     _, y_p, mask = _poison(cls, problem)
-    if _conf(cls).get("clean_label"):
+    if conformance_spec(cls).get("clean_label"):
         np.testing.assert_array_equal(y_p, problem.y, err_msg="a clean-label attack relabelled")
     else:
         assert np.all(y_p[mask] != problem.y[mask]), "poisoned samples kept their labels"
@@ -249,7 +246,7 @@ def check_trigger(cls: Any, problem: PoisoningProblem) -> None:
     attack's budget (0 when it has none)."""
     x_p, _, mask = _poison(cls, problem)
     assert np.all(x_p[mask][..., -2:, -2:] == 1.0), "a poisoned sample lacks the trigger"
-    name = _conf(cls).get("budget")
+    name = conformance_spec(cls).get("budget")
     eps = float(poisoning_params(cls)[name]) if name else 0.0
     outside = np.abs(x_p - problem.x)[mask]
     outside[..., -2:, -2:] = 0.0
@@ -259,18 +256,18 @@ def check_trigger(cls: Any, problem: PoisoningProblem) -> None:
 def check_budget(cls: Any, problem: PoisoningProblem) -> None:
     """Attacks with an L-infinity budget stay within it (+1e-6) (outside the trigger where they
     stamp one, see ``check_trigger``)."""
-    name = _conf(cls)["budget"]
+    name = conformance_spec(cls)["budget"]
     eps = float(poisoning_params(cls)[name])
     x_p, _, _ = _poison(cls, problem)
     delta = np.abs(x_p - problem.x)
-    if _conf(cls).get("stamps_trigger"):
+    if conformance_spec(cls).get("stamps_trigger"):
         delta[..., -2:, -2:] = 0.0
     assert delta.max() <= eps + 1e-6, f"perturbation {delta.max():.3g} > {name}={eps}"
 
 
 def check_progress(cls: Any, problem: PoisoningProblem) -> None:
     """The attack's recorded objective improves from its first to its last value."""
-    attr, direction = _conf(cls)["progress"]
+    attr, direction = conformance_spec(cls)["progress"]
     attack = _make(cls, problem)
     attack.poison(problem.x, problem.y)
     history = getattr(attack, attr)
@@ -283,7 +280,7 @@ def check_progress(cls: Any, problem: PoisoningProblem) -> None:
 
 def poisoning_checks(cls: Any) -> Iterator[PoisoningCheck]:
     """The checks that apply to ``cls``, minus those it skips with a written reason."""
-    conf = _conf(cls)
+    conf = conformance_spec(cls)
     checks: list[PoisoningCheck] = [
         check_signature,
         check_docstring,
