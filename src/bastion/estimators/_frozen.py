@@ -25,13 +25,13 @@ Gradient computations always run the eager model.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["FrozenForward", "frozen_supported"]
+__all__ = ["FrozenForward", "LayerOutput", "frozen_supported"]
 
 _VERIFY_SHAPES = 4  # input shapes checked against the eager model, per graph
 # Smaller batches run eagerly: the per-call cost of the frozen path (the change check, the
@@ -46,9 +46,10 @@ def frozen_supported() -> bool:
     return all(hasattr(jit, name) for name in ("trace", "freeze", "optimize_for_inference"))
 
 
-class _LayerOutput(nn.Module):
-    """Runs the model and returns what ``layer`` computed (traced once, then frozen: the layers
-    after ``layer`` are dead code in the graph and are removed)."""
+class LayerOutput(nn.Module):
+    """Runs the model and returns what ``layer`` computed (its first element for a tuple), by
+    a forward hook that lives for the call. Traced and frozen, the layers after ``layer`` are
+    dead code in the graph and are removed."""
 
     def __init__(self, model: nn.Module, layer: nn.Module) -> None:
         super().__init__()
@@ -147,15 +148,12 @@ class FrozenForward:
         )
 
     def __call__(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        key: Hashable,
-        eager: Callable[[torch.Tensor], torch.Tensor],
-        layer: nn.Module | None = None,
+        self, model: nn.Module, x: torch.Tensor, key: Hashable, module: nn.Module
     ) -> torch.Tensor:
-        """Computes ``eager(x)`` (the model's output, or ``layer``'s when given) with the frozen
-        graph when it may, eagerly otherwise. Call without autograd."""
+        """``module(x)`` (``module`` is ``model``, or a :class:`LayerOutput` of it, identified
+        by ``key``) through its frozen graph when it may, eagerly otherwise. Call without
+        autograd."""
+        eager = module
         if self.disabled is not None or x.shape[0] < _MIN_BATCH or _has_hooks(model):
             return eager(x)
         state = self._fingerprint(model)
@@ -167,7 +165,6 @@ class FrozenForward:
         graph = self._graphs.get(full_key)
         if graph is None:
             try:
-                module = model if layer is None else _LayerOutput(model, layer)
                 graph = self._build(module, x)
             except Exception as exc:  # any failure to trace means: run eagerly
                 self._disable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")

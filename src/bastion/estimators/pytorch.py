@@ -20,7 +20,7 @@ from bastion._validation import (
     invalid_parameter,
     validate_params,
 )
-from bastion.estimators._frozen import FrozenForward, frozen_supported
+from bastion.estimators._frozen import FrozenForward, LayerOutput, frozen_supported
 from bastion.estimators.base import Classifier
 from bastion.exceptions import InputError
 
@@ -243,11 +243,14 @@ class TorchClassifier(Classifier):
 
     # ------------------------------------------------------------------ forward
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepared(self, x: torch.Tensor) -> torch.Tensor:
+        """The model in eval mode and ``x`` normalised: what every forward pass starts with."""
         if self.model.training:
             self.model.eval()
-        if self._norm is not None:
-            x = (x - self._norm[0]) / self._norm[1]
+        return x if self._norm is None else (x - self._norm[0]) / self._norm[1]
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._prepared(x)
         if self._frozen is not None and not torch.is_grad_enabled():
             return self._frozen(self.model, x, None, self.model)
         return self.model(x)
@@ -336,28 +339,12 @@ class TorchClassifier(Classifier):
 
     def _activations(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
         module = self._resolve_layer(layer)
-
-        def eager(inp: torch.Tensor) -> torch.Tensor:
-            captured: list[torch.Tensor] = []
-
-            def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-                captured.append(out[0] if isinstance(out, (tuple, list)) else out)
-
-            handle = module.register_forward_hook(hook)
-            try:
-                self.model(inp)
-            finally:
-                handle.remove()
-            return captured[-1]
-
+        layer_output = LayerOutput(self.model, module)
         with torch.no_grad():
-            if self.model.training:
-                self.model.eval()
-            if self._norm is not None:
-                x = (x - self._norm[0]) / self._norm[1]
+            x = self._prepared(x)
             if self._frozen is not None:
-                return self._frozen(self.model, x, id(module), eager, layer=module).detach()
-            return eager(x).detach()
+                return self._frozen(self.model, x, id(module), layer_output).detach()
+            return layer_output(x).detach()
 
     # ------------------------------------------------------------------ training
 
