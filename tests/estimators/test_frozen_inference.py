@@ -60,6 +60,18 @@ def test_small_batches_run_eagerly(x):
     assert _graph_count(frozen) == 1
 
 
+def test_at_most_four_graphs_are_kept(x):
+    frozen, eager = _pair(SmallCNN(input_size=8, random_state=0))
+    layers = ("conv1", "relu1", "pool1", "conv2", "relu2", "fc1")
+    for layer in layers:
+        frozen.get_activations(x, layer)
+    assert _graph_count(frozen) == 4
+    for layer in layers:  # evicted graphs are rebuilt, and still right
+        torch.testing.assert_close(
+            frozen.get_activations(x, layer), eager.get_activations(x, layer)
+        )
+
+
 def test_bad_inference_mode_raises():
     with pytest.raises(InvalidParameterError, match="inference"):
         TorchClassifier(SmallCNN(input_size=8), input_shape=SHAPE, nb_classes=10, inference="jit")
@@ -82,7 +94,7 @@ def test_frozen_matches_eager_for_predictions_logits_and_activations(x):
             assert a.is_contiguous()
             torch.testing.assert_close(a, b)
     assert frozen._frozen is not None and frozen._frozen.disabled is None
-    assert _graph_count(frozen) == 5  # logits + four layers
+    assert _graph_count(frozen) == 4  # logits + four layers, the least recent dropped
 
 
 def test_graph_is_rebuilt_after_every_kind_of_weight_change(x):
@@ -106,6 +118,15 @@ def test_graph_is_rebuilt_after_every_kind_of_weight_change(x):
     same()
     model.fc1.bias = nn.Parameter(torch.ones(128))  # a new tensor
     eager.model.fc1.bias = nn.Parameter(torch.ones(128))
+    same()
+    model.relu3 = nn.Tanh()  # a parameter-free sub-module replaced
+    eager.model.relu3 = nn.Tanh()
+    same()
+    model.relu3 = nn.LeakyReLU(0.1)
+    eager.model.relu3 = nn.LeakyReLU(0.1)
+    same()
+    model.relu3.negative_slope = 0.5  # a plain attribute the forward reads
+    eager.model.relu3.negative_slope = 0.5
     same()
     y = torch.arange(37) % 10
     frozen.fit(x, y, epochs=1, random_state=0)  # training steps, then back to eval

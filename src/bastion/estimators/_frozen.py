@@ -11,10 +11,13 @@ stands for the model:
 
 - it is rebuilt whenever a parameter or buffer changes: a new tensor, an in-place change (the
   tensor's version counter), a change through ``.data`` (which the version counter does not see:
-  a per-tensor sum is compared as well), or a sub-module switched between train and eval mode;
+  a per-tensor sum is compared as well), a sub-module replaced, a plain attribute of one changed
+  (train/eval mode, a temperature stored as a float, ...), or a ``forward`` assigned on one;
 - the model runs eagerly while any forward (pre-)hook is registered on it or globally, since a
   traced graph would skip them, and for batches of fewer than 8 samples, where the frozen
   path's fixed cost per call outweighs its gain;
+- at most 4 graphs are kept (each holds a copy of the weights), the least recently used is
+  dropped;
 - the first batches of each new input shape are also computed eagerly and must agree to float
   rounding; a model that traces with a ``TracerWarning`` (data-dependent control flow), fails
   to trace, or disagrees is run eagerly from then on (with one warning).
@@ -38,6 +41,9 @@ _VERIFY_SHAPES = 4  # input shapes checked against the eager model, per graph
 # conversions to and from oneDNN's layout) outweighs its gain there (digits CNN, one thread:
 # 467 vs 252 us/image at batch 1, break-even near 8, 104 vs 203 at 16).
 _MIN_BATCH = 8
+# Each graph holds its own (pre-packed) copy of the weights: the least recently used graph is
+# dropped beyond this many (the model's output and a few layers' activations).
+_MAX_GRAPHS = 4
 
 
 def frozen_supported() -> bool:
@@ -68,6 +74,10 @@ class LayerOutput(nn.Module):
         finally:
             handle.remove()
         return captured[-1]
+
+
+def _plain(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in attrs.items() if v is None or isinstance(v, (bool, int, float, str))}
 
 
 def _has_hooks(model: nn.Module) -> bool:
@@ -116,7 +126,12 @@ class FrozenForward:
             (id(t), t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, tuple(t.shape))
             for t in tensors
         )
-        modes = tuple(m.training for m in model.modules())
+        # Sub-modules by identity (a replaced one), their plain attributes (train/eval mode, a
+        # temperature stored as a float, ...) and a forward assigned on the instance.
+        modes = tuple(
+            (id(m), id(vars(m).get("forward")), *sorted(_plain(vars(m)).items()))
+            for m in model.modules()
+        )
         floats = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
         # Catches in-place edits through .data, which leave the version counter alone; compared
         # bit for bit, so NaN weights compare equal to themselves.
@@ -153,28 +168,30 @@ class FrozenForward:
         """``module(x)`` (``module`` is ``model``, or a :class:`LayerOutput` of it, identified
         by ``key``) through its frozen graph when it may, eagerly otherwise. Call without
         autograd."""
-        eager = module
         if self.disabled is not None or x.shape[0] < _MIN_BATCH or _has_hooks(model):
-            return eager(x)
+            return module(x)
         state = self._fingerprint(model)
         if state != self._state:
             self._graphs.clear()
             self._verified.clear()
             self._state = state
         full_key = (key, x.dtype, tuple(x.shape[1:]))
-        graph = self._graphs.get(full_key)
+        graph = self._graphs.pop(full_key, None)
         if graph is None:
+            if len(self._graphs) >= _MAX_GRAPHS:
+                oldest = next(iter(self._graphs))
+                del self._graphs[oldest], self._verified[oldest]
             try:
                 graph = self._build(module, x)
             except Exception as exc:  # any failure to trace means: run eagerly
                 self._disable(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
-                return eager(x)
-            self._graphs[full_key] = graph
+                return module(x)
             self._verified[full_key] = set()
+        self._graphs[full_key] = graph  # (re)inserted last: the most recently used
         out = graph(x)
         checked = self._verified[full_key]
         if len(checked) < _VERIFY_SHAPES and tuple(x.shape) not in checked:
-            ref = eager(x)
+            ref = module(x)
             scale = float(ref.abs().max()) if ref.numel() else 0.0
             if (
                 not isinstance(out, torch.Tensor)
