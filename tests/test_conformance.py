@@ -20,75 +20,34 @@ from bastion.testing import (
     poisoning_checks,
     torch_problem,
 )
+from bastion.testing._extraction_checks import default_extraction_problem
+from bastion.testing._inference_checks import default_inference_problem
+from bastion.testing._poisoning_checks import default_poisoning_problem
 
-ATTACK_CASES = [(cls, check) for cls in all_attacks() for check in attack_checks(cls)]
-
-
-@pytest.mark.parametrize(
-    ("cls", "check"), ATTACK_CASES, ids=[f"{c.__name__}-{k.__name__}" for c, k in ATTACK_CASES]
-)
-def test_attack_conformance(cls, check):
-    check(cls, torch_problem())
-
-
-DETECTOR_CASES = [(cls, check) for cls in all_detectors() for check in detector_checks(cls)]
-
-
-@pytest.mark.parametrize(
-    ("cls", "check"),
-    DETECTOR_CASES,
-    ids=[f"{c.__name__}-{k.__name__}" for c, k in DETECTOR_CASES],
-)
-def test_detector_conformance(cls, check):
-    check(cls, poison_problem())
-
-
-POISONING_CASES = [
-    (cls, check) for cls in all_poisoning_attacks() for check in poisoning_checks(cls)
+# One table for the five attack and detector suites: how to find the classes, their checks,
+# and the problem each class is checked on.
+SUITES = {
+    "attack": (all_attacks, attack_checks, lambda cls: torch_problem()),
+    "detector": (all_detectors, detector_checks, lambda cls: poison_problem()),
+    "poisoning": (all_poisoning_attacks, poisoning_checks, default_poisoning_problem),
+    "extraction": (all_extraction_attacks, extraction_checks, default_extraction_problem),
+    "inference": (all_inference_attacks, inference_checks, default_inference_problem),
+}
+CASES = [
+    (suite, cls, check)
+    for suite, (find, checks, _) in SUITES.items()
+    for cls in find()
+    for check in checks(cls)
 ]
 
 
 @pytest.mark.parametrize(
-    ("cls", "check"),
-    POISONING_CASES,
-    ids=[f"{c.__name__}-{k.__name__}" for c, k in POISONING_CASES],
+    ("suite", "cls", "check"),
+    CASES,
+    ids=[f"{s}-{c.__name__}-{k.__name__}" for s, c, k in CASES],
 )
-def test_poisoning_attack_conformance(cls, check):
-    from bastion.testing._poisoning_checks import default_poisoning_problem
-
-    check(cls, default_poisoning_problem(cls))
-
-
-EXTRACTION_CASES = [
-    (cls, check) for cls in all_extraction_attacks() for check in extraction_checks(cls)
-]
-
-
-@pytest.mark.parametrize(
-    ("cls", "check"),
-    EXTRACTION_CASES,
-    ids=[f"{c.__name__}-{k.__name__}" for c, k in EXTRACTION_CASES],
-)
-def test_extraction_attack_conformance(cls, check):
-    from bastion.testing._extraction_checks import default_extraction_problem
-
-    check(cls, default_extraction_problem(cls))
-
-
-INFERENCE_CASES = [
-    (cls, check) for cls in all_inference_attacks() for check in inference_checks(cls)
-]
-
-
-@pytest.mark.parametrize(
-    ("cls", "check"),
-    INFERENCE_CASES,
-    ids=[f"{c.__name__}-{k.__name__}" for c, k in INFERENCE_CASES],
-)
-def test_inference_attack_conformance(cls, check):
-    from bastion.testing._inference_checks import default_inference_problem
-
-    check(cls, default_inference_problem(cls))
+def test_conformance(suite, cls, check):
+    check(cls, SUITES[suite][2](cls))
 
 
 ESTIMATOR_CASES = [
@@ -223,7 +182,6 @@ def test_poisoning_checks_catch_a_broken_attack():
         check_input_not_mutated,
         check_labels,
         check_result,
-        default_poisoning_problem,
     )
 
     class Outside(BackdoorAttack):
@@ -260,7 +218,6 @@ def test_extraction_checks_catch_a_broken_attack():
         check_effective,
         check_input_not_mutated,
         check_query_budget,
-        default_extraction_problem,
     )
 
     class Overspends(CopycatCNN):
@@ -299,7 +256,6 @@ def test_inference_checks_catch_a_broken_attack():
         check_input_not_mutated,
         check_result,
         check_seeded_determinism,
-        default_inference_problem,
     )
 
     class Mutating(LossThreshold):

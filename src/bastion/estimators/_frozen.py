@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules import module as module_mod
 
 __all__ = ["FrozenForward", "LayerOutput", "frozen_supported"]
 
@@ -81,8 +82,6 @@ def _plain(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _has_hooks(model: nn.Module) -> bool:
-    from torch.nn.modules import module as module_mod
-
     if getattr(module_mod, "_global_forward_hooks", None) or getattr(
         module_mod, "_global_forward_pre_hooks", None
     ):
