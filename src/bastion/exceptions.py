@@ -12,6 +12,7 @@ __all__ = [
     "EstimatorError",
     "InputError",
     "InvalidParameterError",
+    "ModelError",
     "NotFittedError",
 ]
 
@@ -47,4 +48,16 @@ class NotFittedError(InputError, AttributeError):
 
     Also an :class:`InputError` (what bastion raised for this before) and an
     ``AttributeError``, like scikit-learn's ``NotFittedError``.
+    """
+
+
+class ModelError(BastionError, RuntimeError):
+    """The model behind an estimator failed, or gave outputs that cannot be trusted.
+
+    Raised by an estimator's kernels when the wrapped model raises while computing a batch (the
+    original exception is chained as ``__cause__``), or returns something unusable: NaN or
+    infinite scores or gradients, a shape other than ``(N, nb_classes)`` (usually a wrong
+    ``nb_classes`` or ``input_shape``), or labels outside the classes. The message names the
+    estimator, what was computed and the batch. Attacks never silently continue on such
+    outputs.
     """

@@ -1,5 +1,6 @@
-"""TorchClassifier(inference=...): frozen oneDNN graphs for forward-only work, always faithful
-to the eager model (rebuilt on every change, bypassed for hooks, abandoned when unfaithful)."""
+"""TorchClassifier(inference=...): opt-in frozen oneDNN graphs for forward-only work, faithful
+to the eager model's tensors (rebuilt on every change, bypassed for hooks, abandoned when
+unfaithful). The default runs the module eagerly."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ SHAPE = (1, 8, 8)
 
 
 def _pair(model: nn.Module, **kwargs) -> tuple[TorchClassifier, TorchClassifier]:
-    frozen = TorchClassifier(model, input_shape=SHAPE, nb_classes=10, **kwargs)
+    frozen = TorchClassifier(model, input_shape=SHAPE, nb_classes=10, inference="auto", **kwargs)
     eager = TorchClassifier(
         copy.deepcopy(model), input_shape=SHAPE, nb_classes=10, inference="eager", **kwargs
     )
@@ -38,18 +39,34 @@ def x() -> torch.Tensor:
 
 
 def test_auto_freezes_float32_cnns_on_the_cpu_only():
-    cnn = TorchClassifier(SmallCNN(input_size=8), input_shape=SHAPE, nb_classes=10)
+    auto = {"input_shape": SHAPE, "nb_classes": 10, "inference": "auto"}
+    cnn = TorchClassifier(SmallCNN(input_size=8), **auto)
     assert cnn._frozen is not None and "inference='auto'" in repr(cnn)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    assert TorchClassifier(mlp, input_shape=SHAPE, nb_classes=10)._frozen is None
+    assert TorchClassifier(mlp, **auto)._frozen is None
     forced = TorchClassifier(mlp, input_shape=SHAPE, nb_classes=10, inference="frozen")
     assert forced._frozen is not None
-    double = TorchClassifier(SmallCNN(input_size=8).double(), input_shape=SHAPE, nb_classes=10)
+    double = TorchClassifier(SmallCNN(input_size=8).double(), **auto)
     assert double._frozen is None
-    eager = TorchClassifier(
-        SmallCNN(input_size=8), input_shape=SHAPE, nb_classes=10, inference="eager"
-    )
-    assert eager._frozen is None
+    default = TorchClassifier(SmallCNN(input_size=8), input_shape=SHAPE, nb_classes=10)
+    assert default._frozen is None and "inference='eager'" in repr(default)
+
+
+def test_the_default_calls_the_module_once_per_query(x):
+    """A model whose forward has a side effect (a call counter) sees every forward pass the
+    work needs, once: the faithful default; the frozen graph would replay tensors only."""
+
+    class Counting(SmallCNN):
+        calls = 0
+
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            type(self).calls += inp.shape[0]
+            return super().forward(inp)
+
+    clf = TorchClassifier(Counting(input_size=8, random_state=0), input_shape=SHAPE, nb_classes=10)
+    clf.predict(x, batch_size=16)
+    clf.get_activations(x, "conv1")
+    assert Counting.calls == 2 * 37 and clf.query_count == 37
 
 
 def test_small_batches_run_eagerly(x):
@@ -138,7 +155,8 @@ def test_submodule_mode_change_is_seen(x):
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(144, 10)
     )
-    frozen = TorchClassifier(model, input_shape=SHAPE, nb_classes=10)
+    model.eval()
+    frozen = TorchClassifier(model, input_shape=SHAPE, nb_classes=10, inference="auto")
     frozen.predict(x)
     assert _graph_count(frozen) == 1
     model[3].train()  # MC dropout: the eager model is random now, the eval-mode graph is not
@@ -200,7 +218,7 @@ class _Noisy(nn.Module):
 
 
 def test_random_model_is_not_frozen(x):
-    frozen = TorchClassifier(_Noisy(), input_shape=SHAPE, nb_classes=10)
+    frozen = TorchClassifier(_Noisy(), input_shape=SHAPE, nb_classes=10, inference="frozen")
     with pytest.warns(RuntimeWarning, match="does not reproduce"):
         frozen.predict(x)
     assert frozen._frozen is not None and frozen._frozen.disabled is not None
@@ -219,7 +237,7 @@ def test_gradients_never_use_the_frozen_graph(x):
 
 def test_pickle_and_deepcopy_rebuild_their_graphs(x):
     frozen = TorchClassifier(
-        SmallCNN(input_size=8, random_state=0), input_shape=SHAPE, nb_classes=10
+        SmallCNN(input_size=8, random_state=0), input_shape=SHAPE, nb_classes=10, inference="auto"
     )
     expected = frozen.predict(x)
     for clone in (pickle.loads(pickle.dumps(frozen)), copy.deepcopy(frozen)):

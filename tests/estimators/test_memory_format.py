@@ -1,4 +1,5 @@
-"""TorchClassifier's memory_format: channels-last convolution weights on the CPU, same results."""
+"""TorchClassifier's memory_format: opt-in channels-last convolution weights on the CPU, same
+results; the default leaves the user's model alone."""
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ def test_auto_stores_conv_weights_channels_last_with_the_same_results():
     model = SmallCNN(in_channels=3, input_size=8, random_state=0)
     shape = (3, 8, 8)
     nchw = TorchClassifier(reference, input_shape=shape, nb_classes=10, memory_format="preserve")
-    auto = TorchClassifier(model, input_shape=shape, nb_classes=10)
+    auto = TorchClassifier(model, input_shape=shape, nb_classes=10, memory_format="auto")
     assert _cl(auto.model) and not _cl(nchw.model)
     assert torch.equal(model.conv1.weight, reference.conv1.weight)  # values unchanged
     x = torch.rand(16, *shape)
@@ -45,11 +46,12 @@ def test_auto_stores_conv_weights_channels_last_with_the_same_results():
 
 def test_models_without_images_or_convolutions_are_left_alone():
     mlp = MLP(64, 10, random_state=0)
-    TorchClassifier(mlp, input_shape=(64,), nb_classes=10)
+    TorchClassifier(mlp, input_shape=(64,), nb_classes=10, memory_format="auto")
     assert all(p.is_contiguous() for p in mlp.parameters())
     cnn = SmallCNN(input_size=8, random_state=0)
-    TorchClassifier(cnn, input_shape=(1, 8, 8), nb_classes=10, memory_format="preserve")
-    assert not _cl(cnn)
+    clf = TorchClassifier(cnn, input_shape=(1, 8, 8), nb_classes=10)  # the default
+    assert not _cl(cnn) and "memory_format='preserve'" in repr(clf)
+    cnn.conv2.weight.view(-1)  # still a plain NCHW tensor
     forced = SmallCNN(input_size=8, random_state=0)
     clf = TorchClassifier(
         forced, input_shape=(1, 8, 8), nb_classes=10, memory_format="channels_last"
@@ -61,8 +63,8 @@ def test_models_without_images_or_convolutions_are_left_alone():
 def test_training_a_channels_last_model_matches_nchw():
     a, b = SmallCNN(input_size=8, random_state=0), SmallCNN(input_size=8, random_state=0)
     x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    ca = TorchClassifier(a, input_shape=(1, 8, 8), nb_classes=10)
-    cb = TorchClassifier(b, input_shape=(1, 8, 8), nb_classes=10, memory_format="preserve")
+    ca = TorchClassifier(a, input_shape=(1, 8, 8), nb_classes=10, memory_format="channels_last")
+    cb = TorchClassifier(b, input_shape=(1, 8, 8), nb_classes=10)
     ca.fit(x, y, epochs=2, batch_size=16, random_state=0)
     cb.fit(x, y, epochs=2, batch_size=16, random_state=0)
     torch.testing.assert_close(a.fc2.weight, b.fc2.weight, rtol=1e-3, atol=1e-5)

@@ -10,7 +10,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import MinMaxScaler
 
 from bastion.estimators import BlackBoxClassifier, SklearnClassifier
-from bastion.exceptions import EstimatorError, InputError
+from bastion.exceptions import EstimatorError, InputError, ModelError
 
 
 def _scaled(loader):
@@ -73,7 +73,7 @@ def test_model_without_gradients_is_predict_only():
     x, y = _scaled(load_iris)
     model = RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y)
     clf = SklearnClassifier(model)
-    assert clf.capabilities == {"predict", "fit"}
+    assert clf.capabilities == {"predict", "fit", "clone"}
     np.testing.assert_allclose(clf.predict(x[:4]), model.predict_proba(x[:4]))
     with pytest.raises(EstimatorError, match=r"'loss_gradient'.*black-box"):
         clf.loss_gradient(x[:2], y[:2])
@@ -110,7 +110,7 @@ def test_blackbox_probabilities_and_labels_count_queries():
     assert isinstance(out, torch.Tensor) and out.tolist() == [[0.0, 1.0], [0.0, 1.0]]
     with pytest.raises(EstimatorError, match="labels_only=True"):
         BlackBoxClassifier(lambda b: np.zeros(len(b)), input_shape=(4,), nb_classes=2).predict(x)
-    with pytest.raises(EstimatorError, match="expected"):
+    with pytest.raises(ModelError, match="expected"):
         BlackBoxClassifier(lambda b: np.zeros((len(b), 3)), input_shape=(4,), nb_classes=2).predict(
             x
         )

@@ -116,7 +116,10 @@ def test_fit_learns_and_is_seeded(digits28):
         weights.append(next(clf.model.parameters()).detach().clone())
     assert accs[0] > 0.9
     assert torch.equal(weights[0], weights[1])
-    assert not clf.model.training
+    assert clf.model.training  # built in train mode: fit gives the model its own mode back
+    clf.model.eval()
+    clf.fit(x_tr[:64], y_tr[:64], random_state=0)
+    assert not any(m.training for m in clf.model.modules())
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from bastion._tensor import as_device
 from bastion._validation import Boolean, invalid_parameter, validate_params
 from bastion.estimators.base import Classifier
 from bastion.estimators.pytorch import _check_clip_values, _check_input_shape, _check_nb_classes
-from bastion.exceptions import EstimatorError
+from bastion.exceptions import EstimatorError, ModelError
 
 __all__ = ["BlackBoxClassifier"]
 
@@ -80,24 +80,49 @@ class BlackBoxClassifier(Classifier):
         n = x.shape[0]
         out = np.asarray(self.predict_fn(x.detach().cpu().numpy()))
         if out.ndim == 2 and out.shape == (n, self.nb_classes):
+            if not np.issubdtype(out.dtype, np.number) or np.issubdtype(
+                out.dtype, np.complexfloating
+            ):
+                raise ModelError(
+                    f"predict_fn returned {out.dtype} values; expected numeric probabilities."
+                )
             if self.labels_only:
+                if not np.all(np.isfinite(out)):
+                    raise ModelError("predict_fn returned NaN or infinite one-hot rows.")
                 out = out.argmax(axis=1)
             else:
-                return torch.as_tensor(out, dtype=torch.float32, device=self.device)
+                return torch.as_tensor(out.astype(np.float32), device=self.device)
         if out.ndim == 1 and out.shape[0] == n:
             if not self.labels_only:
                 raise EstimatorError(
                     "predict_fn returned labels of shape (N,); pass labels_only=True for a "
                     "label-only model."
                 )
-            labels = torch.as_tensor(out.astype(np.int64), device=self.device)
-            if int(labels.min()) < 0 or int(labels.max()) >= self.nb_classes:
-                raise EstimatorError(f"predict_fn returned labels outside [0, {self.nb_classes}).")
-            return torch.nn.functional.one_hot(labels, self.nb_classes).to(torch.float32)
-        raise EstimatorError(
+            return self._one_hot(out)
+        raise ModelError(
             f"predict_fn returned shape {out.shape} for {n} samples; expected ({n}, "
-            f"{self.nb_classes}) probabilities or ({n},) labels."
+            f"{self.nb_classes}) probabilities or ({n},) labels (is nb_classes right?)."
         )
+
+    def _one_hot(self, labels: np.ndarray) -> torch.Tensor:
+        """Integer class indices (any integer dtype, or integral floats) as one-hot rows."""
+        if labels.dtype == bool or not np.issubdtype(labels.dtype, np.number):
+            raise ModelError(
+                f"predict_fn returned labels of dtype {labels.dtype}; expected class indices "
+                f"0 .. {self.nb_classes - 1} (map class names to indices in predict_fn)."
+            )
+        if np.issubdtype(labels.dtype, np.floating) and not (
+            np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))
+        ):
+            raise ModelError("predict_fn returned non-integral or NaN labels.")
+        idx = labels.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.nb_classes):
+            raise ModelError(
+                f"predict_fn returned labels in [{idx.min()}, {idx.max()}], outside the "
+                f"{self.nb_classes} classes [0, {self.nb_classes - 1}]."
+            )
+        t = torch.as_tensor(idx, device=self.device)
+        return torch.nn.functional.one_hot(t, self.nb_classes).to(torch.float32)
 
     def __repr__(self) -> str:
         return (

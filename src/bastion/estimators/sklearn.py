@@ -7,9 +7,10 @@ with ``predict_proba`` is supported for prediction only.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,19 @@ class SklearnClassifier(Classifier):
     """
 
     _GRADIENT_MODELS = ("LogisticRegression", "MLPClassifier")
+    #: What the torch twin's gradients give this estimator (the twin is an internal copy:
+    #: surgery on it would not change the scikit-learn model, so no parameter gradients or
+    #: pruning).
+    _TWIN_CAPABILITIES = frozenset(
+        {
+            "predict",
+            "logits",
+            "loss_gradient",
+            "class_gradient",
+            "activations",
+            "activation_gradient",
+        }
+    )
 
     def __init__(
         self,
@@ -157,8 +171,8 @@ class SklearnClassifier(Classifier):
     @property
     def capabilities(self) -> frozenset[str]:  # type: ignore[override]
         if self._twin is not None:
-            return self._twin.capabilities
-        return frozenset({"predict", "fit"})
+            return self._twin.capabilities & self._TWIN_CAPABILITIES | {"fit", "clone"}
+        return frozenset({"predict", "fit", "clone"})
 
     def _build_twin(self) -> None:
         self._twin = None
@@ -215,9 +229,51 @@ class SklearnClassifier(Classifier):
         assert self._twin is not None
         return self._twin._class_gradient(x, label)
 
+    def _objective_gradient(
+        self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert self._twin is not None
+        return self._twin._objective_gradient(x, objective)
+
+    def _class_gradient_and_logits(
+        self, x: torch.Tensor, label: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._twin is not None
+        return self._twin._class_gradient_and_logits(x, label)
+
     def _activations(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
         assert self._twin is not None
         return self._twin._activations(x, layer)
+
+    def _activation_gradient(
+        self,
+        x: torch.Tensor,
+        layer: str | int,
+        objective: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert self._twin is not None
+        return self._twin._activation_gradient(x, layer, objective)
+
+    @property
+    def layer_types(self) -> dict[str, str]:
+        """The kind of each layer of the torch twin."""
+        self._require("activations", "layer_types")
+        assert self._twin is not None
+        return self._twin.layer_types
+
+    def clone(self, *, reinitialize: bool = False, random_state: Any = None) -> SklearnClassifier:
+        """An independent estimator around a deep copy of the fitted model.
+
+        ``reinitialize`` and ``random_state`` are accepted for the protocol's sake: a
+        scikit-learn model's ``fit`` starts from scratch anyway (unless the model itself was
+        built with ``warm_start=True``).
+        """
+        return SklearnClassifier(
+            copy.deepcopy(self.model),
+            input_shape=self.input_shape,
+            clip_values=self.clip_values,
+            device=self.device,
+        )
 
     @property
     def layer_names(self) -> list[str]:

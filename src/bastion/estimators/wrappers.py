@@ -1,5 +1,8 @@
 """Estimator wrappers that change what an attacker sees, without touching the attacks.
 
+Every wrapper derives from :class:`~bastion.estimators.base.EstimatorWrapper`, which forwards
+the capabilities it lists explicitly.
+
 * :class:`ExpectationOverTransformation`: averages predictions and gradients over the
   randomness of the model (dropout at test time, random defences) and, optionally, over random
   input transformations. Attacks that see through randomised defences wrap the estimator
@@ -15,14 +18,14 @@ import torch
 
 from bastion._tensor import resolve_random_state
 from bastion._validation import Interval, RandomState, Satisfies, validate_params
-from bastion.estimators.base import Classifier, require_capabilities
+from bastion.estimators.base import EstimatorWrapper
 
 __all__ = ["EOT", "ExpectationOverTransformation"]
 
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-class ExpectationOverTransformation(Classifier):
+class ExpectationOverTransformation(EstimatorWrapper):
     """Expectation over transformation (EOT): the average over ``nb_samples`` random draws.
 
     Each kernel call evaluates the wrapped estimator ``nb_samples`` times, on
@@ -66,6 +69,8 @@ class ExpectationOverTransformation(Classifier):
     torch.Size([2, 4])
     """
 
+    forwarded = frozenset({"predict", "logits", "loss_gradient", "class_gradient"})
+
     def __init__(
         self,
         estimator: Any,
@@ -74,9 +79,8 @@ class ExpectationOverTransformation(Classifier):
         transform: Transform | None = None,
         random_state: Any = None,
     ) -> None:
-        super().__init__()
+        super().__init__(estimator)
         owner = type(self).__name__
-        require_capabilities(estimator, ["predict"], owner)
         validate_params(
             owner,
             {"nb_samples": nb_samples, "transform": transform, "random_state": random_state},
@@ -86,16 +90,9 @@ class ExpectationOverTransformation(Classifier):
                 "random_state": [RandomState()],
             },
         )
-        self.estimator = estimator
         self.nb_samples = nb_samples
         self.transform = transform
         self.random_state = random_state
-        self.capabilities = frozenset(estimator.capabilities) - {"fit", "activations"}
-        self.input_shape = estimator.input_shape
-        self.nb_classes = estimator.nb_classes
-        self.clip_values = estimator.clip_values
-        self.device = estimator.device
-        self.dtype = getattr(estimator, "dtype", torch.float32)
         self._generator = resolve_random_state(random_state, self.device)
 
     # ------------------------------------------------------------------ helpers
@@ -171,12 +168,17 @@ class ExpectationOverTransformation(Classifier):
         assert total is not None
         return total / self.nb_samples
 
-    def objective_gradient_tensor(
+    def _class_gradient_and_logits(
+        self, x: torch.Tensor, label: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        grad = self._class_gradient(x, label)
+        with torch.no_grad():
+            return grad, self._logits(x)
+
+    def _objective_gradient(
         self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean over draws of the gradient and value of ``objective(logits)``."""
-        self._require("class_gradient", "objective_gradient_tensor")
-        self.gradient_count += int(x.shape[0])
         g, v, z = self._mean_gradient(
             x, lambda xt: self.estimator.objective_gradient_tensor(xt, objective)
         )

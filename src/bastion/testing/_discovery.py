@@ -16,7 +16,7 @@ from bastion.attacks.base import (
 from bastion.attacks.extraction._base import ExtractionAttack
 from bastion.attacks.poisoning._base import PoisoningAttack, _Parametrized
 from bastion.defenses.poisoning._result import PoisonDetector
-from bastion.estimators.base import Classifier
+from bastion.estimators.base import Classifier, EstimatorWrapper
 
 _TEMPLATES = {
     Attack,
@@ -27,6 +27,7 @@ _TEMPLATES = {
     QueryAttack,
     PoisonDetector,
     PoisoningAttack,
+    EstimatorWrapper,
 }
 
 

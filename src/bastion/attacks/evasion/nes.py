@@ -238,11 +238,13 @@ class NESAttack(QueryAttack, FixedBudgetAttack):
 
 
 def _eg_step(prior: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
-    """Exponentiated-gradient ascent step on a prior in ``[-1, 1]`` (Bandits, Linf)."""
-    real = (prior + 1) / 2
-    pos = real * torch.exp(lr * grad)
-    neg = (1 - real) * torch.exp(-lr * grad)
-    return 2 * pos / (pos + neg) - 1
+    """Exponentiated-gradient ascent step on a prior in ``[-1, 1]`` (Bandits, Linf).
+
+    With ``p = (prior + 1) / 2`` the step is ``p' = p e^(lr g) / (p e^(lr g) + (1 - p)
+    e^(-lr g))``, which is ``prior' = tanh(atanh(prior) + lr g)``: the same map, computed
+    without the overflow of ``e^(lr g)`` (lr is 100 by default) that turned priors into NaN.
+    """
+    return torch.tanh(torch.atanh(prior) + lr * grad)
 
 
 _BANDITS_DEFAULTS = {

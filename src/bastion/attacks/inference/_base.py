@@ -151,7 +151,7 @@ class MembershipInferenceAttack(_Parametrized):
 def _rebuild_torch_classifier(state: dict[str, Any]) -> TorchClassifier:
     est = TorchClassifier.__new__(TorchClassifier)
     est.__dict__.update(state)
-    est._loss_fn = TorchClassifier._per_sample_loss(est.loss)
+    est._loss_fn = TorchClassifier._make_loss(est.loss)
     return est
 
 

@@ -54,8 +54,7 @@ def _torch_classifier(estimator: Any, user: str) -> TorchClassifier:
 
 
 def _layer_name(clf: TorchClassifier, layer: str | int) -> str:
-    clf._resolve_layer(layer)  # raises a clear error for unknown names or indices
-    return clf.layer_names[layer] if isinstance(layer, int) else layer
+    return clf.resolve_layer(layer)  # raises a clear error for unknown names or indices
 
 
 def _copy_with_mask(
