@@ -45,8 +45,17 @@ __all__ = [
     "FixedBudgetAttack",
     "MinimumNormAttack",
     "QueryAttack",
+    "is_adversarial",
     "perturbation_norms",
 ]
+
+
+def is_adversarial(scores: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """The "is adversarial" test every attack uses: per sample, does the predicted class
+    (argmax of ``scores``: probabilities, logits or one-hot rows, ``(N, K)``) differ from the
+    true label ``y`` (untargeted), or equal the target ``y`` (``targeted=True``)?"""
+    pred = scores.argmax(dim=1)
+    return pred == y if targeted else pred != y
 
 
 class Attack(Parametrized):
@@ -275,8 +284,7 @@ class MinimumNormAttack(EvasionAttack):
     targeted: bool
 
     def _is_adversarial(self, probs_or_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pred = probs_or_logits.argmax(dim=1)
-        return pred == y if self.targeted else pred != y
+        return is_adversarial(probs_or_logits, y, self.targeted)
 
     def _attack(
         self,

@@ -22,6 +22,7 @@ from bastion.attacks.base import (
     VERBOSE,
     FixedBudgetAttack,
     QueryAttack,
+    is_adversarial,
 )
 
 __all__ = ["BanditsAttack", "NESAttack"]
@@ -51,11 +52,6 @@ def score_objective(
         return log_own if targeted else -log_own
     log_other = others.amax(dim=1).clamp_min(tiny).log()
     return log_own - log_other if targeted else log_other - log_own
-
-
-def _adversarial(probs: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
-    pred = probs.argmax(dim=1)
-    return pred == y if targeted else pred != y
 
 
 def _clip(x: torch.Tensor, clip_values: Any) -> torch.Tensor:
@@ -219,7 +215,7 @@ class NESAttack(QueryAttack, FixedBudgetAttack):
             rows = torch.cat([xa, probes.reshape((-1, *x.shape[1:]))])
             owner = torch.cat([index[act], index[act].repeat_interleave(2 * half)])
             probs = self._counter.predict(rows, owner)
-            done = _adversarial(probs[:a], ya, self.targeted)
+            done = is_adversarial(probs[:a], ya, self.targeted)
             obj = score_objective(
                 probs[a:], ya.repeat_interleave(2 * half), self.targeted, self.loss
             )
@@ -445,7 +441,7 @@ class BanditsAttack(QueryAttack, FixedBudgetAttack):
                 [xa, _clip(xa + fd_eta * unit(q1), clip), _clip(xa + fd_eta * unit(q2), clip)]
             )
             probs = self._counter.predict(rows, index[act].repeat(3))
-            done = _adversarial(probs[:a], ya, self.targeted)
+            done = is_adversarial(probs[:a], ya, self.targeted)
             obj = score_objective(probs[a:], ya.repeat(2), self.targeted, self.loss).to(x.dtype)
             deriv = (obj[:a] - obj[a:]) / (fd_eta * exploration)
             est = _view(deriv, noise) * noise
