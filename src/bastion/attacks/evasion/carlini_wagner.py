@@ -10,6 +10,7 @@ import torch
 
 from bastion._validation import Constraint, Interval
 from bastion.attacks._batch import rows as _rows
+from bastion.attacks._optim import adam_step
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
 
 __all__ = ["CW", "CarliniWagnerL2", "CarliniWagnerLinf"]
@@ -49,23 +50,6 @@ class _EarlyAbort:
         self.prev[idx] = best
         self.window[idx] = math.inf
         return idx[self.strikes[idx] < self.patience]
-
-
-def _adam(
-    p: torch.Tensor,
-    g: torch.Tensor,
-    m: torch.Tensor,
-    v: torch.Tensor,
-    t: Any,
-    lr: Any,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Adam step (Kingma and Ba; betas 0.9, 0.999). Elementwise, so every sample of a batch
-    is optimised independently; ``t`` (the step number) is a number or one value per sample."""
-    m = m.mul(0.9).add_(g, alpha=0.1)
-    v = v.mul(0.999).addcmul_(g, g, value=0.001)
-    m_hat = m / (1 - torch.pow(0.9, t)) if isinstance(t, torch.Tensor) else m / (1 - 0.9**t)
-    v_hat = v / (1 - torch.pow(0.999, t)) if isinstance(t, torch.Tensor) else v / (1 - 0.999**t)
-    return p - lr * m_hat / (v_hat.sqrt() + 1e-8), m, v
 
 
 def _value_and_grad(
@@ -260,7 +244,7 @@ class CarliniWagnerL2(MinimumNormAttack):
                 best_l2[idx[better]] = l2[better]
                 best[idx[better]] = x_adv[better]
                 found[idx[success]] = True
-                wi, m1i, m2i = _adam(
+                wi, m1i, m2i = adam_step(
                     wi, grad, m1 if all_in else m1[idx], m2 if all_in else m2[idx], it + 1,
                     self.learning_rate,
                 )  # fmt: skip
@@ -453,7 +437,7 @@ class CarliniWagnerLinf(MinimumNormAttack):
                 grad = grad * mi
             t[idx] += 1
             step = self.learning_rate * tau[idx].nan_to_num(posinf=1.0).view(view)
-            di, m1i, m2i = _adam(di, grad, m1[idx], m2[idx], t[idx].view(view), step)
+            di, m1i, m2i = adam_step(di, grad, m1[idx], m2[idx], t[idx].view(view), step)
             if clip is not None:
                 di = (xi + di).clamp(*clip) - xi
             delta[idx], m1[idx], m2[idx] = di, m1i, m2i
