@@ -176,6 +176,83 @@ def check_activations(problem: Problem) -> None:
         raise AssertionError("unknown layer name accepted")
 
 
+def check_activation_gradient(problem: Problem) -> None:
+    """``activation_gradient_tensor`` matches finite differences of a function of a layer's
+    output, and returns that layer's activations."""
+    est = problem.estimator
+    x = torch.as_tensor(problem.x[:3], dtype=est.dtype, device=est.device)
+    lo, hi = est.clip_values or (-np.inf, np.inf)
+    x = x.clamp(lo + 0.01, hi - 0.01)
+    layer = est.layer_names[len(est.layer_names) // 2]
+    with torch.no_grad():
+        ref = est.activations_tensor(x, layer)
+    weights = torch.randn(ref[0].shape, generator=torch.Generator().manual_seed(2))
+    weights = weights.to(ref.device, ref.dtype)
+
+    def objective(a: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(a) * weights).flatten(1).sum(dim=1)
+
+    grad, value, acts = est.activation_gradient_tensor(x, layer, objective)
+    assert grad.shape == x.shape and value.shape == (len(x),)
+    np.testing.assert_allclose(acts.cpu().numpy(), ref.cpu().numpy(), rtol=1e-5, atol=1e-6)
+    _, rtol = _tol(est)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=est.dtype)
+    v = v.to(est.device)
+    with torch.no_grad():
+        fd = _directional(est, lambda z: objective(est.activations_tensor(z, layer)), x, v)
+    an = (grad * v).reshape(len(x), -1).sum(1)
+    scale = float(fd.abs().max())
+    np.testing.assert_allclose(an.cpu().numpy(), fd.cpu().numpy(), rtol=rtol, atol=rtol * scale)
+
+
+def check_parameter_gradient(problem: Problem) -> None:
+    """``parameter_gradient_tensor``: finite tensors, the gradient of the *mean* loss (the
+    batch's gradient is the average of its halves')."""
+    est = problem.estimator
+    x = torch.as_tensor(problem.x[:4], dtype=est.dtype, device=est.device)
+    y = torch.as_tensor(problem.y[:4], device=est.device)
+    whole = est.parameter_gradient_tensor(x, y)
+    first = est.parameter_gradient_tensor(x[:2], y[:2])
+    second = est.parameter_gradient_tensor(x[2:], y[2:])
+    assert whole and len(whole) == len(first)
+    for g, a, b in zip(whole, first, second, strict=True):
+        assert bool(torch.isfinite(g).all())
+        np.testing.assert_allclose(
+            g.cpu().numpy(), ((a + b) / 2).cpu().numpy(), rtol=1e-4, atol=1e-6
+        )
+
+
+def check_clone(problem: Problem) -> None:
+    """``clone()`` predicts like the original, is independent of it (training the clone leaves
+    the original's predictions alone), and starts with zero counts."""
+    est, x = problem.estimator, problem.x[:6]
+    before = est.predict(x)
+    twin: Any = est.clone()
+    assert twin is not est and twin.query_count == 0
+    np.testing.assert_allclose(twin.predict(x), before, atol=1e-6)
+    if "fit" in twin.capabilities:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            twin.fit(problem.x_train[:64], (problem.y_train[:64] + 1) % est.nb_classes)
+        np.testing.assert_allclose(est.predict(x), before, atol=1e-6)
+
+
+def check_prune(problem: Problem) -> None:
+    """``prune(layer, units)`` on a clone zeroes exactly those units of that layer's output;
+    an empty set restores it; the original is untouched."""
+    est, x = problem.estimator, problem.x[:5]
+    layer = est.layer_names[0]
+    original = est.get_activations(x, layer)
+    twin: Any = est.clone()
+    twin.prune(layer, [0, 1])
+    pruned = np.asarray(twin.get_activations(x, layer))
+    assert np.all(pruned[:, [0, 1]] == 0)
+    np.testing.assert_allclose(pruned[:, 2:], np.asarray(original)[:, 2:], atol=1e-6)
+    twin.prune(layer, [])
+    np.testing.assert_allclose(twin.get_activations(x, layer), original, atol=1e-6)
+    np.testing.assert_allclose(est.get_activations(x, layer), original, atol=1e-6)
+
+
 def check_fit(problem: Problem) -> None:
     """``fit`` returns the estimator and keeps it usable (on a copy of the example)."""
     est: Any = copy.deepcopy(problem.estimator)
@@ -200,8 +277,16 @@ def estimator_checks(est: Classifier) -> Iterator[EstimatorCheck]:
         yield check_class_gradient
     if "activations" in caps:
         yield check_activations
+    if "activation_gradient" in caps:
+        yield check_activation_gradient
+    if "parameter_gradient" in caps:
+        yield check_parameter_gradient
     if "fit" in caps:
         yield check_fit
+    if "clone" in caps:
+        yield check_clone
+    if "prune" in caps and "clone" in caps:
+        yield check_prune
 
 
 def check_estimator(problem: Problem) -> list[str]:

@@ -6,14 +6,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from bastion._tensor import resolve_random_state, to_tensor
 from bastion._validation import Boolean, Constraint, Interval, RandomState, check_x
 from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
-from bastion.exceptions import EstimatorError, InputError
+from bastion.exceptions import InputError
 
 __all__ = ["ExtractionAttack"]
 
@@ -33,17 +31,19 @@ class ExtractionAttack(_Parametrized):
     """Base of model-extraction (stealing) attacks: ``extract(x_pool) -> thief``.
 
     ``__init__`` takes the victim first and only stores the parameters; they are validated when
-    :meth:`extract` starts. Every query goes through the victim's ``predict_tensor``, so the
-    victim's own ``query_count`` grows by the number of samples sent, and the attack records
-    the queries of its last run in ``queries_``.
+    :meth:`extract` starts. Every query goes through the victim's ``predict_tensor`` (so the
+    victim's own ``query_count`` grows by the number of samples it answered), and the attack
+    records the queries answered in its last run in ``queries_``. The thief is any estimator
+    that can be trained (``fit``, on hard labels or on the victim's probabilities as soft
+    targets); it is trained in place.
 
-    Subclasses implement ``_extract(x_pool, generator, **kwargs)`` and query the victim only
-    through :meth:`_query`.
+    Subclasses implement ``_extract(x_pool, generator, **kwargs)``, query the victim only
+    through :meth:`_query` and train the thief only through :meth:`_train_thief`.
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
     _victim_requirements: ClassVar[tuple[str, ...]] = ("predict",)
-    _thief_requirements: ClassVar[tuple[str, ...]] = ("logits",)
+    _thief_requirements: ClassVar[tuple[str, ...]] = ("predict", "fit")
 
     victim: Any
     thief: Any
@@ -85,17 +85,10 @@ class ExtractionAttack(_Parametrized):
             name="x_pool",
         )
         generator = resolve_random_state(self.random_state, "cpu")
-        start = int(self.victim.query_count)
-        try:
-            return self._extract(xt, generator, **kwargs)
-        finally:
-            self.queries_ = int(self.victim.query_count) - start
+        self.queries_ = 0
+        return self._extract(xt, generator, **kwargs)
 
     def _check_thief(self, owner: str) -> None:
-        if not isinstance(getattr(self.thief, "model", None), torch.nn.Module):
-            raise EstimatorError(
-                f"{owner} trains the thief's torch model: give a TorchClassifier as thief."
-            )
         if tuple(self.thief.input_shape) != tuple(self.victim.input_shape) or (
             self.thief.nb_classes != self.victim.nb_classes
         ):
@@ -111,12 +104,14 @@ class ExtractionAttack(_Parametrized):
     # ------------------------------------------------------------------ helpers
 
     def _query(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """The victim's outputs (probabilities, or one-hot rows for a label-only API)."""
+        """The victim's outputs (probabilities, or one-hot rows for a label-only API); each
+        answered batch is added to ``queries_`` (a batch the victim fails on is not)."""
+        outs = []
         with torch.no_grad():
-            outs = [
-                self.victim.predict_tensor(x[i : i + batch_size].to(self.victim.device))
-                for i in range(0, x.shape[0], batch_size)
-            ]
+            for i in range(0, x.shape[0], batch_size):
+                out = self.victim.predict_tensor(x[i : i + batch_size].to(self.victim.device))
+                self.queries_ += int(out.shape[0])
+                outs.append(out)
         return torch.cat(outs).float()
 
     def _train_thief(
@@ -128,37 +123,19 @@ class ExtractionAttack(_Parametrized):
         batch_size: int,
         lr: float,
         generator: torch.Generator,
-        optimizer: torch.optim.Optimizer | None = None,
-    ) -> torch.optim.Optimizer:
-        """Train the thief on hard labels ``(N,)`` or soft targets ``(N, K)`` (cross-entropy
-        against the target distribution); returns the optimiser so training can resume."""
+        warm_start: bool = False,
+    ) -> None:
+        """Train the thief (its own ``fit``) on hard labels ``(N,)`` or soft targets ``(N, K)``
+        (cross-entropy against the victim's distribution). ``warm_start`` continues with the
+        optimiser state of the previous call (online training, one step per query batch)."""
         thief = self.thief
-        model: torch.nn.Module = thief.model
-        dev = thief.device
-        x = x.to(dev, getattr(thief, "dtype", torch.float32))
-        targets = targets.to(dev)
-        soft = targets.ndim == 2
-        norm = getattr(thief, "_norm", None)  # the estimator's (mean, std) preprocessing
-        opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-        n = x.shape[0]
-        model.train()
-        try:
-            bar = tqdm(range(epochs), desc=type(self).__name__, disable=not self.verbose)
-            for _ in bar:
-                order = torch.randperm(n, generator=generator).to(dev)
-                for i in range(0, n, batch_size):
-                    idx = order[i : i + batch_size]
-                    xb = x[idx]
-                    if norm is not None:
-                        xb = (xb - norm[0]) / norm[1]
-                    logits = model(xb)
-                    if soft:
-                        loss = -(targets[idx] * F.log_softmax(logits, dim=1)).sum(1).mean()
-                    else:
-                        loss = F.cross_entropy(logits, targets[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-        finally:
-            model.eval()
-        return opt
+        thief.fit(
+            x.to(thief.device, getattr(thief, "dtype", torch.float32)),
+            targets.to(thief.device),
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            warm_start=warm_start,
+            random_state=generator,
+            verbose=self.verbose,
+        )

@@ -176,11 +176,13 @@ class FunctionallyEquivalentExtraction(_Parametrized):
                 xin = x.reshape(-1, *shape).to(victim.device, dtype)
                 with torch.no_grad():
                     if use_logits:
-                        return victim.logits_tensor(xin).to(torch.float64)
-                    logp = victim.predict_tensor(xin).to(torch.float64).clamp_min(1e-300).log()
-                return logp - logp.mean(1, keepdim=True)
+                        out = victim.logits_tensor(xin).to(torch.float64)
+                    else:
+                        logp = victim.predict_tensor(xin).to(torch.float64).clamp_min(1e-300)
+                        out = logp.log() - logp.log().mean(1, keepdim=True)
+                self._calls += x.shape[0]  # counted once answered
+                return out
 
-            self._start = int(victim.query_count)
             return f, d
         if self.input_dim is None:
             raise InvalidParameterError(
@@ -189,17 +191,14 @@ class FunctionallyEquivalentExtraction(_Parametrized):
             )
 
         def g(x: torch.Tensor) -> torch.Tensor:
-            self._calls += x.shape[0]
             with torch.no_grad():
                 out = torch.as_tensor(victim(x)).to(torch.float64)
+            self._calls += x.shape[0]
             return out.reshape(x.shape[0], -1)
 
-        self._start = 0
         return g, int(self.input_dim)
 
     def _spent(self) -> int:
-        if hasattr(self.victim, "query_count"):
-            return int(self.victim.query_count) - self._start
         return self._calls
 
     # ------------------------------------------------------------------ attack

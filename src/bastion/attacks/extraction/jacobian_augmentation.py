@@ -79,7 +79,7 @@ class JacobianAugmentation(ExtractionAttack):
         "tau": [Interval(int, 1, None)],
         "verbose": [Boolean()],
     }
-    _thief_requirements: ClassVar[tuple[str, ...]] = ("logits", "class_gradient")
+    _thief_requirements: ClassVar[tuple[str, ...]] = ("predict", "fit", "class_gradient")
 
     _conformance: ClassVar[dict[str, Any]] = {
         "params": {"nb_rounds": 2},
@@ -130,17 +130,16 @@ class JacobianAugmentation(ExtractionAttack):
     def _extract(self, x_pool: torch.Tensor, generator: torch.Generator, **kwargs: Any) -> Any:
         x = x_pool
         y = self._query(x).argmax(1)
-        opt: torch.optim.Optimizer | None = None
         clip = self.victim.clip_values
         for rnd in range(self.nb_rounds):
-            opt = self._train_thief(
+            self._train_thief(
                 x,
                 y,
                 epochs=self.epochs,
                 batch_size=self.batch_size,
                 lr=self.lr,
                 generator=generator,
-                optimizer=opt,
+                warm_start=rnd > 0,
             )
             if rnd == self.nb_rounds - 1:
                 break

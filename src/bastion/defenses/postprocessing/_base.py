@@ -9,7 +9,7 @@ import torch
 
 from bastion._tensor import to_tensor
 from bastion.attacks.poisoning._base import _Parametrized
-from bastion.estimators.base import Classifier, require_capabilities
+from bastion.estimators.base import EstimatorWrapper
 from bastion.exceptions import InputError, InvalidParameterError
 
 __all__ = ["PostprocessedClassifier", "Postprocessor"]
@@ -42,7 +42,7 @@ class Postprocessor(_Parametrized):
         raise NotImplementedError
 
 
-class PostprocessedClassifier(Classifier):
+class PostprocessedClassifier(EstimatorWrapper):
     """An estimator whose outputs pass through postprocessors: a defended prediction API.
 
     The wrapper is an estimator like the one it protects (DESIGN principle 7): attacks and
@@ -71,12 +71,11 @@ class PostprocessedClassifier(Classifier):
     (2, 2)
     """
 
-    capabilities = frozenset({"predict"})
+    forwarded = frozenset({"predict"})
 
     def __init__(self, estimator: Any, *, postprocessors: Sequence[Postprocessor]) -> None:
-        super().__init__()
+        super().__init__(estimator)
         owner = type(self).__name__
-        require_capabilities(estimator, ["predict"], owner)
         if isinstance(postprocessors, Postprocessor):
             postprocessors = [postprocessors]
         if not all(isinstance(p, Postprocessor) for p in postprocessors):
@@ -84,13 +83,7 @@ class PostprocessedClassifier(Classifier):
                 f"The 'postprocessors' parameter of {owner} must be a sequence of "
                 f"Postprocessor instances. Got {postprocessors!r} instead."
             )
-        self.estimator = estimator
         self.postprocessors = list(postprocessors)
-        self.input_shape = tuple(estimator.input_shape)
-        self.nb_classes = estimator.nb_classes
-        self.clip_values = estimator.clip_values
-        self.device = estimator.device
-        self.dtype = getattr(estimator, "dtype", torch.float32)
 
     def _predict_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -23,7 +23,7 @@ from bastion._validation import (
     invalid_parameter,
     validate_params,
 )
-from bastion.estimators.base import Classifier, require_capabilities
+from bastion.estimators.base import EstimatorWrapper
 
 __all__ = ["ConfidenceMasking", "train_label_smoothing"]
 
@@ -115,7 +115,7 @@ def train_label_smoothing(
     return model.eval()
 
 
-class ConfidenceMasking(Classifier):
+class ConfidenceMasking(EstimatorWrapper):
     """An estimator that reveals only the top-k class scores, optionally rounded.
 
     The wrapped estimator's probabilities are computed, every score outside the ``top_k``
@@ -148,12 +148,11 @@ class ConfidenceMasking(Classifier):
     1
     """
 
-    capabilities = frozenset({"predict"})
+    forwarded = frozenset({"predict"})
 
     def __init__(self, estimator: Any, *, top_k: int = 1, decimals: int | None = None) -> None:
-        super().__init__()
+        super().__init__(estimator)
         name = type(self).__name__
-        require_capabilities(estimator, ("predict",), name)
         validate_params(
             name,
             {"top_k": top_k, "decimals": decimals},
@@ -162,14 +161,8 @@ class ConfidenceMasking(Classifier):
                 "decimals": [NONE, Interval(int, 0, None)],
             },
         )
-        self.estimator = estimator
         self.top_k = top_k
         self.decimals = decimals
-        self.input_shape = estimator.input_shape
-        self.nb_classes = estimator.nb_classes
-        self.clip_values = estimator.clip_values
-        self.device = estimator.device
-        self.dtype = getattr(estimator, "dtype", torch.float32)
 
     def _predict_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         probs = self.estimator.predict_tensor(x)
