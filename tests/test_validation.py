@@ -84,3 +84,34 @@ def test_check_labels():
         check_labels(torch.tensor([0.5, 1.0, 2.0]), n=3, nb_classes=3)
     with pytest.raises(InputError, match="shape"):
         check_labels(torch.zeros(3, 2, 2), n=3, nb_classes=3)
+
+
+def test_renamed_parameters_keep_working_with_a_deprecation_warning():
+    from bastion._params import Parametrized
+
+    class Attack(Parametrized):
+        _renamed = {"n_restarts": "num_random_init"}
+
+        def __init__(self, *, num_random_init: int = 1, eps: float = 0.1) -> None:
+            self.num_random_init = num_random_init
+            self.eps = eps
+
+    with pytest.warns(DeprecationWarning, match="'n_restarts'.*'num_random_init'"):
+        a = Attack(n_restarts=3)
+    assert a.num_random_init == 3 and a.get_params() == {"num_random_init": 3, "eps": 0.1}
+    with pytest.warns(DeprecationWarning):
+        a.set_params(n_restarts=5)
+    assert a.num_random_init == 5
+    with pytest.raises(InvalidParameterError, match="both"):
+        Attack(n_restarts=3, num_random_init=2)
+    with pytest.raises(TypeError):
+        Attack(restarts=3)  # an unknown name is still an error
+
+
+def test_glossary_flags_drifting_names():
+    from bastion._params import glossary_violations
+
+    bad = ["n_restarts", "lr", "policy_lr", "num_neurons", "init_num_evals", "step_size"]
+    assert len(glossary_violations(bad)) >= len(bad)
+    good = ["num_random_init", "learning_rate", "nb_queries", "eps_step", "max_iter", "x_init"]
+    assert glossary_violations(good) == []

@@ -3,17 +3,59 @@
 ``__init__`` only stores each parameter under its own name; ``get_params`` / ``set_params`` /
 ``repr`` read the names from the signature, and :meth:`Parametrized._validate` checks the values
 against the class's ``_parameter_constraints`` when work starts (never in ``__init__``).
+
+Parameter names follow one glossary (:data:`GLOSSARY`, enforced by the conformance suite). A
+class that renamed a parameter lists ``_renamed = {"old": "new"}``: the old keyword still works
+in the constructor and in ``set_params``, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import re
+import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from bastion._validation import Constraint, validate_params
 from bastion.exceptions import InvalidParameterError
 
-__all__ = ["Parametrized"]
+__all__ = ["GLOSSARY", "Parametrized", "glossary_violations"]
+
+#: One spelling per idea. Each entry: a pattern that must not match a parameter name, and what
+#: to call it instead.
+GLOSSARY: tuple[tuple[str, str], ...] = (
+    (r"^(n_|num_)(?!random_init$)|_num_", "counts start with 'nb_' (restarts: 'num_random_init')"),
+    (r"restart", "restarts are 'num_random_init'"),
+    (r"(^|_)lr$", "learning rates end with 'learning_rate'"),
+    (r"^(step_size|lmbda|step)$", "input-space step sizes are 'eps_step'"),
+    (r"^(starting_points?|x0|init_point|x_start)$", "starting points are 'x_init'"),
+    (r"^(n_iter|nb_iter|num_iter|iterations|steps|nb_steps)$", "iteration counts are 'max_iter'"),
+    (r"^(seed|rng|generator)$", "randomness is 'random_state'"),
+    (r"^(epsilon)$", "budgets are 'eps' (step sizes 'eps_step')"),
+)
+
+
+def glossary_violations(names: list[str]) -> list[str]:
+    """Messages for the parameter names that break the :data:`GLOSSARY`."""
+    out = []
+    for name in names:
+        for pattern, rule in GLOSSARY:
+            if re.search(pattern, name):
+                out.append(f"{name!r}: {rule}")
+    return out
+
+
+def _accept_renamed(init: Callable[..., None]) -> Callable[..., None]:
+    """Wrap ``__init__`` so that old keyword names still work, with a warning."""
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs = type(self)._translate(kwargs)
+        init(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Parametrized:
@@ -25,6 +67,38 @@ class Parametrized:
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
     _not_params: ClassVar[tuple[str, ...]] = ()
+    #: Renamed parameters, ``{"old name": "new name"}``: the old keywords keep working (with a
+    #: ``DeprecationWarning``) in the constructor and in ``set_params``.
+    _renamed: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls._renamed and "__init__" in cls.__dict__:
+            cls.__init__ = _accept_renamed(cls.__dict__["__init__"])  # type: ignore[method-assign]
+
+    @classmethod
+    def _translate(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` with deprecated names replaced by their new ones (warning once each)."""
+        if not cls._renamed or not any(k in cls._renamed for k in kwargs):
+            return kwargs
+        out = {}
+        for key, value in kwargs.items():
+            new = cls._renamed.get(key)
+            if new is None:
+                out[key] = value
+                continue
+            if new in kwargs:
+                raise InvalidParameterError(
+                    f"{cls.__name__} got both {key!r} and its new name {new!r}; give {new!r} only."
+                )
+            warnings.warn(
+                f"The {key!r} parameter of {cls.__name__} is now called {new!r}; the old name "
+                "will be removed in a future release.",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            out[new] = value
+        return out
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -45,6 +119,7 @@ class Parametrized:
     def set_params(self, **params: Any) -> Any:
         """Set hyper-parameters by name; returns ``self``. Values are validated when next used."""
         valid = self._param_names()
+        params = type(self)._translate(params)
         for key, value in params.items():
             if key not in valid:
                 raise InvalidParameterError(
