@@ -265,3 +265,81 @@ def test_params_api():
     with pytest.raises(InvalidParameterError, match="nope"):
         attack.set_params(nope=1)
     assert repr(attack).startswith("BackdoorAttack(trigger=PatchTrigger(), target=3")
+
+
+# --------------------------------------------------------------------------- bad data
+
+
+def test_target_outside_the_label_set_is_rejected(toy):
+    x, y = toy  # classes 0..4
+    with pytest.raises(InvalidParameterError, match=r"'target'.*\[0, 4\]\. Got 7"):
+        BackdoorAttack(PatchTrigger(), target=7).poison(x, y)
+    with pytest.raises(InvalidParameterError, match=r"'target'.*\[0, 4\]\. Got 5"):
+        BackdoorAttack(PatchTrigger(), target=5).poison(x, np.eye(5)[y])  # one-hot: 5 classes
+    # A class no sample has yet is a valid target when nb_classes says it exists.
+    _, y_p, mask = BackdoorAttack(PatchTrigger(), target=7, nb_classes=8).poison(x, y)
+    assert mask.any() and np.all(y_p[mask] == 7)
+
+
+def test_data_outside_the_trigger_range_is_rejected(toy):
+    x, y = toy
+    with pytest.raises(InputError, match=r"outside clip_values \(0, 1\)"):
+        BackdoorAttack(PatchTrigger(), target=0).poison(x * 3, y)  # up to 1.5
+    with pytest.raises(InputError, match=r"outside clip_values"):
+        BackdoorAttack(PatchTrigger(), target=0).apply_trigger(x - 1)
+    # The range is the trigger's: 8-bit images with a trigger clipping to (0, 255) are fine.
+    trigger = PatchTrigger(size=2, value=255.0, clip_values=(0, 255))
+    x_p, _, mask = BackdoorAttack(trigger, target=0, fraction=0.5).poison(x * 255, y)
+    assert np.all(x_p[mask][:, :, -2:, -2:] == 255)
+    np.testing.assert_array_equal(x_p[~mask], (x * 255)[~mask])
+
+
+def _nan_x(x, y):
+    x = x.copy()
+    x[3, 0, 1, 1] = np.nan
+    return x, y
+
+
+def _inf_x(x, y):
+    x = x.copy()
+    x[0, 0, 0, 0] = np.inf
+    return x, y
+
+
+def _label_at_0(value):
+    def make(x, y):
+        y = y.astype(np.asarray(value).dtype if isinstance(value, float) else y.dtype)
+        y[0] = value
+        return x, y
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (_nan_x, "NaN"),
+        (_inf_x, "NaN or infinite"),
+        (lambda x, y: (x[:0], y[:0]), "empty"),
+        (lambda x, y: (x[:, 0], y), r"\(N, C, H, W\)"),
+        (lambda x, y: ((x * 0).astype(np.int64), y), "floating-point"),
+        (lambda x, y: (x, y[:-1]), "99 labels but x has 100"),
+        (_label_at_0(float("nan")), "NaN"),
+        (_label_at_0(-1), r"labels in \[-1, 4\]"),
+        (lambda x, y: (x, y.astype(bool)), "integer class indices"),
+        (lambda x, y: (x, np.array(["cat"] * len(y))), "numeric"),
+        (lambda x, y: (x, y[:, None, None]), "class indices of shape"),
+    ],
+)
+def test_bad_data_is_a_clear_input_error(toy, make, match):
+    x, y = make(*toy)
+    with pytest.raises(InputError, match=match):
+        BackdoorAttack(PatchTrigger(), target=0).poison(x, y)
+
+
+def test_labels_beyond_nb_classes_are_rejected(toy):
+    x, y = toy
+    with pytest.raises(InputError, match=r"outside the 4 classes"):
+        BackdoorAttack(PatchTrigger(), target=0, nb_classes=4).poison(x, y)
+    with pytest.raises(InputError, match="one-hot of shape"):
+        BackdoorAttack(PatchTrigger(), target=0, nb_classes=6).poison(x, np.eye(5)[y])

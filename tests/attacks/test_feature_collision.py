@@ -132,6 +132,7 @@ def test_deterministic_and_types(setup):
         ({"layer": 1.5}, "layer"),
         ({"target": np.zeros((2, 1, 8, 8))}, "target"),
         ({"target": "cat"}, "target"),
+        ({"target": np.full((1, 8, 8), 2.0)}, "target"),  # outside clip_values
     ],
 )
 def test_bad_parameters_name_the_parameter(setup, params, name):

@@ -94,6 +94,7 @@ def test_restarts_keep_the_best_and_seeded(setup):
         ({"restarts": 0}, "restarts"),
         ({"random_state": -1}, "random_state"),
         ({"target": np.zeros((1, 5, 5))}, "target"),
+        ({"target": np.full((2, 1, 8, 8), -1.0)}, "target"),  # outside clip_values
     ],
 )
 def test_bad_parameters_name_the_parameter(setup, params, name):

@@ -158,3 +158,53 @@ def test_bad_estimator_and_inputs(sevens_ones):
         SVMPoisoning(SVC(), x_val=x_val, y_val=y_val).poison(x_tr, np.arange(100) % 3)
     with pytest.raises(InputError):
         SVMPoisoning(SVC(), x_val=x_val, y_val=y_val).poison(x_tr, y_tr[:5])
+
+
+def test_takes_the_svc_itself_not_a_bastion_estimator(sevens_ones):
+    from sklearn.linear_model import LogisticRegression
+
+    from bastion.estimators import SklearnClassifier
+
+    (x_tr, y_tr), (x_val, y_val) = sevens_ones
+    wrapped = SklearnClassifier(LogisticRegression().fit(x_tr, y_tr), clip_values=(0.0, 1.0))
+    with pytest.raises(EstimatorError, match="pass the scikit-learn SVC itself"):
+        SVMPoisoning(wrapped, x_val=x_val, y_val=y_val).poison(x_tr, y_tr)
+
+
+def test_any_two_label_values_are_kept(sevens_ones):
+    (x_tr, y_tr), (x_val, y_val) = sevens_ones
+    signs, val_signs = np.where(y_tr == 1, 1.0, -1.0), np.where(y_val == 1, 1.0, -1.0)
+    attack = SVMPoisoning(
+        SVC(kernel="linear"), x_val=x_val, y_val=val_signs, nb_points=2, max_iter=2, random_state=0
+    )
+    x_p, y_p, mask = attack.poison(x_tr, signs)
+    assert y_p.dtype == np.float64 and set(np.unique(y_p)) <= {-1.0, 1.0}
+    np.testing.assert_array_equal(y_p[mask], -signs[mask])
+    np.testing.assert_array_equal(attack.classes_, [-1.0, 1.0])
+    # the same points and moves as with 0 / 1 labels
+    x_01, y_01, mask_01 = SVMPoisoning(
+        SVC(kernel="linear"), x_val=x_val, y_val=y_val, nb_points=2, max_iter=2, random_state=0
+    ).poison(x_tr, y_tr)
+    np.testing.assert_array_equal(mask, mask_01)
+    np.testing.assert_array_equal(y_p == 1.0, y_01 == 1)
+    np.testing.assert_allclose(x_p, x_01, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda x, y: (x + 1.0, y), "outside clip_values"),
+        (lambda x, y: (x[:0], y[:0]), "empty"),
+        (lambda x, y: (x[:, :, None], y), r"\(N, d\)"),
+        (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x), y), "NaN"),
+        (lambda x, y: (x, np.where(np.arange(len(y)) == 0, np.nan, y)), "NaN"),
+        (lambda x, y: (x, np.array(["a", "b"] * (len(y) // 2))), "numeric"),
+        (lambda x, y: (x, y[:, None]), r"labels \(N,\)"),
+    ],
+)
+def test_bad_data_is_a_clear_input_error(sevens_ones, make, match):
+    (x_tr, y_tr), (x_val, y_val) = sevens_ones
+    x, y = make(x_tr, y_tr)
+    attack = SVMPoisoning(SVC(), x_val=x_val, y_val=y_val, clip_values=(0.0, 1.0))
+    with pytest.raises(InputError, match=match):
+        attack.poison(x, y)

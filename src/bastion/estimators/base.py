@@ -760,6 +760,11 @@ class EstimatorWrapper(Classifier):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.estimator.activation_gradient_tensor(x, layer, objective)
 
+    def _parameter_gradient(
+        self, x: torch.Tensor, y: torch.Tensor, create_graph: bool
+    ) -> tuple[torch.Tensor, ...]:
+        return self.estimator.parameter_gradient_tensor(x, y, create_graph=create_graph)
+
     @property
     def layer_names(self) -> list[str]:
         self._require("activations", "layer_names")

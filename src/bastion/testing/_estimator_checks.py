@@ -225,7 +225,8 @@ def check_parameter_gradient(problem: Problem) -> None:
 def check_clone(problem: Problem) -> None:
     """``clone()`` predicts like the original, is independent of it (training the clone leaves
     the original's predictions alone), and starts with zero counts."""
-    est, x = problem.estimator, problem.x[:6]
+    est: Any = problem.estimator
+    x = problem.x[:6]
     before = est.predict(x)
     twin: Any = est.clone()
     assert twin is not est and twin.query_count == 0
@@ -240,7 +241,8 @@ def check_clone(problem: Problem) -> None:
 def check_prune(problem: Problem) -> None:
     """``prune(layer, units)`` on a clone zeroes exactly those units of that layer's output;
     an empty set restores it; the original is untouched."""
-    est, x = problem.estimator, problem.x[:5]
+    est: Any = problem.estimator
+    x = problem.x[:5]
     layer = est.layer_names[0]
     original = est.get_activations(x, layer)
     twin: Any = est.clone()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bastion.exceptions import InputError
+from bastion.exceptions import InputError, InvalidParameterError
 from bastion.testing._attack_checks import (
     _invalid_value,
     check_parametrized_signature,
@@ -217,17 +217,60 @@ def check_nan_input(cls: Any, problem: PoisoningProblem) -> None:
 
 
 def check_bad_input(cls: Any, problem: PoisoningProblem) -> None:
-    """A wrong ndim or a wrong number of labels raises :class:`InputError`."""
+    """Bad data raises :class:`InputError`: a wrong ndim, a wrong number of labels, an empty
+    batch, samples outside the problem's bounds (the estimator's, the trigger's or the
+    attack's ``clip_values``), integer samples, NaN or negative labels, labels that are not
+    numbers."""
     x, y = problem.x, problem.y
+    outside = x.copy()
+    outside[0] = problem.clip_values[1] + 1.0
+    nan_label = y.astype(np.float64)
+    nan_label[0] = np.nan
+    negative = y.copy()
+    negative[0] = -1
     _expect_input_error(
-        cls, problem, {"wrong ndim": (x[0], y[:1]), "wrong number of labels": (x, y[:-1])}
+        cls,
+        problem,
+        {
+            "wrong ndim": (x[0], y[:1]),
+            "wrong number of labels": (x, y[:-1]),
+            "an empty batch": (x[:0], y[:0]),
+            "samples outside the bounds": (outside, y),
+            "integer samples": (x.astype(np.int64), y),
+            "a NaN label": (x, nan_label),
+            "a negative label": (x, negative),
+            "labels that are not numbers": (x, np.array(["a"] * len(y))),
+        },
     )
 
 
 def check_wrong_sample_shape(cls: Any, problem: PoisoningProblem) -> None:
-    """Attacks built on a model with an ``input_shape`` (the image problem): samples of another
-    shape raise :class:`InputError`."""
-    _expect_input_error(cls, problem, {"wrong shape": (problem.x[..., :-1], problem.y)})
+    """Attacks built on a model with an ``input_shape`` and ``nb_classes`` (the image problem):
+    samples of another shape, and a label beyond the model's classes, raise
+    :class:`InputError`."""
+    beyond = problem.y.copy()
+    beyond[0] = problem.estimator.nb_classes
+    _expect_input_error(
+        cls,
+        problem,
+        {
+            "wrong shape": (problem.x[..., :-1], problem.y),
+            "a label beyond nb_classes": (problem.x, beyond),
+        },
+    )
+
+
+def check_class_parameters(cls: Any, problem: PoisoningProblem) -> None:
+    """A parameter that names a class (a target, a source: the template's
+    ``_class_parameters``) outside the classes of the labels raises an
+    :class:`InvalidParameterError` naming the parameter and the value, when ``poison`` runs."""
+    for name in cls._class_parameters:
+        try:
+            _poison(cls, problem, **{name: 10_000})
+        except InvalidParameterError as err:
+            assert repr(name) in str(err) and "10000" in str(err), f"unclear message: {err}"
+            continue
+        raise AssertionError(f"{cls.__name__} accepted {name}=10000, outside the classes")
 
 
 def check_labels(cls: Any, problem: PoisoningProblem) -> None:
@@ -295,6 +338,8 @@ def poisoning_checks(cls: Any) -> Iterator[PoisoningCheck]:
     ]
     if "estimator" in inspect.signature(cls.__init__).parameters and "problem" not in conf:
         checks.append(check_wrong_sample_shape)
+    if getattr(cls, "_class_parameters", ()):
+        checks.append(check_class_parameters)
     if conf.get("stamps_trigger"):
         checks.append(check_trigger)
     if conf.get("budget"):

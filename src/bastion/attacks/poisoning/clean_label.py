@@ -8,62 +8,20 @@ from their content learns to rely on the trigger instead.
 
 from __future__ import annotations
 
-import math
-import warnings
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
-from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
-from bastion._validation import (
-    Constraint,
-    Interval,
-    RandomState,
-    Satisfies,
-    check_labels,
-    invalid_parameter,
-)
+from bastion._tensor import RandomStateLike
+from bastion._validation import Constraint, Interval, RandomState
 from bastion.attacks.base import BATCH_SIZE, BUDGET, NORM, VERBOSE
-from bastion.attacks.poisoning._base import PoisoningAttack, _image_batch
-from bastion.attacks.poisoning.triggers import Trigger
-from bastion.estimators.base import require_capabilities
-from bastion.exceptions import InputError
+from bastion.attacks.poisoning._base import _pick, _share
+from bastion.attacks.poisoning.triggers import TRIGGER, Trigger, _TriggerAttack
 
 __all__ = ["CleanLabelBackdoor"]
 
 
-def _class_labels(y: Any, n: int, nb_classes: int | None, owner: str) -> torch.Tensor:
-    """Class indices (N,) int64 on the CPU from indices or one-hot rows; checked against x."""
-    yt, _ = to_tensor(y, dtype=None)
-    raw = yt.argmax(dim=1) if yt.ndim == 2 else yt
-    if raw.ndim != 1:
-        raise InputError(
-            f"{owner}: y must be class indices (N,) or one-hot (N, K); got {tuple(yt.shape)}."
-        )
-    if raw.is_floating_point() and not bool((raw == raw.round()).all()):
-        raise InputError(f"{owner}: y must hold integer class indices.")
-    k = int(nb_classes) if nb_classes is not None else max(int(raw.max()) + 1 if n else 2, 2)
-    return check_labels(raw.to(torch.int64).cpu(), n=n, nb_classes=k)
-
-
-def _pick(labels: torch.Tensor, cls: int, fraction: float, gen: torch.Generator) -> torch.Tensor:
-    """``round(fraction * n_cls)`` indices of class ``cls`` chosen uniformly (sorted, CPU)."""
-    members = torch.nonzero(labels == cls).flatten()
-    count = math.floor(fraction * members.numel() + 0.5)
-    idx = members[torch.randperm(members.numel(), generator=gen)[:count]]
-    return torch.sort(idx).values
-
-
-def _copy_like(y: Any) -> Any:
-    return y.clone() if isinstance(y, torch.Tensor) else np.array(y, copy=True)
-
-
-def _mask_out(mask: torch.Tensor, like_tensor: bool, device: Any) -> Any:
-    return mask.to(device) if like_tensor else mask.numpy()
-
-
-class CleanLabelBackdoor(PoisoningAttack):
+class CleanLabelBackdoor(_TriggerAttack):
     """Label-consistent backdoor: adversarially perturb target-class images, then add the trigger.
 
     A fraction of the training images **of the target class** is perturbed with PGD
@@ -77,9 +35,13 @@ class CleanLabelBackdoor(PoisoningAttack):
     images (not their labels) and has white-box access to a proxy model (ideally adversarially
     trained, as in the paper), not necessarily the victim.
 
+    ``poison(x, y)`` takes images ``(N, *input_shape)`` (channel-first, ``(C, H, W)``) inside
+    the estimator's ``clip_values``, and labels as class indices or one-hot rows; it returns
+    ``y`` unchanged.
+
     Parameters
     ----------
-    estimator : estimator with ``loss_gradient``
+    estimator : estimator with ``predict`` and ``loss_gradient``
         The proxy model used to compute the adversarial perturbations.
     trigger : Trigger
         The backdoor trigger (:class:`PatchTrigger`, :class:`BlendTrigger` ...). The paper uses
@@ -130,7 +92,7 @@ class CleanLabelBackdoor(PoisoningAttack):
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "trigger": [Satisfies(lambda t: isinstance(t, Trigger), "a Trigger instance")],
+        "trigger": TRIGGER,
         "target": [Interval(int, 0, None)],
         "fraction": [Interval(float, 0, 1, closed="right")],
         "eps": BUDGET,
@@ -142,6 +104,9 @@ class CleanLabelBackdoor(PoisoningAttack):
         "random_state": [RandomState()],
         "verbose": VERBOSE,
     }
+    # What the PGD it runs needs.
+    _estimator_requirements = ("predict", "loss_gradient")
+    _class_parameters = ("target",)
 
     #: How the conformance suite builds it (see ``bastion.testing``): a 3-step PGD.
     _conformance: ClassVar[dict[str, Any]] = {
@@ -182,73 +147,29 @@ class CleanLabelBackdoor(PoisoningAttack):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _validate(self) -> None:
-        super()._validate()
-        self.trigger._validate()
-        require_capabilities(self.estimator, ("predict", "loss_gradient"), type(self).__name__)
+    def _why_nothing(self) -> str:
+        return f"fraction={self.fraction} of the target class {self.target} rounds to zero samples"
 
-    def apply_trigger(self, x: Any) -> Any:
-        """Stamp the trigger on every sample of ``x`` (test inputs); same type out as in."""
-        self.trigger._validate()
-        return self.trigger.apply(x, random_state=self.random_state)
-
-    def poison(self, x: Any, y: Any) -> tuple[Any, Any, Any]:
-        """Poison a training set without changing its labels.
-
-        Parameters
-        ----------
-        x : array-like or torch.Tensor, shape (N, C, H, W)
-            Training images, within the estimator's ``clip_values``.
-        y : array-like or torch.Tensor
-            Class indices ``(N,)`` or one-hot ``(N, nb_classes)``.
-
-        Returns
-        -------
-        x_p : same type as ``x``
-            The images, with the chosen target-class samples perturbed and triggered.
-        y_p : same type as ``y``
-            A copy of ``y`` (labels are consistent with the content).
-        poison_mask : bool array (NumPy for NumPy ``x``, a tensor on x's device otherwise)
-            True where a sample was poisoned.
-        """
+    def _poison(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
         from bastion.attacks.evasion.projected_gradient import PGD
 
-        self._validate()
-        name = type(self).__name__
         est = self.estimator
-        xt, kind = to_tensor(x, dtype=None)
-        _image_batch(xt, name)
-        labels = _class_labels(y, xt.shape[0], est.nb_classes, name)
-        if self.target >= est.nb_classes:
-            raise invalid_parameter(
-                "target", name, f"a class in [0, {est.nb_classes - 1}]", self.target
-            )
-        gen = resolve_random_state(self.random_state, "cpu")
-        idx = _pick(labels, int(self.target), float(self.fraction), gen)
-        x_p = xt.clone()
-        if idx.numel() == 0:
-            warnings.warn(
-                f"{name}: no sample was poisoned (fraction={self.fraction} of the target class "
-                f"{self.target} rounds to zero samples).",
-                stacklevel=2,
-            )
-        else:
-            x_sel = xt[idx.to(xt.device)].to(device=est.device, dtype=est.dtype)
-            pgd = PGD(
-                est,
-                eps=self.eps,
-                eps_step=self.eps_step,
-                max_iter=self.max_iter,
-                norm=self.norm,
-                num_random_init=self.num_random_init,
-                batch_size=self.batch_size,
-                random_state=gen,
-                verbose=self.verbose,
-            )
-            x_adv = pgd.generate(x_sel, labels[idx].to(est.device))
-            stamped = self.trigger._apply_tensor(x_adv, gen)
-            x_p[idx.to(xt.device)] = stamped.to(device=xt.device, dtype=xt.dtype)
-        mask = torch.zeros(xt.shape[0], dtype=torch.bool)
-        mask[idx] = True
-        self.poison_indices_ = idx.numpy()
-        return kind.restore(x_p), _copy_like(y), _mask_out(mask, kind.is_tensor, xt.device)
+        target = int(self.target)
+        idx = _pick(y, target, _share(y, target, float(self.fraction)), generator)
+        if not idx.numel():
+            return idx, x[:0], None
+        pgd = PGD(
+            est,
+            eps=self.eps,
+            eps_step=self.eps_step,
+            max_iter=self.max_iter,
+            norm=self.norm,
+            num_random_init=self.num_random_init,
+            batch_size=self.batch_size,
+            random_state=generator,
+            verbose=self.verbose,
+        )
+        x_adv = pgd.generate(x[idx.to(x.device)].to(device=est.device, dtype=est.dtype), y[idx])
+        return idx, self.trigger._apply_tensor(x_adv, generator), None

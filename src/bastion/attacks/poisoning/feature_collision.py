@@ -8,86 +8,23 @@ base side.
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bastion._tensor import to_tensor
-from bastion._validation import (
-    NONE,
-    Constraint,
-    Interval,
-    Satisfies,
-    invalid_parameter,
-)
+from bastion._validation import NONE, Constraint, Interval, Satisfies
 from bastion.attacks.base import BATCH_SIZE, VERBOSE
-from bastion.attacks.poisoning._base import PoisoningAttack, _image_batch, _is_array
-from bastion.attacks.poisoning.clean_label import _class_labels, _copy_like, _mask_out
-from bastion.estimators.base import require_capabilities
-from bastion.exceptions import InputError
+from bastion.attacks.poisoning._base import (
+    _LAYER,
+    PoisoningAttack,
+    _is_array,
+    _resolve_layer,
+    _target_images,
+)
 
 __all__ = ["FeatureCollision"]
-
-_LAYER: list[Constraint] = [
-    Satisfies(
-        lambda v: (
-            isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
-        ),
-        "a layer name (str) or index (int)",
-    )
-]
-
-
-def _layer_module(estimator: Any, layer: str | int, owner: str) -> torch.nn.Module:
-    """The module whose output is ``layer`` (a name of ``estimator.layer_names`` or index)."""
-    names = list(estimator.layer_names)
-    if isinstance(layer, int):
-        if not -len(names) <= layer < len(names):
-            raise invalid_parameter(
-                "layer", owner, f"an index in [-{len(names)}, {len(names) - 1}]", layer
-            )
-        layer = names[layer]
-    modules = dict(estimator.model.named_modules()) if hasattr(estimator, "model") else {}
-    if layer not in names or layer not in modules:
-        raise invalid_parameter("layer", owner, f"one of {names}", layer)
-    return modules[layer]
-
-
-def _feature_gradient(
-    estimator: Any,
-    module: torch.nn.Module,
-    x: torch.Tensor,
-    objective: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient with respect to ``x`` of a per-sample function of a layer's output.
-
-    The estimator protocol offers gradients of functions of the *logits*
-    (``objective_gradient_tensor``) and activations without gradients
-    (``activations_tensor``). A forward hook on the layer's module captures its output during
-    ``objective_gradient_tensor``'s differentiable forward pass, so the objective can be a
-    function of the features while preprocessing, counting and devices stay the estimator's.
-    This needs ``estimator.model`` only to find the module (proposed protocol extension:
-    ``activation_gradient_tensor(x, layer, objective) -> (grad, value, activations)``).
-
-    Returns ``(grad, value)`` with ``objective(features) -> (N,)``.
-    """
-    captured: list[torch.Tensor] = []
-
-    def hook(_m: torch.nn.Module, _inp: Any, out: Any) -> None:
-        captured.append(out[0] if isinstance(out, (tuple, list)) else out)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        grad, value, _ = estimator.objective_gradient_tensor(
-            x, lambda logits: objective(captured[-1].flatten(1)) + 0.0 * logits[:, 0]
-        )
-    finally:
-        handle.remove()
-    return grad, value
 
 
 class FeatureCollision(PoisoningAttack):
@@ -113,10 +50,15 @@ class FeatureCollision(PoisoningAttack):
     extractor (transfer learning: the victim fine-tunes only the last layer(s) on the
     poisoned set). The poisons keep their correct labels (``y_p == y``).
 
+    ``poison(x, y)`` takes the base samples ``(N, *input_shape)`` inside the estimator's
+    ``clip_values`` (every one becomes a poison) and their labels.
+
     Parameters
     ----------
-    estimator : TorchClassifier
-        Needs ``activations`` and ``class_gradient`` (for the feature gradient).
+    estimator : estimator with ``activations`` and ``activation_gradient``
+        The feature extractor (e.g. a :class:`~bastion.estimators.TorchClassifier`): the
+        features come from ``activations_tensor``, their gradient with respect to the
+        poison from ``activation_gradient_tensor``.
     target : array-like or torch.Tensor, shape ``input_shape`` or ``(1, *input_shape)``
         The target test instance.
     layer : str or int, default=-2
@@ -179,6 +121,8 @@ class FeatureCollision(PoisoningAttack):
         "batch_size": BATCH_SIZE,
         "verbose": VERBOSE,
     }
+    _estimator_requirements = ("activations", "activation_gradient")
+    _sample_ndim = None  # any input shape: (N, *input_shape)
 
     #: How the conformance suite builds it (see ``bastion.testing``): 3 steps, one target.
     _conformance: ClassVar[dict[str, Any]] = {
@@ -215,97 +159,51 @@ class FeatureCollision(PoisoningAttack):
         self.batch_size = batch_size
         self.verbose = verbose
 
-    def _validate(self) -> None:
-        super()._validate()
-        require_capabilities(self.estimator, ("activations", "class_gradient"), type(self).__name__)
-
-    def _target_tensor(self) -> torch.Tensor:
+    def _poison(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
         est = self.estimator
-        t, _ = to_tensor(self.target, device=est.device, dtype=est.dtype)
-        shape = tuple(est.input_shape)
-        if tuple(t.shape) == shape:
-            t = t.unsqueeze(0)
-        if tuple(t.shape) != (1, *shape):
-            raise invalid_parameter(
-                "target",
-                type(self).__name__,
-                f"one image of shape {shape} or {(1, *shape)}",
-                f"an array of shape {tuple(t.shape)}",
-            )
-        return t
-
-    def poison(self, x: Any, y: Any) -> tuple[Any, Any, Any]:
-        """Turn base images into feature-collision poisons.
-
-        Parameters
-        ----------
-        x : array-like or torch.Tensor, shape (N, *input_shape)
-            Base images (every one becomes a poison).
-        y : array-like or torch.Tensor
-            Their (correct) labels, class indices or one-hot; returned unchanged.
-
-        Returns
-        -------
-        x_p : same type as ``x``
-            The poisons, aligned with the bases.
-        y_p : same type as ``y``
-            A copy of ``y``.
-        poison_mask : bool array, all True
-        """
-        self._validate()
-        name = type(self).__name__
-        est = self.estimator
-        xt, kind = to_tensor(x, dtype=None)
-        if xt.ndim < 2 or tuple(xt.shape[1:]) != tuple(est.input_shape):
-            raise InputError(
-                f"{name}: x must have shape (N, *{tuple(est.input_shape)}); got {tuple(xt.shape)}."
-            )
-        if xt.ndim == 4:
-            _image_batch(xt, name)
-        _class_labels(y, xt.shape[0], est.nb_classes, name)
-        module = _layer_module(est, self.layer, name)
-        target = self._target_tensor()
-        bases = xt.to(device=est.device, dtype=est.dtype)
+        layer = _resolve_layer(est, self.layer, type(self).__name__)
+        target = _target_images(self.target, est, type(self).__name__, single=True)
+        bases = x.to(device=est.device, dtype=est.dtype)
         if self.opacity > 0:
             bases = (1.0 - self.opacity) * bases + self.opacity * target
         d = int(np.prod(est.input_shape))
         beta = 0.25 * (2048.0 / d) ** 2 if self.beta is None else float(self.beta)
         with torch.no_grad():
-            feat_t = est.activations_tensor(target, self.layer).flatten(1)
+            feat_t = est.activations_tensor(target, layer).flatten(1)
         out, objs, dists = [], [], []
         for start in range(0, bases.shape[0], self.batch_size):
             p, obj, dist = self._collide(
-                bases[start : start + self.batch_size], feat_t, module, beta
+                bases[start : start + self.batch_size], feat_t, layer, beta
             )
             out.append(p)
             objs.append(obj)
             dists.append(dist)
-        x_p = torch.cat(out)
         self.objective_ = torch.cat(objs).cpu().numpy()
         self.feature_distance_ = torch.cat(dists).cpu().numpy()
-        mask = torch.ones(xt.shape[0], dtype=torch.bool)
-        return (
-            kind.restore(x_p.to(xt.device)),
-            _copy_like(y),
-            _mask_out(mask, kind.is_tensor, xt.device),
-        )
+        return torch.arange(x.shape[0]), torch.cat(out), None
 
     def _collide(
-        self, base: torch.Tensor, feat_t: torch.Tensor, module: torch.nn.Module, beta: float
+        self, base: torch.Tensor, feat_t: torch.Tensor, layer: str, beta: float
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         est = self.estimator
         clip = est.clip_values
         view = (-1,) + (1,) * (base.ndim - 1)
 
         def feature_loss(feat: torch.Tensor) -> torch.Tensor:
-            return (feat - feat_t).pow(2).sum(dim=1)
+            return (feat.flatten(1) - feat_t).pow(2).sum(dim=1)
+
+        def feature_gradient(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            grad, value, _ = est.activation_gradient_tensor(p, layer, feature_loss)
+            return grad, value
 
         def total(p: torch.Tensor, floss: torch.Tensor) -> torch.Tensor:
             return floss + 0.5 * beta * (p - base).flatten(1).pow(2).sum(dim=1)
 
         p = base.clone()
         lr = torch.full((base.shape[0],), float(self.learning_rate), device=base.device)
-        grad, floss = _feature_gradient(est, module, p, feature_loss)
+        grad, floss = feature_gradient(p)
         obj = total(p, floss)
         active = torch.ones(base.shape[0], dtype=torch.bool, device=base.device)
         for _ in tqdm(range(self.max_iter), desc="FeatureCollision", disable=not self.verbose):
@@ -314,7 +212,7 @@ class FeatureCollision(PoisoningAttack):
             cand = (cand + lr_v * beta * base) / (1.0 + lr_v * beta)  # proximal step
             if clip is not None:
                 cand = cand.clamp(float(clip[0]), float(clip[1]))
-            g_new, f_new = _feature_gradient(est, module, cand, feature_loss)
+            g_new, f_new = feature_gradient(cand)
             o_new = total(cand, f_new)
             accept = active & (o_new < obj)
             change = (cand - p).flatten(1).norm(dim=1) / p.flatten(1).norm(dim=1).clamp_min(1e-12)

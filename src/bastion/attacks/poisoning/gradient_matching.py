@@ -9,44 +9,22 @@ scratch on the poisoned set then follows that gradient and misclassifies the tar
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
-from bastion._validation import (
-    Constraint,
-    Interval,
-    RandomState,
-    Satisfies,
-    invalid_parameter,
-)
+from bastion._tensor import RandomStateLike
+from bastion._validation import Constraint, Interval, RandomState, Satisfies
 from bastion.attacks.base import VERBOSE
-from bastion.attacks.poisoning._base import PoisoningAttack, _image_batch, _is_array
-from bastion.attacks.poisoning.clean_label import _class_labels, _copy_like, _mask_out
-from bastion.estimators.base import require_capabilities
-from bastion.exceptions import EstimatorError
+from bastion.attacks.poisoning._base import PoisoningAttack, _is_array, _pick, _target_images
 
 __all__ = ["GradientMatching"]
 
 
-def _parameter_gradient(
-    estimator: Any, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool
-) -> tuple[torch.Tensor, ...]:
-    """Gradient of the mean cross-entropy at ``(x, y)`` w.r.t. the model's parameters.
-
-    The protocol has input gradients only; parameter gradients (and their derivative with
-    respect to ``x``, hence ``create_graph``) go through ``estimator.logits_tensor``, which is
-    differentiable, and ``estimator.model.parameters()``: the one use of ``model`` here
-    (proposed protocol extension: ``parameter_gradient_tensor(x, y, *, create_graph)``).
-    """
-    params = [p for p in estimator.model.parameters() if p.requires_grad]
-    with torch.enable_grad():
-        loss = F.cross_entropy(estimator.logits_tensor(x), y)
-        return torch.autograd.grad(loss, params, create_graph=create_graph)
+def _dot(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Inner product of two parameter gradients (one tensor per parameter)."""
+    return torch.stack([(u * v).sum() for u, v in zip(a, b, strict=True)]).sum()
 
 
 class GradientMatching(PoisoningAttack):
@@ -69,10 +47,15 @@ class GradientMatching(PoisoningAttack):
     and a model trained on clean data (the victim retrains from scratch on the poisoned set),
     and perturbs a small budget of training images within ``eps``.
 
+    ``poison(x, y)`` takes the training set ``(N, *input_shape)`` inside the estimator's
+    ``clip_values`` and its labels; it returns ``y`` unchanged.
+
     Parameters
     ----------
-    estimator : TorchClassifier
-        A model trained on clean data (the surrogate the gradients come from).
+    estimator : estimator with ``parameter_gradient``
+        A model trained on clean data (the surrogate the gradients come from, e.g. a
+        :class:`~bastion.estimators.TorchClassifier`): the training gradients and their
+        derivative with respect to the poisons come from ``parameter_gradient_tensor``.
     target : array-like or torch.Tensor, shape ``input_shape`` or ``(T, *input_shape)``
         The target image(s).
     target_label : int
@@ -132,6 +115,9 @@ class GradientMatching(PoisoningAttack):
         "random_state": [RandomState()],
         "verbose": VERBOSE,
     }
+    _estimator_requirements = ("parameter_gradient",)
+    _sample_ndim = None  # any input shape: (N, *input_shape)
+    _class_parameters = ("target_label",)
 
     #: How the conformance suite builds it (see ``bastion.testing``): 3 steps, one target.
     _conformance: ClassVar[dict[str, Any]] = {
@@ -168,95 +154,44 @@ class GradientMatching(PoisoningAttack):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _validate(self) -> None:
-        super()._validate()
+    def _why_nothing(self) -> str:
+        return f"the budget {self.budget} gives no poison of class {self.target_label}"
+
+    def _poison(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
         est = self.estimator
-        require_capabilities(est, ("predict", "logits"), type(self).__name__)
-        if not isinstance(getattr(est, "model", None), torch.nn.Module):
-            raise EstimatorError(
-                f"{type(self).__name__} needs gradients with respect to the model's parameters: "
-                f"a TorchClassifier, got {type(est).__name__}."
-            )
-
-    def _targets(self) -> torch.Tensor:
-        est = self.estimator
-        t, _ = to_tensor(self.target, device=est.device, dtype=est.dtype)
-        shape = tuple(est.input_shape)
-        if tuple(t.shape) == shape:
-            t = t.unsqueeze(0)
-        if tuple(t.shape[1:]) != shape:
-            raise invalid_parameter(
-                "target",
-                type(self).__name__,
-                f"images of shape {shape} or (T, *{shape})",
-                f"an array of shape {tuple(t.shape)}",
-            )
-        return t
-
-    def poison(self, x: Any, y: Any) -> tuple[Any, Any, Any]:
-        """Perturb a budget of training images of class ``target_label``; labels unchanged.
-
-        Parameters
-        ----------
-        x : array-like or torch.Tensor, shape (N, C, H, W)
-            Training images within ``clip_values``.
-        y : array-like or torch.Tensor
-            Class indices ``(N,)`` or one-hot.
-
-        Returns
-        -------
-        x_p : same type as ``x``
-        y_p : same type as ``y`` (a copy)
-        poison_mask : bool array (NumPy for NumPy ``x``, a tensor on x's device otherwise)
-        """
-        self._validate()
-        name = type(self).__name__
-        est = self.estimator
-        xt, kind = to_tensor(x, dtype=None)
-        _image_batch(xt, name, tuple(est.input_shape))
-        labels = _class_labels(y, xt.shape[0], est.nb_classes, name)
-        if self.target_label >= est.nb_classes:
-            raise invalid_parameter(
-                "target_label", name, f"a class in [0, {est.nb_classes - 1}]", self.target_label
-            )
-        targets = self._targets()
+        targets = _target_images(self.target, est, type(self).__name__, single=False)
         adv = torch.full((targets.shape[0],), int(self.target_label), device=est.device)
-        gen = resolve_random_state(self.random_state, "cpu")
-        members = torch.nonzero(labels == int(self.target_label)).flatten()
-        count = min(math.floor(self.budget * xt.shape[0] + 0.5), members.numel())
-        idx = torch.sort(members[torch.randperm(members.numel(), generator=gen)[:count]]).values
-        x_p = xt.clone()
-        mask = torch.zeros(xt.shape[0], dtype=torch.bool)
+        members = int((y == int(self.target_label)).sum())
+        count = min(math.floor(self.budget * x.shape[0] + 0.5), members)
+        idx = _pick(y, int(self.target_label), count, generator)
         self.alignment_history_: list[float] = []
         self.alignment_ = float("nan")
-        if count == 0:
-            warnings.warn(f"{name}: the budget {self.budget} gives no poison.", stacklevel=2)
-        else:
-            base = xt[idx.to(xt.device)].to(device=est.device, dtype=est.dtype)
-            y_base = labels[idx].to(est.device)
-            g_t = [g.detach() for g in _parameter_gradient(est, targets, adv, create_graph=False)]
-            best, best_loss = base, math.inf
-            for _ in range(self.restarts):
-                delta, loss, hist = self._brew(base, y_base, g_t, gen)
-                if loss < best_loss:
-                    best, best_loss, self.alignment_history_ = base + delta, loss, hist
-            self.alignment_ = 1.0 - best_loss
-            x_p[idx.to(xt.device)] = best.to(device=xt.device, dtype=xt.dtype)
-            mask[idx] = True
-        self.poison_indices_ = idx.numpy()
-        return kind.restore(x_p), _copy_like(y), _mask_out(mask, kind.is_tensor, xt.device)
+        if not count:
+            return idx, x[:0], None
+        base = x[idx.to(x.device)].to(device=est.device, dtype=est.dtype)
+        y_base = y[idx].to(est.device)
+        g_t = tuple(g.detach() for g in est.parameter_gradient_tensor(targets, adv))
+        best, best_loss = base, math.inf
+        for _ in range(self.restarts):
+            delta, loss, hist = self._brew(base, y_base, g_t, generator)
+            if loss < best_loss:
+                best, best_loss, self.alignment_history_ = base + delta, loss, hist
+        self.alignment_ = 1.0 - best_loss
+        return idx, best, None
 
     def _brew(
         self,
         base: torch.Tensor,
         y_base: torch.Tensor,
-        g_t: list[torch.Tensor],
+        g_t: tuple[torch.Tensor, ...],
         gen: torch.Generator,
     ) -> tuple[torch.Tensor, float, list[float]]:
         est = self.estimator
         eps = float(self.eps)
         lo, hi = est.clip_values if est.clip_values is not None else (-math.inf, math.inf)
-        t_norm = torch.stack([(g * g).sum() for g in g_t]).sum().sqrt()
+        t_norm = _dot(g_t, g_t).sqrt()
         start = (2 * torch.rand(base.shape, generator=gen, dtype=base.dtype) - 1) * eps
         delta = ((base + start.to(base.device)).clamp(lo, hi) - base).requires_grad_(True)
         opt = torch.optim.Adam([delta], lr=float(self.learning_rate))
@@ -266,10 +201,10 @@ class GradientMatching(PoisoningAttack):
         )
 
         def matching_loss(d: torch.Tensor, graph: bool) -> torch.Tensor:
-            g_p = _parameter_gradient(est, base + d, y_base, create_graph=graph)
-            dot = torch.stack([(a * b).sum() for a, b in zip(g_t, g_p, strict=True)]).sum()
-            p_norm = torch.stack([(g * g).sum() for g in g_p]).sum().sqrt()
-            return 1.0 - dot / (t_norm * p_norm).clamp_min(1e-30)
+            # With graph=True the poisons' gradient stays differentiable in d.
+            g_p = est.parameter_gradient_tensor(base + d, y_base, create_graph=graph)
+            p_norm = _dot(g_p, g_p).sqrt()
+            return 1.0 - _dot(g_t, g_p) / (t_norm * p_norm).clamp_min(1e-30)
 
         history = []
         for _ in tqdm(range(n), desc="GradientMatching", disable=not self.verbose):

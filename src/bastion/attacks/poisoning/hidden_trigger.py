@@ -8,7 +8,6 @@ images to the target class.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -16,20 +15,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
-from bastion._validation import (
-    Constraint,
-    Interval,
-    RandomState,
-    Satisfies,
-    invalid_parameter,
-)
+from bastion._tensor import RandomStateLike
+from bastion._validation import Constraint, Interval, RandomState, invalid_parameter
 from bastion.attacks.base import VERBOSE
-from bastion.attacks.poisoning._base import PoisoningAttack, _image_batch
-from bastion.attacks.poisoning.clean_label import _class_labels, _copy_like, _mask_out, _pick
-from bastion.attacks.poisoning.feature_collision import _LAYER, _feature_gradient, _layer_module
-from bastion.attacks.poisoning.triggers import Trigger
-from bastion.estimators.base import require_capabilities
+from bastion.attacks.poisoning._base import _LAYER, _pick, _resolve_layer, _share
+from bastion.attacks.poisoning.triggers import TRIGGER, Trigger, _TriggerAttack
 
 __all__ = ["HiddenTriggerBackdoor"]
 
@@ -38,12 +28,12 @@ def _distance_to(paired: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]
     """Per-sample squared feature distance to the paired triggered source features."""
 
     def distance(feat: torch.Tensor) -> torch.Tensor:
-        return (feat - paired).pow(2).sum(dim=1)
+        return (feat.flatten(1) - paired).pow(2).sum(dim=1)
 
     return distance
 
 
-class HiddenTriggerBackdoor(PoisoningAttack):
+class HiddenTriggerBackdoor(_TriggerAttack):
     """Hidden-trigger backdoor: target-class poisons that collide with triggered source images.
 
     ``K`` target-class training images ``t_k`` (a ``fraction`` of that class) become poisons
@@ -64,10 +54,15 @@ class HiddenTriggerBackdoor(PoisoningAttack):
     extractor the victim fine-tunes from. At test time the trigger (:meth:`apply_trigger`) on
     a source-class image should give the target class.
 
+    ``poison(x, y)`` takes images ``(N, *input_shape)`` (channel-first, ``(C, H, W)``) inside
+    the estimator's ``clip_values``, with samples of both the target and the source class;
+    it returns ``y`` unchanged.
+
     Parameters
     ----------
-    estimator : TorchClassifier
-        Needs ``activations`` and ``class_gradient``.
+    estimator : estimator with ``activations`` and ``activation_gradient``
+        The feature extractor the victim fine-tunes from (e.g. a
+        :class:`~bastion.estimators.TorchClassifier`).
     trigger : Trigger
         The secret trigger (the paper pastes a random patch at a random location).
     target : int
@@ -120,7 +115,7 @@ class HiddenTriggerBackdoor(PoisoningAttack):
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "trigger": [Satisfies(lambda t: isinstance(t, Trigger), "a Trigger instance")],
+        "trigger": TRIGGER,
         "target": [Interval(int, 0, None)],
         "source": [Interval(int, 0, None)],
         "layer": _LAYER,
@@ -133,6 +128,8 @@ class HiddenTriggerBackdoor(PoisoningAttack):
         "random_state": [RandomState()],
         "verbose": VERBOSE,
     }
+    _estimator_requirements = ("activations", "activation_gradient")
+    _class_parameters = ("target", "source")
 
     #: How the conformance suite builds it (see ``bastion.testing``): 5 steps.
     _conformance: ClassVar[dict[str, Any]] = {
@@ -175,60 +172,28 @@ class HiddenTriggerBackdoor(PoisoningAttack):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _validate(self) -> None:
-        super()._validate()
-        self.trigger._validate()
-        require_capabilities(self.estimator, ("activations", "class_gradient"), type(self).__name__)
+    def _why_nothing(self) -> str:
+        return f"no sample of the target class {self.target} or of the source class {self.source}"
 
-    def apply_trigger(self, x: Any) -> Any:
-        """Stamp the trigger on every sample of ``x`` (test inputs); same type out as in."""
-        self.trigger._validate()
-        return self.trigger.apply(x, random_state=self.random_state)
-
-    def poison(self, x: Any, y: Any) -> tuple[Any, Any, Any]:
-        """Perturb target-class training images into hidden-trigger poisons.
-
-        Parameters
-        ----------
-        x : array-like or torch.Tensor, shape (N, C, H, W)
-            Training images (with samples of both the target and the source class).
-        y : array-like or torch.Tensor
-            Class indices ``(N,)`` or one-hot.
-
-        Returns
-        -------
-        x_p : same type as ``x``
-        y_p : same type as ``y`` (a copy)
-        poison_mask : bool array (NumPy for NumPy ``x``, a tensor on x's device otherwise)
-        """
+    def _poison(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, None]:
         from scipy.optimize import linear_sum_assignment
 
-        self._validate()
         name = type(self).__name__
-        est = self.estimator
-        xt, kind = to_tensor(x, dtype=None)
-        _image_batch(xt, name, tuple(est.input_shape))
-        labels = _class_labels(y, xt.shape[0], est.nb_classes, name)
-        for pname in ("target", "source"):
-            value = getattr(self, pname)
-            if value >= est.nb_classes:
-                raise invalid_parameter(pname, name, f"a class in [0, {est.nb_classes - 1}]", value)
         if self.source == self.target:
             raise invalid_parameter("source", name, "a class other than target", self.source)
-        module = _layer_module(est, self.layer, name)
-        gen = resolve_random_state(self.random_state, "cpu")
-        idx = _pick(labels, int(self.target), float(self.fraction), gen)
-        sources = torch.nonzero(labels == int(self.source)).flatten()
-        mask = torch.zeros(xt.shape[0], dtype=torch.bool)
-        x_p = xt.clone()
+        est = self.estimator
+        layer = _resolve_layer(est, self.layer, name)
+        target = int(self.target)
+        idx = _pick(y, target, _share(y, target, float(self.fraction)), generator)
+        sources = torch.nonzero(y == int(self.source)).flatten()
         self.loss_history_: list[float] = []
         if idx.numel() == 0 or sources.numel() == 0:
-            warnings.warn(f"{name}: no poison (no target or source sample).", stacklevel=2)
-            self.poison_indices_ = idx.numpy()
-            return kind.restore(x_p), _copy_like(y), _mask_out(mask, kind.is_tensor, xt.device)
+            return idx[:0], x[:0], None
 
-        t = xt[idx.to(xt.device)].to(device=est.device, dtype=est.dtype)
-        x_src = xt[sources.to(xt.device)].to(device=est.device, dtype=est.dtype)
+        t = x[idx.to(x.device)].to(device=est.device, dtype=est.dtype)
+        x_src = x[sources.to(x.device)].to(device=est.device, dtype=est.dtype)
         k, eps = t.shape[0], float(self.eps)
         lo, hi = est.clip_values if est.clip_values is not None else (-np.inf, np.inf)
         z = t.clone()
@@ -238,18 +203,15 @@ class HiddenTriggerBackdoor(PoisoningAttack):
             if step % self.reassign_every == 0:
                 if step:
                     lr *= float(self.decay)
-                draw = torch.randint(sources.numel(), (k,), generator=gen)
-                s_trig = self.trigger._apply_tensor(x_src[draw.to(x_src.device)], gen)
+                draw = torch.randint(sources.numel(), (k,), generator=generator)
+                s_trig = self.trigger._apply_tensor(x_src[draw.to(x_src.device)], generator)
                 with torch.no_grad():
-                    f_s = est.activations_tensor(s_trig, self.layer).flatten(1)
-                    f_z = est.activations_tensor(z, self.layer).flatten(1)
+                    f_s = est.activations_tensor(s_trig, layer).flatten(1)
+                    f_z = est.activations_tensor(z, layer).flatten(1)
                 cost = torch.cdist(f_z, f_s).cpu().numpy()
                 _, cols = linear_sum_assignment(cost)
                 paired = f_s[torch.as_tensor(cols, device=f_s.device)]
-            grad, value = _feature_gradient(est, module, z, _distance_to(paired))
+            grad, value, _ = est.activation_gradient_tensor(z, layer, _distance_to(paired))
             self.loss_history_.append(float(value.mean()))
             z = torch.minimum(torch.maximum(z - lr * grad, t - eps), t + eps).clamp(lo, hi)
-        x_p[idx.to(xt.device)] = z.to(device=xt.device, dtype=xt.dtype)
-        mask[idx] = True
-        self.poison_indices_ = idx.numpy()
-        return kind.restore(x_p), _copy_like(y), _mask_out(mask, kind.is_tensor, xt.device)
+        return idx, z, None

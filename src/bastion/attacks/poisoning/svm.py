@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
+from bastion._tensor import RandomStateLike
 from bastion._validation import (
     NONE,
     Constraint,
@@ -33,15 +33,21 @@ __all__ = ["SVMPoisoning"]
 _KERNELS = ("linear", "rbf")
 
 
-def _svc_of(estimator: Any) -> Any:
-    """The scikit-learn SVC behind ``estimator`` (an SVC, or a SklearnClassifier around one)."""
-    model = getattr(estimator, "model", estimator)
-    if type(model).__name__ != "SVC" or not hasattr(model, "get_params"):
-        raise EstimatorError(
-            "SVMPoisoning needs a scikit-learn SVC (or a SklearnClassifier wrapping one), got "
-            f"{type(model).__name__}."
-        )
-    return model
+def _svc_of(learner: Any) -> Any:
+    """``learner`` if it is a scikit-learn SVC (the learning algorithm the attack retrains)."""
+    from sklearn.svm import SVC
+
+    if isinstance(learner, SVC):
+        return learner
+    hint = (
+        " A bastion estimator hides the SVC's dual coefficients the attack needs: pass the "
+        "scikit-learn SVC itself (it is cloned, never modified)."
+        if hasattr(learner, "capabilities")
+        else ""
+    )
+    raise EstimatorError(
+        f"SVMPoisoning needs a scikit-learn SVC, got {type(learner).__name__}.{hint}"
+    )
 
 
 def _kernel(a: torch.Tensor, b: torch.Tensor, kind: str, gamma: float) -> torch.Tensor:
@@ -80,11 +86,16 @@ class SVMPoisoning(PoisoningAttack):
     with knowledge of the learning algorithm, of the training data and of a validation set
     drawn from the same distribution. Binary classification; linear and RBF kernels.
 
+    ``poison(x, y)`` takes feature vectors ``(N, d)`` (inside ``clip_values`` where given) and
+    labels of exactly two distinct values, of any numeric type (kept in ``y_p``).
+
     Parameters
     ----------
-    estimator : sklearn.svm.SVC or SklearnClassifier around one
-        Gives the learning algorithm (its hyper-parameters ``C``, ``kernel``, ``gamma``);
-        retrained copies are made, the estimator itself is not modified.
+    estimator : sklearn.svm.SVC
+        The learning algorithm (its hyper-parameters ``C``, ``kernel``, ``gamma``), fitted or
+        not: retrained copies are made, the SVC itself is not modified. The attack needs the
+        dual coefficients of every retrained SVC, which no estimator protocol exposes, so it
+        takes the scikit-learn model itself rather than a bastion estimator.
     x_val : array-like, shape (M, d)
         Validation samples used by the attacker.
     y_val : array-like, shape (M,)
@@ -98,7 +109,8 @@ class SVMPoisoning(PoisoningAttack):
     tol : float, default=1e-4
         Stop when a step increases the validation loss by less than this.
     clip_values : (float, float) or None, default=None
-        Box the attack points stay in; ``None``: the range of the training data.
+        Box the attack points stay in, and the training data must lie in; ``None``: the
+        range of the training data.
     random_state : None, int or torch.Generator, default=None
         Chooses the training points the attack points start from.
     verbose : bool, default=False
@@ -109,6 +121,8 @@ class SVMPoisoning(PoisoningAttack):
         Training points replaced by attack points.
     loss_history_ : list of list of float
         Validation hinge loss along the optimisation of each attack point.
+    classes_ : numpy.ndarray
+        The two label values, sorted; ``classes_[1]`` is the SVC's positive class.
 
     References
     ----------
@@ -143,6 +157,7 @@ class SVMPoisoning(PoisoningAttack):
         "random_state": [RandomState()],
         "verbose": VERBOSE,
     }
+    _sample_ndim = 1  # feature vectors (N, d)
 
     #: How the conformance suite builds it (see ``bastion.testing``): 2 points, 5 steps.
     _conformance: ClassVar[dict[str, Any]] = {
@@ -254,46 +269,39 @@ class SVMPoisoning(PoisoningAttack):
 
     # ------------------------------------------------------------------ attack
 
-    def poison(self, x: Any, y: Any) -> tuple[Any, Any, Any]:
-        """Replace ``nb_points`` training points by optimised, label-flipped attack points.
+    def _bounds(self) -> tuple[None, tuple[float, float] | None]:
+        return None, self.clip_values
 
-        Parameters
-        ----------
-        x : array-like or torch.Tensor, shape (N, d)
-            Training samples.
-        y : array-like or torch.Tensor, shape (N,)
-            Binary labels (two distinct values).
-
-        Returns
-        -------
-        x_p : same type as ``x``
-        y_p : same type as ``y``
-            Labels with the attack points' labels flipped.
-        poison_mask : bool array (NumPy for NumPy ``x``, a tensor otherwise)
-        """
-        self._validate()
+    def _encode_labels(self, y: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+        """Codes 0 / 1 for the two label values (1: ``classes_[1]``, sklearn's positive
+        class)."""
         name = type(self).__name__
-        xt, kind = to_tensor(x, dtype=None)
-        yt, ykind = to_tensor(y, dtype=None)
-        if xt.ndim != 2 or not xt.is_floating_point():
-            raise InputError(f"{name}: x must be a float array (N, d); got {tuple(xt.shape)}.")
-        if not bool(torch.isfinite(xt).all()):
-            raise InputError(f"{name}: x contains NaN or infinite values.")
-        if yt.ndim != 1 or yt.shape[0] != xt.shape[0]:
-            raise InputError(f"{name}: y must be labels (N,) matching x; got {tuple(yt.shape)}.")
-        x_np = xt.detach().cpu().double().numpy()
-        y_np = yt.detach().cpu().numpy()
-        classes = np.unique(y_np)
-        if classes.size != 2:
+        if y.ndim != 1 or y.shape[0] != n:
+            raise InputError(f"{name}: y must be labels (N,) matching x; got {tuple(y.shape)}.")
+        classes, codes = torch.unique(y.cpu(), return_inverse=True)
+        if classes.numel() != 2:
             raise InputError(f"{name}: y must hold exactly two classes; got {classes.tolist()}.")
+        self.classes_ = classes.numpy()
+        return codes.to(torch.int64), 2
+
+    def _decode_labels(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.classes_)[codes]
+
+    def _poison(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        name = type(self).__name__
+        x_np = x.detach().cpu().double().numpy()
         xv = np.asarray(self.x_val, dtype=np.float64)
         yv = np.asarray(self.y_val)
         if xv.shape[1] != x_np.shape[1] or yv.shape[0] != xv.shape[0]:
             raise invalid_parameter(
                 "x_val", name, f"a validation set (M, {x_np.shape[1]}) matching y_val", xv.shape
             )
-        if not np.isin(yv, classes).all():
-            raise invalid_parameter("y_val", name, f"labels in {classes.tolist()}", "other labels")
+        if not np.isin(yv, self.classes_).all():
+            raise invalid_parameter(
+                "y_val", name, f"labels in {self.classes_.tolist()}", "other labels"
+            )
         if self.nb_points > x_np.shape[0]:
             raise invalid_parameter(
                 "nb_points", name, f"an int in [1, {x_np.shape[0]}]", self.nb_points
@@ -301,11 +309,10 @@ class SVMPoisoning(PoisoningAttack):
         lo, hi = self.clip_values if self.clip_values is not None else (x_np.min(), x_np.max())
         learner, kern, gamma = self._learner(x_np)
         # Signs: +1 for the class sklearn treats as positive (classes_[1]).
-        s_np = np.where(y_np == classes[1], 1.0, -1.0)
-        sv_np = np.where(yv == classes[1], 1.0, -1.0)
+        s_np = 2.0 * y.double().numpy() - 1.0
+        sv_np = np.where(yv == self.classes_[1], 1.0, -1.0)
         xv_t, sv_t = torch.from_numpy(xv), torch.from_numpy(sv_np)
-        gen = resolve_random_state(self.random_state, "cpu")
-        order = torch.randperm(x_np.shape[0], generator=gen)[: self.nb_points]
+        order = torch.randperm(x_np.shape[0], generator=generator)[: self.nb_points]
         chosen = torch.sort(order).values.numpy()
         x_cur, s_cur = x_np.copy(), s_np.copy()
         self.loss_history_ = []
@@ -341,12 +348,5 @@ class SVMPoisoning(PoisoningAttack):
                 svc, loss = svc_new, new
                 history.append(new)
             self.loss_history_.append(history)
-        mask = np.zeros(x_np.shape[0], dtype=bool)
-        mask[chosen] = True
-        self.poison_indices_ = chosen
-        y_p = y_np.copy()
-        y_p[chosen] = np.where(s_cur[chosen] > 0, classes[1], classes[0])
-        x_out = kind.restore(torch.from_numpy(x_cur).to(xt.dtype))
-        y_out = ykind.restore(torch.from_numpy(y_p).to(yt.device), keep_dtype=True)
-        mask_out = torch.from_numpy(mask).to(xt.device) if kind.is_tensor else mask
-        return x_out, y_out, mask_out
+        idx = torch.from_numpy(chosen)
+        return idx, torch.from_numpy(x_cur[chosen]), torch.from_numpy(s_cur[chosen] > 0).long()

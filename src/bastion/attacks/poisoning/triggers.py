@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from bastion._params import Parametrized
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
     NONE,
@@ -27,9 +28,10 @@ from bastion._validation import (
 )
 from bastion.attacks.poisoning._base import (
     _CLIP,
-    _image_batch,
+    PoisoningAttack,
+    _check_samples,
     _is_array,
-    _Parametrized,
+    _to_tensor,
 )
 from bastion.exceptions import InputError
 
@@ -39,7 +41,7 @@ __all__ = ["BlendTrigger", "PatchTrigger", "PixelTrigger", "SinusoidalTrigger", 
 # --------------------------------------------------------------------------- triggers
 
 
-class Trigger(_Parametrized):
+class Trigger(Parametrized):
     """Base of backdoor triggers: ``apply(x)`` stamps the trigger on every image of a batch.
 
     Subclasses implement ``_apply(x, generator) -> x_triggered`` on a float tensor
@@ -55,17 +57,24 @@ class Trigger(_Parametrized):
         Parameters
         ----------
         x : array-like or torch.Tensor, shape (N, C, H, W)
-            Channel-first images.
+            Channel-first images inside ``clip_values``.
         random_state : None, int or torch.Generator
             Draws what is random per sample (e.g. the position of a ``"random"`` patch).
 
         Returns
         -------
         x_triggered : same type, device, dtype and shape as ``x``
+
+        Raises
+        ------
+        InputError
+            ``x`` is not a non-empty batch of finite float images inside ``clip_values``
+            (the trigger would clip such images, changing them beyond the trigger).
         """
         self._validate()
-        xt, kind = to_tensor(x, dtype=None)
-        _image_batch(xt, type(self).__name__)
+        owner = type(self).__name__
+        xt, kind = _to_tensor(x, "x", owner)
+        _check_samples(xt, owner, sample_ndim=3, clip_values=self.clip_values)
         gen = resolve_random_state(random_state, "cpu")
         return kind.restore(self._apply_tensor(xt, gen))
 
@@ -81,26 +90,24 @@ class Trigger(_Parametrized):
 _CORNERS = ("bottom-right", "bottom-left", "top-left", "top-right", "center", "random")
 
 
-def _is_position(value: Any) -> bool:
-    if isinstance(value, str):
-        return value in _CORNERS
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_int_pair(value: Any, low: int) -> bool:
     return (
         isinstance(value, Sequence)
         and len(value) == 2
-        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
-        and all(int(v) >= 0 for v in value)
+        and all(_is_int(v) and int(v) >= low for v in value)
     )
+
+
+def _is_position(value: Any) -> bool:
+    return value in _CORNERS if isinstance(value, str) else _is_int_pair(value, 0)
 
 
 def _is_size(value: Any) -> bool:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value) >= 1
-    return (
-        isinstance(value, Sequence)
-        and len(value) == 2
-        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
-        and all(int(v) >= 1 for v in value)
-    )
+    return int(value) >= 1 if _is_int(value) else _is_int_pair(value, 1)
 
 
 _POSITION: list[Constraint] = [
@@ -451,3 +458,29 @@ class SinusoidalTrigger(Trigger):
         # sin(pi) is not exactly 0 in floating point: round away the 1e-17 residue.
         signal = torch.where(signal.abs() < 1e-12, torch.zeros_like(signal), signal)
         return x + signal.to(x.dtype)
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def _is_trigger(value: Any) -> bool:
+    return isinstance(value, Trigger)
+
+
+#: The ``trigger`` parameter of the attacks that plant one.
+TRIGGER: list[Constraint] = [Satisfies(_is_trigger, "a Trigger instance")]
+
+
+class _TriggerAttack(PoisoningAttack):
+    """A poisoning attack that plants a backdoor ``trigger``; :meth:`apply_trigger` stamps it
+    on test inputs."""
+
+    trigger: Trigger
+    random_state: RandomStateLike
+
+    def apply_trigger(self, x: Any) -> Any:
+        """Stamp the trigger on every sample of ``x`` (test inputs, to measure the attack's
+        success rate); same type out as in. Draws on ``random_state`` where the trigger is
+        random (a ``"random"`` patch position)."""
+        self._validate_params()
+        return self.trigger.apply(x, random_state=self.random_state)
