@@ -12,7 +12,7 @@ from bastion.attacks import perturbation_norms
 from bastion.attacks.evasion import APGD, FGSM
 from bastion.attacks.evasion.auto_attack import AutoAttack
 from bastion.estimators import TorchClassifier
-from bastion.exceptions import InputError, InvalidParameterError
+from bastion.exceptions import InputError, InvalidParameterError, ModelError
 from bastion.testing import check_attack
 from conftest import accuracy
 
@@ -186,7 +186,7 @@ def test_flags_zero_gradients(subset):
     with pytest.warns(UserWarning, match="zero-gradients"):
         res = AutoAttack(
             clf, eps=0.1, version="custom", attacks=["apgd-ce"], max_iter=3, random_state=0
-        ).evaluate(x)
+        ).evaluate(x, y)
     assert "zero-gradients" in {f.code for f in res.flags}
 
 
@@ -216,6 +216,7 @@ def test_flags_black_box_beating_white_box(subset):
             return (torch.round(z.flatten(1) * 4) / 4) @ self.w
 
     clf = TorchClassifier(Quantised(), input_shape=(1, 28, 28), nb_classes=10, clip_values=(0, 1))
+    predicted = clf.predict(x).argmax(1)  # the explicit way to measure prediction stability
     with pytest.warns(UserWarning):
         res = AutoAttack(
             clf,
@@ -225,7 +226,7 @@ def test_flags_black_box_beating_white_box(subset):
             max_iter=5,
             max_queries=100,
             random_state=0,
-        ).evaluate(x)
+        ).evaluate(x, predicted)
     # APGD only wins through its random start; Square breaks what it left
     assert res.robust_accuracy < res.accuracy_after["apgd-ce"] - 0.2
     assert {"zero-gradients", "black-box-stronger"} <= {f.code for f in res.flags}
@@ -251,6 +252,119 @@ def test_parameter_errors(digits_cnn, subset):
         AutoAttack(digits_cnn, version="custom", attacks=["pgd"]).evaluate(x, y)
     with pytest.raises(InvalidParameterError, match="'version'"):
         AutoAttack(digits_cnn, version="fast").evaluate(x, y)
+
+
+def test_evaluate_requires_labels_and_generate_says_it_used_predictions(digits_cnn, subset):
+    x, y = subset
+    x, y = x[:12], y[:12]
+    aa = AutoAttack(digits_cnn, eps=0.1, version="custom", attacks=["apgd-ce"], max_iter=3)
+    with pytest.raises(InputError, match="needs the true labels y"):
+        aa.evaluate(x)
+    x_adv = aa.generate(x)  # the evasion-attack convention: predictions as labels
+    res = aa.result_
+    assert res.labels == "predicted" and np.isnan(res.clean_accuracy)
+    assert "predicted-labels" in {f.code for f in res.flags}
+    assert "unknown" in res.summary() and res.to_dict()["clean_accuracy"] is None
+    np.testing.assert_array_equal(x_adv, res.x_adv)
+    # robust = predictions no attack changed
+    pred, pred_adv = digits_cnn.predict(x).argmax(1), digits_cnn.predict(x_adv).argmax(1)
+    np.testing.assert_array_equal(res.robust, pred == pred_adv)
+    assert aa.evaluate(x, y).labels == "given"
+
+
+def _count_apgd_runs(monkeypatch, interrupt_at):
+    """Count APGD's runs, raising KeyboardInterrupt at run number ``interrupt_at``."""
+    record = {"runs": 0, "interrupt_at": interrupt_at}
+    original = APGD.generate
+
+    def generate(self, *args, **kwargs):
+        record["runs"] += 1
+        if record["runs"] == record["interrupt_at"]:
+            raise KeyboardInterrupt("simulated interruption")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(APGD, "generate", generate)
+    return record
+
+
+def test_resumed_evaluation_equals_an_uninterrupted_one(digits_cnn, subset, tmp_path, monkeypatch):
+    x, y = subset
+    x, y = x[:30], y[:30]
+    path = tmp_path / "state.pt"
+
+    def make(state_path=path):
+        return AutoAttack(
+            digits_cnn,
+            eps=0.06,
+            version="custom",
+            attacks=["apgd-ce", "apgd-dlr"],
+            max_iter=5,
+            random_state=3,
+            state_path=state_path,
+        )
+
+    whole = make(None).evaluate(x, y)
+    record = _count_apgd_runs(monkeypatch, interrupt_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        make().evaluate(x, y)  # interrupted in APGD-DLR, after APGD-CE was saved
+    record.update(runs=0, interrupt_at=None)
+    resumed = make().evaluate(x, y)
+    assert record["runs"] == 1  # APGD-CE was not run again
+    assert 0 < whole.accuracy_after["apgd-dlr"] < whole.accuracy_after["apgd-ce"]  # both count
+    np.testing.assert_array_equal(resumed.x_adv, whole.x_adv)
+    np.testing.assert_array_equal(resumed.robust, whole.robust)
+    np.testing.assert_array_equal(resumed.broken_by, whole.broken_by)
+    assert resumed.accuracy_after == whole.accuracy_after
+    assert resumed.clean_accuracy == whole.clean_accuracy
+
+
+def test_a_repeated_attack_runs_again_under_its_own_label(digits_cnn, subset):
+    x, y = subset
+    _Spy.calls, _Spy.fail = [], False
+    res = AutoAttack(
+        digits_cnn,
+        eps=0.05,
+        version="custom",
+        attacks=[_Spy(digits_cnn, eps=0.05), _Spy(digits_cnn, eps=0.1)],
+    ).evaluate(x, y)
+    assert list(res.accuracy_after) == ["_Spy", "_Spy#2"] and len(_Spy.calls) == 2
+    assert set(res.broken_by[~res.robust]) <= {"clean", "_Spy", "_Spy#2"}
+
+
+class _NaNAfter(torch.nn.Module):
+    """A linear digits model that returns NaN from its ``after``-th forward call on."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.lin = torch.nn.Linear(28 * 28, 10)
+        with torch.no_grad():  # seeded without the global RNG
+            gen = torch.Generator().manual_seed(0)
+            self.lin.weight.copy_(torch.randn(10, 28 * 28, generator=gen) * 0.05)
+            self.lin.bias.zero_()
+        self.after, self.calls = after, 0
+
+    def forward(self, z):
+        self.calls += 1
+        out = self.lin(z.flatten(1))
+        return out * float("nan") if self.calls >= self.after else out
+
+
+@pytest.mark.parametrize("after", [1, 3, 8])
+def test_a_model_returning_nan_raises_model_error_not_a_flag(subset, after):
+    """First call (clean predictions), the health check's repeated calls (where NaN != NaN
+    used to read as a randomised model) and inside the attacks: always a ModelError."""
+    x, _ = subset
+    x = x[:10]
+    # Labels = the model's own predictions: every sample starts correct, so the attack runs
+    # (and calls the model) past the 8th forward pass.
+    y = _NaNAfter(10**9)(torch.as_tensor(x)).argmax(1).numpy()
+    clf = TorchClassifier(_NaNAfter(after), input_shape=(1, 28, 28), nb_classes=10)
+    aa = AutoAttack(clf, eps=0.1, version="custom", attacks=["apgd-ce"], max_iter=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "randomized" (or any) flag is raised instead
+        with pytest.raises(ModelError, match="NaN"):
+            aa.evaluate(x, y)
+    assert not hasattr(aa, "result_")
 
 
 def test_conformance():

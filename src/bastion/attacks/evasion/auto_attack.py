@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-import hashlib
+import logging
+import math
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from bastion._tensor import resolve_random_state, to_tensor
+from bastion._tensor import ArrayKind, resolve_random_state, to_tensor
 from bastion._validation import NONE, Constraint, Interval, Options, Satisfies, check_x
 from bastion.attacks._lp import canonical_norm, lp_norm
 from bastion.attacks.base import (
@@ -27,9 +28,19 @@ from bastion.attacks.base import (
     EvasionAttack,
     FixedBudgetAttack,
 )
+from bastion.attacks.evasion._auto_attack_state import (
+    CLEAN,
+    FIRST,
+    Progress,
+    digest,
+    load_progress,
+    save_progress,
+)
 from bastion.exceptions import InputError, InvalidParameterError
 
 __all__ = ["AutoAttack", "AutoAttackResult", "EvaluationFlag"]
+
+_LOG = logging.getLogger("bastion")
 
 #: The attacks AutoAttack knows by name.
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -60,6 +71,64 @@ def _valid_attacks(value: Any) -> bool:
     )
 
 
+def _unique_labels(attacks: list[Any], label: Callable[[Any], str]) -> list[str]:
+    """One label per attack; a repeated one gets ``#2``, ``#3``... (two APGD instances in a
+    custom list are two attacks, each with its own record)."""
+    seen: dict[str, int] = {}
+    out = []
+    for attack in attacks:
+        name = label(attack)
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
+def _plain(value: Any) -> bool | int | float | str | None:
+    """``value`` as a built-in scalar (NumPy scalars are not data to ``weights_only``
+    loading), or None when it is not a scalar."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return None
+
+
+def _describe_attack(attack: Any, label: str) -> Any:
+    """A name, or an instance's label and plain-valued parameters (what a resumed evaluation
+    must share with the saved one)."""
+    if isinstance(attack, str):
+        return attack
+    params = {k: _plain(v) for k, v in attack.get_params().items()}
+    return {"attack": label, "params": {k: v for k, v in params.items() if v is not None}}
+
+
+def _is_square(attack: Any) -> bool:
+    from bastion.attacks.evasion.square import SquareAttack
+
+    return attack == "square" or isinstance(attack, SquareAttack)
+
+
+@dataclass
+class _Run:
+    """One evaluation's resolved inputs and attack plan."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mask: torch.Tensor | None
+    eps: torch.Tensor
+    norm: str
+    kind: ArrayKind
+    attacks: list[Any]
+    labels: list[str]
+    seeds: list[int]
+    labels_from: str
+    path: Path | None
+
+
 @dataclass(frozen=True)
 class EvaluationFlag:
     """A warning sign raised during an evaluation (the reference implementation's checks).
@@ -68,7 +137,8 @@ class EvaluationFlag:
     ----------
     code : str
         ``"randomized"``, ``"probability-outputs"``, ``"zero-gradients"``,
-        ``"black-box-stronger"`` or ``"few-classes"``.
+        ``"black-box-stronger"``, ``"few-classes"`` or ``"predicted-labels"`` (no true labels
+        were given: see :meth:`AutoAttack.generate`).
     message : str
         What was seen and what to do about it.
     """
@@ -86,11 +156,13 @@ class AutoAttackResult:
     x_adv : array or tensor
         Adversarial examples (the clean input where none was found), in the caller's type.
     clean_accuracy, robust_accuracy : float
-        Accuracy on the clean inputs, and on the worst case found within the budget.
+        Accuracy on the clean inputs, and on the worst case found within the budget. With
+        ``labels="predicted"`` the clean accuracy is NaN (unknown) and the robust accuracy is
+        the fraction of predictions that no attack changed.
     robust : numpy.ndarray of bool
         Per sample: still correctly classified after every attack.
     broken_by : numpy.ndarray of str
-        Per sample: ``"clean"`` when misclassified without any attack, the name of the first
+        Per sample: ``"clean"`` when misclassified without any attack, the label of the first
         attack that broke it, or ``""`` when it is robust.
     accuracy_after : dict
         Robust accuracy after each attack, in the order they ran.
@@ -99,7 +171,11 @@ class AutoAttackResult:
     flags : list of EvaluationFlag
         Signs that the evaluation may overestimate robustness.
     norm, eps, version, attacks
-        The evaluation's threat model and attack list.
+        The evaluation's threat model and attack labels (a label repeated in a custom list
+        gets ``#2``, ``#3``...).
+    labels : {"given", "predicted"}
+        Whether the accuracies are measured against the labels given, or against the model's
+        own predictions (:meth:`AutoAttack.generate` without ``y``).
     """
 
     x_adv: Any
@@ -114,13 +190,19 @@ class AutoAttackResult:
     eps: Any = None
     version: str = "standard"
     attacks: list[str] = field(default_factory=list)
+    labels: str = "given"
 
     def summary(self) -> str:
         """A plain-text table: accuracy after each attack, time, flags."""
+        clean = (
+            f"{self.clean_accuracy:7.2%}"
+            if math.isfinite(self.clean_accuracy)
+            else "unknown (no labels: accuracies against the model's own predictions)"
+        )
         lines = [
             f"AutoAttack ({self.version}, L{self.norm}, eps={self.eps}) on {len(self.robust)} "
             "samples",
-            f"  clean accuracy        {self.clean_accuracy:7.2%}",
+            f"  clean accuracy        {clean}",
         ]
         for name, acc in self.accuracy_after.items():
             lines.append(f"  after {name:<15} {acc:7.2%}   ({self.seconds.get(name, 0.0):.1f} s)")
@@ -136,7 +218,8 @@ class AutoAttackResult:
             "eps": self.eps if np.isscalar(self.eps) else np.asarray(self.eps).tolist(),
             "attacks": list(self.attacks),
             "n": len(self.robust),
-            "clean_accuracy": self.clean_accuracy,
+            "labels": self.labels,
+            "clean_accuracy": (self.clean_accuracy if math.isfinite(self.clean_accuracy) else None),
             "robust_accuracy": self.robust_accuracy,
             "accuracy_after": dict(self.accuracy_after),
             "seconds": dict(self.seconds),
@@ -174,6 +257,15 @@ class AutoAttack(FixedBudgetAttack):
     and within ``eps`` in the chosen norm (up to 1e-6), so an attack that overshoots cannot
     lower the robust accuracy.
 
+    :meth:`evaluate` needs the true labels. :meth:`generate` follows the convention of every
+    evasion attack (without ``y``, the model's predictions serve as labels) and keeps its
+    evaluation in ``result_``, marked ``labels="predicted"`` with an unknown (NaN) clean
+    accuracy and a ``"predicted-labels"`` flag.
+
+    A model that fails or returns NaN/infinite outputs stops the evaluation with the
+    estimator's :class:`~bastion.exceptions.ModelError`: robustness is never reported on
+    outputs that cannot be trusted.
+
     The evaluation also raises the reference implementation's warning signs, as
     :class:`EvaluationFlag` entries in the result and as Python warnings: predictions that
     change between identical calls (use ``version="rand"``), outputs that look like
@@ -199,8 +291,14 @@ class AutoAttack(FixedBudgetAttack):
         Square's queries per point.
     state_path : str or Path, optional
         Where to save the progress after each attack; an evaluation given the path of an
-        earlier, interrupted run of the same inputs and settings resumes after the last
-        finished attack.
+        earlier, interrupted run of the same inputs, labels, mask and settings resumes after
+        the last finished attack, with the same result as an uninterrupted run (for an int
+        ``random_state``). The file holds data only (tensors, strings and numbers, read back
+        with ``torch.load(weights_only=True)``), so a planted file cannot run code; it is
+        checked before use (its settings, shapes and dtypes, and every saved adversarial
+        example against the model), and anything else raises
+        :class:`~bastion.exceptions.InputError`. State files of earlier bastion versions
+        (pickles) are refused, never unpickled.
     batch_size : int, default 500
         Batch size of every attack.
     random_state : None, int or torch.Generator
@@ -229,9 +327,10 @@ class AutoAttack(FixedBudgetAttack):
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 4))
     >>> clf = TorchClassifier(net, input_shape=(8,), nb_classes=4, clip_values=(0, 1))
     >>> x = torch.rand(6, 8)
+    >>> y = torch.randint(0, 4, (6,), generator=torch.Generator().manual_seed(0))
     >>> aa = AutoAttack(clf, eps=0.2, version="custom", attacks=["apgd-ce", "apgd-t"],
     ...                 max_iter=10, random_state=0)
-    >>> result = aa.evaluate(x)
+    >>> result = aa.evaluate(x, y)
     >>> result.robust_accuracy <= result.clean_accuracy
     True
     """
@@ -365,26 +464,25 @@ class AutoAttack(FixedBudgetAttack):
             est, eps=self.eps, norm=norm_arg, max_queries=self.max_queries, **common
         ), False
 
-    def _fingerprint(self, x: torch.Tensor, y: torch.Tensor) -> str:
-        h = hashlib.sha256()
-        h.update(x.detach().cpu().contiguous().numpy().tobytes())
-        h.update(y.detach().cpu().contiguous().numpy().tobytes())
-        eps = self.eps if np.isscalar(self.eps) else np.asarray(self.eps).tolist()
-        attacks = [self._label(a) for a in self._attack_list()]
-        h.update(
-            repr(
-                (
-                    eps,
-                    canonical_norm(self.norm),
-                    self.version,
-                    attacks,
-                    self.max_iter,
-                    self.max_queries,
-                    self.random_state if isinstance(self.random_state, int) else None,
-                )
-            ).encode()
-        )
-        return h.hexdigest()
+    def _settings(self, run: _Run) -> dict[str, Any]:
+        """What a saved state must share with this evaluation to be resumed by it: the inputs,
+        labels and mask (as digests) and every setting that changes the result."""
+        eps = _plain(self.eps)
+        if eps is None:  # one budget per sample
+            eps = digest(to_tensor(self.eps, dtype=torch.float64)[0])
+        return {
+            "inputs": digest(run.x, run.y, run.mask),
+            "labels": run.labels_from,
+            "eps": eps,
+            "norm": run.norm,
+            "version": self.version,
+            "attacks": [
+                _describe_attack(a, label) for a, label in zip(run.attacks, run.labels, strict=True)
+            ],
+            "max_iter": _plain(self.max_iter),
+            "max_queries": _plain(self.max_queries),
+            "random_state": _plain(self.random_state),
+        }
 
     # ------------------------------------------------------------------ checks
 
@@ -444,8 +542,14 @@ class AutoAttack(FixedBudgetAttack):
     # ------------------------------------------------------------------ evaluation
 
     def generate(self, x: Any, y: Any = None, *, mask: Any = None) -> Any:
-        """Adversarial examples from :meth:`evaluate` (its result is kept in ``result_``)."""
-        return self.evaluate(x, y, mask=mask).x_adv
+        """Adversarial examples of the ensemble (the evaluation is kept in ``result_``).
+
+        Like every evasion attack, without ``y`` the estimator's predictions serve as labels:
+        ``result_.labels`` is then ``"predicted"``, its clean accuracy is NaN (unknown) and
+        its robust accuracy is the fraction of predictions no attack could change. Use
+        :meth:`evaluate` with the true labels to measure robustness.
+        """
+        return self._evaluate(x, y, mask).x_adv
 
     def evaluate(self, x: Any, y: Any = None, *, mask: Any = None) -> AutoAttackResult:
         """Run the ensemble and report robust accuracy, per-sample outcomes and flags.
@@ -453,166 +557,252 @@ class AutoAttack(FixedBudgetAttack):
         Parameters
         ----------
         x : array-like or torch.Tensor, shape (N, *input_shape)
-        y : array-like or torch.Tensor, optional
-            True labels; the estimator's predictions when omitted.
+        y : array-like or torch.Tensor
+            True labels, class indices ``(N,)`` or one-hot ``(N, nb_classes)``. Required:
+            against the model's own predictions the clean accuracy would be 1 by construction
+            and misclassified points would count as robust. To measure the stability of the
+            predictions on purpose, pass them as ``y`` (or use :meth:`generate`).
         mask : array-like or torch.Tensor, optional
             Which features may change (1) and which may not (0).
 
         Returns
         -------
         AutoAttackResult
+
+        Raises
+        ------
+        InputError
+            Without ``y``; on bad inputs; when ``state_path`` holds anything else than the
+            state of this evaluation.
+        ModelError
+            When the model fails or returns NaN/infinite outputs (raised by the estimator).
         """
+        if y is None:
+            raise InputError(
+                "AutoAttack.evaluate needs the true labels y: without them robustness would be "
+                "measured against the model's own predictions, so the clean accuracy would be "
+                "1 by construction and misclassified points would count as robust. Pass "
+                "evaluate(x, y); to measure how stable the predictions are, pass them "
+                "explicitly as y (e.g. estimator.predict(x).argmax(1))."
+            )
+        return self._evaluate(x, y, mask)
+
+    def _evaluate(self, x: Any, y: Any, mask: Any) -> AutoAttackResult:
         self._validate()
+        run = self._prepare_run(x, y, mask)
+        progress = self._start_or_resume(run)
+        flags = self._health_checks(run.x, run.y)
+        self._run_attacks(run, progress, flags)
+        for flag in flags:
+            warnings.warn(f"AutoAttack [{flag.code}]: {flag.message}", stacklevel=3)
+        # Recorded, not warned: generate without y is the documented convention of every attack.
+        if run.labels_from == "predicted":
+            flags.append(
+                EvaluationFlag(
+                    "predicted-labels",
+                    "no labels were given: the model's own predictions served as labels, so "
+                    "the clean accuracy is unknown and the robust accuracy is the fraction of "
+                    "predictions no attack could change (misclassified points count as "
+                    "robust). Pass the true labels to evaluate().",
+                )
+            )
+        self.result_ = self._result(run, progress, flags)
+        return self.result_
+
+    def _prepare_run(self, x: Any, y: Any, mask: Any) -> _Run:
+        """Inputs as checked tensors, the budget, the attack list with unique labels and one
+        seed per attack (drawn in order, so a resumed run seeds each attack as a whole one)."""
         est = self.estimator
         xt, kind = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
         check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
+        labels_from = "predicted" if y is None else "given"
         yt = self._resolve_labels(xt, y)
-        mt = self._resolve_mask(mask, xt)
-        eps_all = self._budget("eps", xt)
-        norm = canonical_norm(self.norm)
+        attacks = self._attack_list()
         gen = resolve_random_state(self.random_state, est.device)
-        attack_list = self._attack_list()
-        labels = [self._label(a) for a in attack_list]
         seeds = [
             int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device))
-            for _ in attack_list
+            for _ in attacks
         ]
+        path = None if self.state_path is None else Path(self.state_path)
+        if path is not None and not path.parent.is_dir():
+            raise InputError(
+                f"The folder of the AutoAttack state_path {str(path)!r} does not exist; create "
+                "it or give another state_path."
+            )
+        return _Run(
+            x=xt,
+            y=yt,
+            mask=self._resolve_mask(mask, xt),
+            eps=self._budget("eps", xt),
+            norm=canonical_norm(self.norm),
+            kind=kind,
+            attacks=attacks,
+            labels=_unique_labels(attacks, self._label),
+            seeds=seeds,
+            labels_from=labels_from,
+            path=path,
+        )
 
-        n = xt.shape[0]
-        pred = self._predicted_labels(xt)
-        state: dict[str, Any] = {
-            "x_adv": xt.clone(),
-            "robust": pred == yt,
-            "broken_by": np.where((pred != yt).cpu().numpy(), "clean", "").astype(object),
-            "done": [],
-            "accuracy_after": {},
-            "seconds": {},
-        }
-        clean_acc = int(state["robust"].sum()) / max(n, 1)
-        path = Path(self.state_path) if self.state_path is not None else None
-        fingerprint = self._fingerprint(xt, yt)
-        if path is not None and path.exists():
-            saved = torch.load(path, map_location=est.device, weights_only=False)
-            if saved.get("fingerprint") != fingerprint:
-                raise InputError(
-                    f"{path} holds the state of a different evaluation (other inputs, labels or "
-                    "settings); delete it or give another state_path."
-                )
-            state = saved["state"]
+    def _start_or_resume(self, run: _Run) -> Progress:
+        """The progress saved at ``state_path`` by an interrupted run of this evaluation
+        (checked), or a fresh start."""
+        misclassified = self._predicted_labels(run.x) != run.y
+        if run.path is None or not run.path.exists():
+            return Progress.start(run.x, misclassified)
+        progress = load_progress(run.path, self._settings(run), run.labels, run.x)
+        self._check_resumed(run, progress, misclassified)
+        return progress
 
-        flags = self._health_checks(xt, yt)
-        white_box_robust: torch.Tensor | None = None
-        for attack, label, seed in zip(attack_list, labels, seeds, strict=True):
-            if label in state["done"]:
+    def _check_resumed(self, run: _Run, progress: Progress, misclassified: torch.Tensor) -> None:
+        """A saved state is used only if the model still agrees with it: the same clean
+        mistakes, untouched inputs where no attack succeeded, and valid adversarial examples
+        (misclassified, within the budget and the bounds) where one did."""
+        where = f"The AutoAttack state_path {str(run.path)!r}"
+        codes = progress.broken_by
+        if not torch.equal(codes == CLEAN, misclassified):
+            raise InputError(
+                f"{where} was written for a model whose clean predictions differ from this "
+                "estimator's (was the model changed or retrained?). Delete the file or give "
+                "another state_path."
+            )
+        untouched = codes < FIRST
+        if not torch.equal(progress.x_adv[untouched], run.x[untouched]):
+            raise InputError(
+                f"{where} holds modified inputs for samples no attack broke. Delete the file or "
+                "give another state_path."
+            )
+        broken = (~untouched).nonzero().squeeze(1)
+        if broken.numel() > 0 and not bool(
+            self._valid_candidates(
+                progress.x_adv[broken], run.x[broken], run.y[broken], run.eps[broken], run.norm
+            ).all()
+        ):
+            raise InputError(
+                f"{where} holds adversarial examples that are not (any longer) misclassified, "
+                "within eps or within clip_values: the model or the settings changed. Delete "
+                "the file or give another state_path."
+            )
+
+    def _run_attacks(self, run: _Run, progress: Progress, flags: list[EvaluationFlag]) -> None:
+        """Each attack not yet done, in order, on the still-robust points; the progress saved
+        after each one."""
+        settings = self._settings(run) if run.path is not None else {}
+        for k, (attack, label, seed) in enumerate(
+            zip(run.attacks, run.labels, run.seeds, strict=True)
+        ):
+            if label in progress.done:
                 continue
-            if label == "square" or label == "SquareAttack":
-                white_box_robust = state["robust"].clone()
+            before = progress.robust.clone() if _is_square(attack) else None
             start = time.perf_counter()
-            self._run_one(attack, label, seed, xt, yt, mt, eps_all, norm, state)
-            state["seconds"][label] = time.perf_counter() - start
-            state["accuracy_after"][label] = int(state["robust"].sum()) / max(n, 1)
-            state["done"].append(label)
+            self._run_attack(attack, k, seed, run, progress)
+            progress.finish(label, time.perf_counter() - start)
             if self.verbose:
-                import logging
-
-                logging.getLogger("bastion").info(
+                _LOG.info(
                     "AutoAttack: robust accuracy after %s: %.2f%%",
                     label,
-                    100 * state["accuracy_after"][label],
+                    100 * progress.accuracy_after[label],
                 )
-            if path is not None:
-                tmp = path.with_suffix(path.suffix + ".tmp")
-                torch.save({"fingerprint": fingerprint, "state": state}, tmp)
-                os.replace(tmp, path)
-            if label in ("square", "SquareAttack") and white_box_robust is not None:
-                extra = int((white_box_robust & ~state["robust"]).sum())
-                if extra > 0:
-                    flags.append(
-                        EvaluationFlag(
-                            "black-box-stronger",
-                            f"the black-box Square attack broke {extra} "
-                            "point(s) that every white-box attack before it missed: a sign of "
-                            "gradient masking; the white-box numbers alone would overestimate "
-                            "robustness.",
-                        )
-                    )
-        for flag in flags:
-            warnings.warn(f"AutoAttack [{flag.code}]: {flag.message}", stacklevel=2)
+            if run.path is not None:
+                save_progress(run.path, progress, settings)
+            if before is not None:
+                flags.extend(self._black_box_flag(before, progress.robust))
 
-        result = AutoAttackResult(
-            x_adv=kind.restore(state["x_adv"]),
-            clean_accuracy=clean_acc,
-            robust_accuracy=int(state["robust"].sum()) / max(n, 1),
-            robust=state["robust"].cpu().numpy(),
-            broken_by=np.asarray(state["broken_by"], dtype=str),
-            accuracy_after=dict(state["accuracy_after"]),
-            seconds=dict(state["seconds"]),
-            flags=flags,
-            norm=norm,
-            eps=self.eps if np.isscalar(self.eps) else np.asarray(self.eps),
-            version=self.version,
-            attacks=labels,
-        )
-        self.result_ = result
-        return result
-
-    def _run_one(
-        self,
-        attack: Any,
-        label: str,
-        seed: int,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        mask: torch.Tensor | None,
-        eps_all: torch.Tensor,
-        norm: str,
-        state: dict[str, Any],
-    ) -> None:
-        est = self.estimator
-        if isinstance(attack, str):
-            if "dlr" in attack or attack.endswith("-t"):
-                needed = 4 if attack.endswith("-t") else 3
-                if est.nb_classes < needed:
-                    return
-            attack, targeted = self._build(attack, seed)
-        else:
-            attack, targeted = copy.copy(attack), False  # the caller's instance stays as given
-        if targeted:
-            with torch.no_grad():
-                logits = torch.cat(
-                    [
-                        est.logits_tensor(x[i : i + self.batch_size])
-                        for i in range(0, len(x), self.batch_size)
-                    ]
-                )
-            ranked = logits.argsort(dim=1, descending=True)
-            targets: list[torch.Tensor | None] = [
-                ranked[:, k] for k in range(1, self._nb_targets() + 1)
-            ]
-        else:
-            targets = [None]
+    def _run_attack(self, attack: Any, k: int, seed: int, run: _Run, progress: Progress) -> None:
+        """The ``k``-th attack on the points still robust, once per target class for the
+        targeted ones; its valid candidates recorded in ``progress``."""
+        built = self._instantiate(attack, seed)
+        if built is None:
+            return
+        attack, targeted = built
+        targets = self._target_classes(run.x) if targeted else [None]
         for target in targets:
-            idx = state["robust"].nonzero().squeeze(1)
+            idx = progress.robust.nonzero().squeeze(1)
             if idx.numel() == 0:
                 return
-            xs = x[idx]
-            ms = None if mask is None else (mask[idx] if mask.shape[0] > 1 else mask)
-            eps = eps_all[idx].reshape(-1)
-            params = attack.get_params()
-            if "eps" in params and isinstance(attack, FixedBudgetAttack):
+            xs, ys, eps = run.x[idx], run.y[idx], run.eps[idx].reshape(-1)
+            ms = (
+                None if run.mask is None else (run.mask[idx] if run.mask.shape[0] > 1 else run.mask)
+            )
+            if "eps" in attack.get_params() and isinstance(attack, FixedBudgetAttack):
                 attack.set_params(eps=eps if eps.unique().numel() > 1 else float(eps[0]))
-            goal = y[idx] if target is None else target[idx]
+            goal = ys if target is None else target[idx]
             cand = attack.generate(xs, goal, mask=ms)
-            with torch.no_grad():
-                wrong = self._predicted_labels(cand) != y[idx]
-            within = lp_norm(cand - xs, norm) <= eps + 1e-6
-            if est.clip_values is not None:
-                lo, hi = est.clip_values
-                flat = cand.reshape(len(cand), -1)
-                within &= (flat.amin(1) >= lo) & (flat.amax(1) <= hi)
-            ok = wrong & within
+            ok = self._valid_candidates(cand, xs, ys, eps, run.norm)
             if bool(ok.any()):
-                hit = idx[ok]
-                state["x_adv"][hit] = cand[ok]
-                state["robust"][hit] = False
-                state["broken_by"][hit.cpu().numpy()] = label
+                progress.break_samples(idx[ok], cand[ok], k)
+
+    def _instantiate(self, attack: Any, seed: int) -> tuple[Any, bool] | None:
+        """The attack to run and whether it runs once per target class; None when the model
+        has too few classes for it (flagged by the health checks)."""
+        if not isinstance(attack, str):
+            return copy.copy(attack), False  # the caller's instance stays as given
+        if "dlr" in attack or attack.endswith("-t"):
+            needed = 4 if attack.endswith("-t") else 3
+            if self.estimator.nb_classes < needed:
+                return None
+        return self._build(attack, seed)
+
+    def _target_classes(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per target rank ``k = 1 .. nb_targets``: each sample's class with the ``k``-th
+        highest clean logit."""
+        with torch.no_grad():
+            logits = torch.cat(
+                [
+                    self.estimator.logits_tensor(x[i : i + self.batch_size])
+                    for i in range(0, len(x), self.batch_size)
+                ]
+            )
+        ranked = logits.argsort(dim=1, descending=True)
+        return [ranked[:, k] for k in range(1, self._nb_targets() + 1)]
+
+    def _valid_candidates(
+        self, cand: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, norm: str
+    ) -> torch.Tensor:
+        """Which candidates count: misclassified, within ``eps`` (up to 1e-6) and inside
+        ``clip_values``, so that an attack that overshoots cannot lower the robust accuracy."""
+        with torch.no_grad():
+            wrong = self._predicted_labels(cand) != y
+        ok = wrong & (lp_norm(cand - x, norm) <= eps.reshape(-1) + 1e-6)
+        if self.estimator.clip_values is not None:
+            lo, hi = self.estimator.clip_values
+            flat = cand.reshape(len(cand), -1)
+            ok &= (flat.amin(1) >= lo) & (flat.amax(1) <= hi)
+        return ok
+
+    @staticmethod
+    def _black_box_flag(
+        white_box_robust: torch.Tensor, robust: torch.Tensor
+    ) -> list[EvaluationFlag]:
+        extra = int((white_box_robust & ~robust).sum())
+        if extra == 0:
+            return []
+        return [
+            EvaluationFlag(
+                "black-box-stronger",
+                f"the black-box Square attack broke {extra} point(s) that every white-box attack "
+                "before it missed: a sign of gradient masking; the white-box numbers alone would "
+                "overestimate robustness.",
+            )
+        ]
+
+    def _result(
+        self, run: _Run, progress: Progress, flags: list[EvaluationFlag]
+    ) -> AutoAttackResult:
+        n = run.x.shape[0]
+        vocabulary = np.asarray(["", "clean", *run.labels], dtype=object)
+        clean = int((progress.broken_by != CLEAN).sum()) / max(n, 1)
+        return AutoAttackResult(
+            x_adv=run.kind.restore(progress.x_adv),
+            clean_accuracy=clean if run.labels_from == "given" else float("nan"),
+            robust_accuracy=progress.robust_accuracy(),
+            robust=progress.robust.cpu().numpy(),
+            broken_by=vocabulary[progress.broken_by.cpu().numpy()].astype(str),
+            accuracy_after=dict(progress.accuracy_after),
+            seconds=dict(progress.seconds),
+            flags=flags,
+            norm=run.norm,
+            eps=self.eps if np.isscalar(self.eps) else np.asarray(self.eps),
+            version=self.version,
+            attacks=list(run.labels),
+            labels=run.labels_from,
+        )

@@ -16,9 +16,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,13 +26,35 @@ import torch
 from tqdm.auto import tqdm
 
 from bastion._tensor import ArrayKind, resolve_random_state, to_tensor
-from bastion._validation import check_labels, check_x, validate_params
+from bastion._validation import (
+    NONE,
+    Constraint,
+    Satisfies,
+    check_labels,
+    check_x,
+    validate_params,
+)
 from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
-from bastion.estimators.pytorch import TorchClassifier
+from bastion.estimators.persistence import SUFFIXES, load_estimator, save_estimator
 from bastion.exceptions import EstimatorError, InputError, NotFittedError
 
 __all__ = ["MembershipInferenceAttack", "ReferenceModelAttack"]
+
+
+def _is_type_names(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+#: Constraints of the persistence parameters of the reference-model attacks.
+REFERENCE_TEMPLATE: list[Constraint] = [
+    NONE,
+    Satisfies(
+        lambda v: "clone" in getattr(v, "capabilities", ()),
+        "None or an estimator with the 'clone' capability",
+    ),
+]
+TRUSTED_TYPES: list[Constraint] = [Satisfies(_is_type_names, "a list or tuple of type names (str)")]
 
 
 def log_scores(estimator: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -148,39 +168,9 @@ class MembershipInferenceAttack(_Parametrized):
         return kind.restore(scores.to(torch.float64), keep_dtype=True)
 
 
-def _rebuild_torch_classifier(state: dict[str, Any]) -> TorchClassifier:
-    est = TorchClassifier.__new__(TorchClassifier)
-    est.__dict__.update(state)
-    est._loss_fn = TorchClassifier._make_loss(est.loss)
-    return est
-
-
-class _EstimatorPickler(pickle.Pickler):
-    """Pickles estimators, rebuilding a TorchClassifier's loss closure (which pickle cannot
-    store) from its ``loss`` when loaded."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is TorchClassifier:
-            state = {k: v for k, v in obj.__dict__.items() if k != "_loss_fn"}
-            return _rebuild_torch_classifier, (state,)
-        return NotImplemented
-
-
-def save_estimator(estimator: Any, path: Path) -> None:
-    """Write ``estimator`` to ``path`` (pickle; a TorchClassifier's loss closure included)."""
-    buf = io.BytesIO()
-    _EstimatorPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(estimator)
-    path.write_bytes(buf.getvalue())
-
-
-def load_estimator(path: Path) -> Any:
-    """Read an estimator written by :func:`save_estimator` (unpickles: trusted files only)."""
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
-
-
 def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    h = hashlib.sha1()
+    h = hashlib.sha256()
+    h.update(f"{tuple(x.shape)}{x.dtype};".encode())
     h.update(x.detach().cpu().contiguous().numpy().tobytes())
     h.update(y.detach().cpu().to(torch.int64).numpy().tobytes())
     return h.hexdigest()
@@ -225,15 +215,25 @@ class ReferenceModelAttack(MembershipInferenceAttack):
     is queried on every reference model and is OUT for all of them.
 
     With ``save_path``, the split (``keep.npy``), a description (``meta.json``) and each model
-    (``model_XXX.pkl``, pickled) are written as they are trained; a later
-    ``fit`` on the same population loads the split and the models there and trains only those
-    missing (so an interrupted run resumes, and models are reused across attacks). Load only
-    directories you wrote: models are unpickled.
+    are written as they are trained; a later ``fit`` on the same population loads the split
+    and the models there and trains only those missing (so an interrupted run resumes, and
+    models are reused across attacks). Everything is stored as data, so that a planted file
+    cannot run code (see :mod:`bastion.estimators.persistence`): a ``TorchClassifier`` as its
+    weights (``model_XXX.pt``, read with ``torch.load(weights_only=True)`` into a clone of
+    ``reference_template``, default the target: the architecture always comes from the
+    user's code), a ``SklearnClassifier`` as a skops file (``model_XXX.skops``, loaded only
+    when skops trusts every type in it or the type is listed in ``trusted_types``). Each
+    model file keeps the model's probabilities on a few population samples, checked when it
+    is loaded. Other estimators cannot be saved (keep them yourself, e.g. in a cache of
+    ``reference_trainer`` keyed by its ``random_state``); directories written by earlier
+    versions of bastion (pickled ``model_XXX.pkl``) are refused, never unpickled.
     """
 
     _needs_fit = True
     reference_trainer: Any
     nb_reference_models: int
+    reference_template: Any
+    trusted_types: Any
     save_path: Any
     random_state: Any
     verbose: bool
@@ -277,9 +277,7 @@ class ReferenceModelAttack(MembershipInferenceAttack):
         gen = resolve_random_state(self.random_state, "cpu")
         keep = balanced_halves(m, n, gen)
         seeds = torch.randint(0, 2**31 - 1, (m,), generator=gen).tolist()
-        directory, loaded = self._open_directory(xt, yt, keep)
-        if directory is not None:
-            keep = torch.as_tensor(np.load(directory / "keep.npy"))
+        directory, keep, loaded = self._open_directory(xt, yt, keep)
         y_np = yt.cpu().numpy()
         models: list[Any] = []
         stats = []
@@ -293,7 +291,7 @@ class ReferenceModelAttack(MembershipInferenceAttack):
                 model = self.reference_trainer(x_in, y_in, random_state=seeds[i])
                 self._check_model(model)
                 if directory is not None:
-                    save_estimator(model, directory / f"model_{i:03d}.pkl")
+                    self._save_model(model, directory / f"model_{i:03d}", xt)
             models.append(model)
             stats.append(self._statistic(model, xt, yt).cpu())
         self.keep_ = keep.numpy()
@@ -316,41 +314,134 @@ class ReferenceModelAttack(MembershipInferenceAttack):
                 f"target has {self.estimator.nb_classes}."
             )
 
+    #: Population samples whose probabilities are stored with each saved model, and checked
+    #: when it is loaded.
+    _PROBE_SIZE: ClassVar[int] = 8
+    #: Version of the directory layout of ``save_path`` (1: pickled models, never loaded).
+    _SAVE_FORMAT: ClassVar[int] = 2
+
     def _open_directory(
         self, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor
-    ) -> tuple[Path | None, dict[int, Any]]:
+    ) -> tuple[Path | None, torch.Tensor, dict[int, Any]]:
+        """The ``save_path`` directory (created), the split to use (the saved one when the
+        directory holds a fit of this population) and the models saved there."""
         if self.save_path is None:
-            return None, {}
+            return None, keep, {}
         directory = Path(self.save_path)
+        if directory.exists() and not directory.is_dir():
+            raise InputError(f"save_path {str(directory)!r} is a file; give a directory.")
         directory.mkdir(parents=True, exist_ok=True)
+        pickled = sorted(p.name for p in directory.glob("model_*.pkl"))
+        if pickled:
+            raise InputError(
+                f"save_path {str(directory)!r} holds reference models pickled by an earlier "
+                f"version of bastion ({pickled[0]}, ...); pickles are never loaded (unpickling "
+                "can run arbitrary code). Delete the directory's contents (the models are then "
+                "trained again) or give another save_path."
+            )
         meta = {
+            "format": self._SAVE_FORMAT,
             "attack": type(self).__name__,
             "nb_reference_models": self.nb_reference_models,
             "population": _fingerprint(x, y),
             "population_size": int(x.shape[0]),
         }
-        meta_file = directory / "meta.json"
+        meta_file, keep_file = directory / "meta.json", directory / "keep.npy"
         if meta_file.exists():
-            old = json.loads(meta_file.read_text())
-            if (old["population"], old["nb_reference_models"]) != (
-                meta["population"],
-                meta["nb_reference_models"],
-            ):
-                raise InputError(
-                    f"save_path {str(directory)!r} holds {old['nb_reference_models']} reference "
-                    f"models for another population or count (this fit: "
-                    f"{self.nb_reference_models} models on {x.shape[0]} samples); use another "
-                    "directory."
-                )
+            self._check_meta(meta_file, meta, x)
+            keep = self._read_keep(keep_file, (self.nb_reference_models, int(x.shape[0])))
         else:
-            np.save(directory / "keep.npy", keep.numpy())
+            np.save(keep_file, keep.numpy(), allow_pickle=False)
             meta_file.write_text(json.dumps(meta, indent=1))
         loaded = {}
         for i in range(self.nb_reference_models):
-            path = directory / f"model_{i:03d}.pkl"
-            if path.exists():
-                loaded[i] = load_estimator(path)
-        return directory, loaded
+            model = self._load_model(directory, i)
+            if model is not None:
+                self._check_model(model)
+                loaded[i] = model
+        return directory, keep, loaded
+
+    def _check_meta(self, meta_file: Path, meta: dict[str, Any], x: torch.Tensor) -> None:
+        where = f"save_path {str(meta_file.parent)!r}"
+        try:
+            old = json.loads(meta_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InputError(
+                f"{where}: meta.json cannot be read ({err}); use another directory."
+            ) from err
+        if not isinstance(old, dict) or old.get("format") != self._SAVE_FORMAT:
+            raise InputError(
+                f"{where} was not written by this version of bastion's {type(self).__name__} "
+                "(its meta.json has another format); delete its contents or use another "
+                "directory."
+            )
+        if (old.get("population"), old.get("nb_reference_models")) != (
+            meta["population"],
+            meta["nb_reference_models"],
+        ):
+            raise InputError(
+                f"{where} holds {old.get('nb_reference_models')} reference models for another "
+                f"population or count (this fit: {self.nb_reference_models} models on "
+                f"{x.shape[0]} samples); use another directory."
+            )
+
+    @staticmethod
+    def _read_keep(path: Path, shape: tuple[int, int]) -> torch.Tensor:
+        try:
+            keep = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise InputError(
+                f"{str(path)!r} cannot be read as a NumPy array ({err}); delete the directory's "
+                "contents or use another save_path."
+            ) from err
+        if not isinstance(keep, np.ndarray) or keep.dtype != np.bool_ or keep.shape != shape:
+            raise InputError(
+                f"{str(path)!r} must hold the split as a bool array of shape {shape}; got "
+                f"{getattr(keep, 'dtype', type(keep).__name__)} of shape "
+                f"{getattr(keep, 'shape', None)}. Delete the directory's contents or use another "
+                "save_path."
+            )
+        return torch.as_tensor(keep)
+
+    def _save_model(self, model: Any, stem: Path, x: torch.Tensor) -> None:
+        try:
+            save_estimator(model, stem, probe=x[: self._PROBE_SIZE])
+        except EstimatorError as err:
+            raise EstimatorError(
+                f"{type(self).__name__} cannot save the reference models in save_path: {err} "
+                "Or use save_path=None."
+            ) from err
+
+    def _load_model(self, directory: Path, i: int) -> Any:
+        """The ``i``-th saved model, or None when it was not saved yet."""
+        files = [
+            directory / f"model_{i:03d}{suffix}"
+            for suffix in SUFFIXES.values()
+            if (directory / f"model_{i:03d}{suffix}").exists()
+        ]
+        if not files:
+            return None
+        if len(files) > 1:
+            raise InputError(
+                f"save_path {str(directory)!r} holds several files for reference model {i} "
+                f"({', '.join(p.name for p in files)}); delete all but one."
+            )
+        template = self.reference_template
+        if template is None:
+            template = self.estimator
+        try:
+            return load_estimator(
+                files[0],
+                template=template,
+                trusted_types=tuple(self.trusted_types),
+                device=getattr(self.estimator, "device", None),
+            )
+        except EstimatorError as err:
+            raise EstimatorError(
+                f"{type(self).__name__}: {err} The saved torch reference models are loaded "
+                "into a clone of reference_template (default: the target estimator): give "
+                "reference_template=a TorchClassifier of the reference models' architecture."
+            ) from err
 
     # ------------------------------------------------------------------ infer helpers
 

@@ -19,7 +19,13 @@ from bastion._validation import (
     Satisfies,
 )
 from bastion.attacks.base import BATCH_SIZE, OPTIONAL_PATH, VERBOSE
-from bastion.attacks.inference._base import ReferenceModelAttack, log_scores, logit_confidence
+from bastion.attacks.inference._base import (
+    REFERENCE_TEMPLATE,
+    TRUSTED_TYPES,
+    ReferenceModelAttack,
+    log_scores,
+    logit_confidence,
+)
 
 __all__ = ["LiRA", "image_augmentations"]
 
@@ -163,7 +169,17 @@ class LiRA(ReferenceModelAttack):
         Functions mapping a batch tensor to an augmented batch of the same shape.
     save_path : str or path-like, optional
         Directory where the reference models are saved, and loaded from by a later fit on
-        the same population (see :class:`ReferenceModelAttack`).
+        the same population, as data only: torch weights or skops files, never pickles (see
+        :class:`~bastion.attacks.inference._base.ReferenceModelAttack`).
+    reference_template : estimator, optional
+        For torch reference models loaded from ``save_path``: a ``TorchClassifier`` of their
+        architecture, into a clone of which their saved weights are loaded (default: the
+        target, when it is a ``TorchClassifier`` of the same architecture).
+    trusted_types : sequence of str, default ()
+        For scikit-learn reference models loaded from ``save_path``: types to load beyond
+        those skops trusts by default (the error on loading lists them, e.g.
+        ``"sklearn.neural_network._stochastic_optimizers.AdamOptimizer"`` for an
+        ``MLPClassifier`` trained with Adam). Trust only directories you wrote.
     batch_size : int, default 256
         Samples per query.
     random_state : None, int or torch.Generator
@@ -212,6 +228,8 @@ class LiRA(ReferenceModelAttack):
             NONE,
         ],
         "save_path": OPTIONAL_PATH,
+        "reference_template": REFERENCE_TEMPLATE,
+        "trusted_types": TRUSTED_TYPES,
         "batch_size": BATCH_SIZE,
         "random_state": [RandomState()],
         "verbose": VERBOSE,
@@ -235,6 +253,8 @@ class LiRA(ReferenceModelAttack):
         fix_variance: bool | str = "auto",
         augmentations: Sequence[Augmentation] | None = None,
         save_path: Any = None,
+        reference_template: Any = None,
+        trusted_types: Sequence[str] = (),
         batch_size: int = 256,
         random_state: Any = None,
         verbose: bool = False,
@@ -246,6 +266,8 @@ class LiRA(ReferenceModelAttack):
         self.fix_variance = fix_variance
         self.augmentations = augmentations
         self.save_path = save_path
+        self.reference_template = reference_template
+        self.trusted_types = trusted_types
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose

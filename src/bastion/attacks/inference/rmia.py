@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -10,7 +10,12 @@ import torch
 from bastion._tensor import resolve_random_state
 from bastion._validation import NONE, Boolean, Constraint, Interval, RandomState, Satisfies
 from bastion.attacks.base import BATCH_SIZE, OPTIONAL_PATH, VERBOSE
-from bastion.attacks.inference._base import ReferenceModelAttack, log_scores
+from bastion.attacks.inference._base import (
+    REFERENCE_TEMPLATE,
+    TRUSTED_TYPES,
+    ReferenceModelAttack,
+    log_scores,
+)
 
 __all__ = ["RMIA"]
 
@@ -58,6 +63,14 @@ class RMIA(ReferenceModelAttack):
     nb_population_samples : int or None, default None
         How many population samples serve as ``z`` (None: all).
     save_path : str or path-like, optional
+        Directory where the reference models are saved as data (torch weights or skops files,
+        never pickles) and loaded from by a later fit on the same population (see
+        :class:`~bastion.attacks.inference.lira.LiRA`).
+    reference_template : estimator, optional
+        A ``TorchClassifier`` of the reference models' architecture, into a clone of which
+        saved torch weights are loaded (default: the target).
+    trusted_types : sequence of str, default ()
+        Types of saved scikit-learn models to load beyond those skops trusts by default.
     batch_size : int, default 256
     random_state : None, int or torch.Generator
     verbose : bool, default False
@@ -100,6 +113,8 @@ class RMIA(ReferenceModelAttack):
         "gamma": [Interval(float, 0, None, closed="neither")],
         "nb_population_samples": [Interval(int, 1, None), NONE],
         "save_path": OPTIONAL_PATH,
+        "reference_template": REFERENCE_TEMPLATE,
+        "trusted_types": TRUSTED_TYPES,
         "batch_size": BATCH_SIZE,
         "random_state": [RandomState()],
         "verbose": VERBOSE,
@@ -125,6 +140,8 @@ class RMIA(ReferenceModelAttack):
         gamma: float = 2.0,
         nb_population_samples: int | None = None,
         save_path: Any = None,
+        reference_template: Any = None,
+        trusted_types: Sequence[str] = (),
         batch_size: int = 256,
         random_state: Any = None,
         verbose: bool = False,
@@ -137,6 +154,8 @@ class RMIA(ReferenceModelAttack):
         self.gamma = gamma
         self.nb_population_samples = nb_population_samples
         self.save_path = save_path
+        self.reference_template = reference_template
+        self.trusted_types = trusted_types
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
