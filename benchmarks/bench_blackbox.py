@@ -73,6 +73,7 @@ from bastion.attacks.evasion import AutoAttack, HopSkipJump, SquareAttack
 from bastion.datasets import load_digits
 from bastion.estimators import TorchClassifier
 from bench_evasion import (
+    BASTION_SETTINGS,
     FORWARDS,
     SEED,
     loadavg,
@@ -788,6 +789,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=300.0, help="no repeat past this")
     parser.add_argument("--speedup", type=float, default=5.0, help="HSJ speed target (5)")
     parser.add_argument("--norm-tol", type=float, default=0.0, help="HSJ distance tolerance (0)")
+    parser.add_argument(
+        "--bastion-settings",
+        choices=sorted(BASTION_SETTINGS),
+        default="fast",
+        help="TorchClassifier settings for bastion: 'fast' = memory_format='auto', "
+        "inference='auto' (the opt-in speed paths; default), 'default' = the faithful defaults",
+    )
     parser.add_argument("--no-art", action="store_true", help="leave ART out")
     parser.add_argument("--no-torchattacks", action="store_true", help="leave torchattacks out")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -816,7 +824,11 @@ def main(argv: list[str] | None = None) -> int:
     ctx: dict[str, Any] = {
         "model": model,
         "clf": TorchClassifier(
-            bastion_model, input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0)
+            bastion_model,
+            input_shape=(1, 28, 28),
+            nb_classes=10,
+            clip_values=(0.0, 1.0),
+            **BASTION_SETTINGS[args.bastion_settings],
         ),
         "art": None,
         "art_clf": None,

@@ -180,9 +180,24 @@ def user_and_bastion_models(
     return model, mine
 
 
-def build_context(model: nn.Module, batch_size: int, bastion_model: nn.Module) -> Context:
+#: TorchClassifier settings of the bastion runs (``--bastion-settings``): the faithful
+#: defaults, or the opt-in speed paths (channels-last weights converted in place, frozen
+#: inference graphs) that bastion's earlier figures used.
+BASTION_SETTINGS: dict[str, dict[str, str]] = {
+    "default": {},
+    "fast": {"memory_format": "auto", "inference": "auto"},
+}
+
+
+def build_context(
+    model: nn.Module, batch_size: int, bastion_model: nn.Module, settings: str = "fast"
+) -> Context:
     clf = TorchClassifier(
-        bastion_model, input_shape=(1, 28, 28), nb_classes=10, clip_values=(0.0, 1.0)
+        bastion_model,
+        input_shape=(1, 28, 28),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+        **BASTION_SETTINGS[settings],
     )
     ctx = Context(model=model, clf=clf, batch_size=batch_size)
     try:
@@ -1411,6 +1426,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0.01,
         help="relative tolerance of the 'equal or lower norm' target (0.01)",
     )
+    parser.add_argument(
+        "--bastion-settings",
+        choices=sorted(BASTION_SETTINGS),
+        default="fast",
+        help="TorchClassifier settings for bastion: 'fast' = memory_format='auto', "
+        "inference='auto' (the opt-in speed paths; default), 'default' = the faithful defaults",
+    )
     parser.add_argument("--attacks", nargs="+", default=None, help="only these attacks")
     parser.add_argument("--libraries", nargs="+", default=list(LIBS), choices=LIBS)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -1437,7 +1459,9 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         t_j = model(x_j).topk(2, dim=1).indices[:, 1].contiguous()  # runner-up class
 
-    ctx = build_context(model, batch_size=args.n, bastion_model=bastion_model)
+    ctx = build_context(
+        model, batch_size=args.n, bastion_model=bastion_model, settings=args.bastion_settings
+    )
     specs = attack_specs(ctx)
     if args.attacks:
         wanted = {a.lower() for a in args.attacks}
@@ -1514,6 +1538,8 @@ def main(argv: list[str] | None = None) -> int:
                 "norm_tol": args.norm_tol,
                 "batch_size": args.n,
                 "seed": SEED,
+                "bastion_settings": args.bastion_settings,
+                "bastion_torch_classifier": BASTION_SETTINGS[args.bastion_settings],
             },
             "machine": info,
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
