@@ -8,11 +8,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from bastion.datasets import load_digits
-from bastion.defenses.poisoning._result import DetectionResult
+from bastion.defenses.poisoning import DetectionResult
 from bastion.defenses.poisoning.provenance import ProvenanceDefense
 from bastion.estimators import SklearnClassifier, TorchClassifier
-from bastion.exceptions import InputError, InvalidParameterError
+from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
 from bastion.metrics import detection_scores
+from bastion.testing._capability_view import CapabilityView
 from bastion.zoo import MLP
 
 BAD = 3
@@ -86,3 +87,52 @@ def test_train_fn_and_errors(sourced):
         defence.detect(x, y, sources=np.zeros(1000), x_val=x_val, y_val=y_val)
     with pytest.raises(InputError, match="estimator or a train_fn"):
         ProvenanceDefense().detect(x, y, sources=sources, x_val=x_val, y_val=y_val)
+
+
+def test_retrains_clones_through_the_declared_capabilities_only(sourced):
+    """An estimator offering only predict, clone and fit (no model) flags the same source;
+    without clone it is refused by name."""
+    x, y, sources, x_val, y_val = sourced
+    x, y, sources = x[:500], y[:500], sources[:500]
+    sk = SklearnClassifier(LogisticRegression(max_iter=300).fit(x, y))
+    before = sk.model.coef_.copy()
+    kwargs = {"sources": sources, "x_val": x_val, "y_val": y_val}
+    direct = ProvenanceDefense(sk, eps=0.02).detect(x, y, **kwargs)
+    view = CapabilityView(sk, ProvenanceDefense._estimator_requirements)
+    seen = ProvenanceDefense(view, eps=0.02)
+    np.testing.assert_array_equal(seen.detect(x, y, **kwargs).scores, direct.scores)
+    assert seen.flagged_sources_ == [BAD]
+    np.testing.assert_array_equal(sk.model.coef_, before)  # clones are trained, not sk
+    with pytest.raises(EstimatorError, match="'clone'"):
+        ProvenanceDefense(CapabilityView(sk, {"predict", "fit"})).detect(x, y, **kwargs)
+
+
+def test_bad_inputs_raise_typed_errors(sourced):
+    x, y, sources, x_val, y_val = sourced
+    x, y, sources = x[:300], y[:300], sources[:300]
+
+    def train_fn(xs, ys):
+        return SklearnClassifier(LogisticRegression(max_iter=50).fit(xs.numpy(), ys.numpy()))
+
+    defence = ProvenanceDefense(train_fn=train_fn)
+    kwargs = {"sources": sources, "x_val": x_val, "y_val": y_val}
+    nan = x.copy()
+    nan[0, 0] = np.nan
+    for what, (xb, yb) in {
+        "NaN in x": (nan, y),
+        "x not numeric": (np.full(x.shape, "a"), y),
+        "negative label": (x, np.where(np.arange(300) == 0, -1, y)),
+        "fractional labels": (x, y + 0.5),
+        "labels not numeric": (x, np.array(["a"] * 300)),
+        "wrong number of labels": (x, y[:10]),
+        "no labels": (x, None),
+    }.items():
+        with pytest.raises(InputError):
+            defence.detect(xb, yb, **kwargs)
+            pytest.fail(what)
+    with pytest.raises(InputError, match="x_val"):
+        defence.detect(x, y, sources=sources, x_val=x_val[:, :3], y_val=y_val)
+    with pytest.raises(InputError, match="y_val"):
+        defence.detect(x, y, sources=sources, x_val=x_val, y_val=y_val + 10)
+    with pytest.raises(EstimatorError, match="train_fn"):
+        ProvenanceDefense(train_fn=lambda xs, ys: LogisticRegression()).detect(x, y, **kwargs)

@@ -10,7 +10,7 @@ import torch
 
 from bastion.attacks.poisoning import BackdoorAttack, PatchTrigger
 from bastion.datasets import load_digits
-from bastion.defenses.poisoning._result import DetectionResult
+from bastion.defenses.poisoning import DetectionResult
 from bastion.defenses.poisoning.spectral_signatures import SpectralSignatures
 from bastion.estimators import TorchClassifier
 from bastion.exceptions import InputError, InvalidParameterError

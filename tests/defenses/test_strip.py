@@ -11,7 +11,7 @@ import torch
 
 from bastion.attacks.poisoning import BackdoorAttack, PatchTrigger
 from bastion.datasets import load_digits
-from bastion.defenses.poisoning._result import DetectionResult
+from bastion.defenses.poisoning import DetectionResult
 from bastion.defenses.poisoning.strip import STRIP
 from bastion.estimators import TorchClassifier
 from bastion.exceptions import EstimatorError, InputError, InvalidParameterError

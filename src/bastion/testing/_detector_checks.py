@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bastion.defenses.poisoning._result import DetectionResult
-from bastion.exceptions import EstimatorError, InputError
+from bastion.defenses.poisoning.base import DetectionResult
+from bastion.exceptions import EstimatorError, InputError, NotFittedError
 from bastion.testing._attack_checks import (
     check_parametrized_signature,
     expect_invalid_params,
@@ -27,6 +27,7 @@ from bastion.testing._attack_checks import (
     run_checks,
     without_skips,
 )
+from bastion.testing._capability_view import CapabilityView
 from bastion.testing._problems import PoisonProblem, blackbox_problem, poison_problem
 
 DetectorCheck = Callable[[Any, PoisonProblem], None]
@@ -194,19 +195,33 @@ def check_batch_size_invariance(cls: Any, problem: PoisonProblem) -> None:
     assert close.mean() >= 0.99, "scores depend on batch_size"
 
 
+def _preparation(det: Any) -> str | None:
+    """The method that prepares ``det`` on clean data, if it has one."""
+    return next((m for m in ("fit", "reverse_engineer") if callable(getattr(det, m, None))), None)
+
+
 def check_bad_input(cls: Any, problem: PoisonProblem) -> None:
-    """Bad data raises :class:`InputError`: NaN, wrong shape, wrong ndim, values outside
-    ``clip_values``, labels out of range, wrong number of labels, empty input."""
+    """Bad data raises :class:`InputError`: NaN or inf, wrong shape, wrong ndim, values
+    outside ``clip_values``, data that is not numeric, labels out of range, fractional or
+    not numeric, the wrong number of labels, an empty input; an unknown layer (name or
+    index) when the detector reads a layer; bad clean data for its preparation (``fit`` or
+    ``reverse_engineer``); and ``detect`` before ``fit`` raises :class:`NotFittedError`."""
     x, y = problem.x[:12], problem.y[:12]
-    nan = x.copy()
+    nan, inf = x.copy(), x.copy()
     nan[0, 0, 0, 0] = np.nan
+    inf[1, 0, 2, 2] = np.inf
     cases = {
         "NaN in x": (nan, y),
+        "inf in x": (inf, y),
         "wrong shape": (x[:, :, :-1], y),
         "wrong ndim": (x[0], y[:1]),
         "outside clip_values": (x + 2.0, y),
+        "x not numeric": (np.full(x.shape, "a"), y),
         "label out of range": (x, np.where(np.arange(len(y)) == 0, 10, y)),
         "negative label": (x, np.where(np.arange(len(y)) == 0, -1, y)),
+        "fractional label": (x, y + 0.5),
+        "labels not numeric": (x, np.array(["cat"] * len(y))),
+        "labels of shape (N, 1)": (x, y.reshape(-1, 1)),
         "wrong number of labels": (x, y[:-1]),
         "empty input": (x[:0], y[:0]),
     }
@@ -217,12 +232,48 @@ def check_bad_input(cls: Any, problem: PoisonProblem) -> None:
         except InputError:
             continue
         raise AssertionError(f"{cls.__name__} did not raise InputError for {what}")
+    if "layer" in cls._param_names():
+        for layer in ("no such layer", 999):
+            try:
+                _run(cls, problem, x, y, layer=layer)
+            except InputError:
+                continue
+            raise AssertionError(f"{cls.__name__} did not raise InputError for layer={layer!r}")
+    fresh = cls(problem.estimator, **detector_params(cls))
+    method = _preparation(fresh)
+    if method is None:
+        return
+    bad_clean = problem.x_clean.copy()
+    bad_clean[0, 0, 0, 0] = np.nan
+    for what, clean in {"NaN": bad_clean, "wrong shape": problem.x_clean[:, :, :-1]}.items():
+        try:
+            getattr(fresh, method)(clean)
+        except InputError:
+            continue
+        raise AssertionError(f"{cls.__name__}.{method} did not raise InputError for {what}")
+    if method == "fit":
+        try:
+            _detect(cls(problem.estimator, **detector_params(cls)), problem, x, y)
+        except NotFittedError:
+            return
+        raise AssertionError(f"{cls.__name__}.detect before fit did not raise NotFittedError")
 
 
 def check_capabilities(cls: Any, problem: PoisonProblem) -> None:
-    """An estimator without a required capability raises :class:`EstimatorError` naming it;
+    """Without any one of its required capabilities, the estimator is refused with an
+    :class:`EstimatorError` naming it (the full estimator seen through a
+    :class:`~bastion.testing._capability_view.CapabilityView`, and a predict-only black box);
     a raw ``torch.nn.Module`` is refused with a hint."""
     needs = [c for c in cls._estimator_requirements if c != "predict"]
+    full = problem.estimator
+    for missing in needs:
+        view = CapabilityView(full, set(full.capabilities) - {missing})
+        try:
+            _run(cls, problem, estimator=view)
+        except EstimatorError as err:
+            assert repr(missing) in str(err), f"message must name {missing!r}: {err}"
+        else:
+            raise AssertionError(f"{cls.__name__} worked without {missing!r}")
     bb = blackbox_problem(4).estimator  # predict only
     if needs:
         try:

@@ -15,7 +15,7 @@ from bastion.attacks.base import (
 )
 from bastion.attacks.extraction._base import ExtractionAttack
 from bastion.attacks.poisoning._base import PoisoningAttack, _Parametrized
-from bastion.defenses.poisoning._result import PoisonDetector
+from bastion.defenses.poisoning.base import PoisonDetector
 from bastion.estimators.base import Classifier, EstimatorWrapper
 
 _TEMPLATES = {

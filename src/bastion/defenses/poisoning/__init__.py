@@ -14,11 +14,12 @@ Every detector takes the model trained on the suspect data and returns a
 - :class:`FinePruning`: prune dormant channels, then fine-tune (Liu et al. 2018).
 - :class:`ProvenanceDefense`: flag data sources whose removal improves trusted accuracy
   (Baracaldo et al. 2017).
-- :class:`PoisonDetector`: the template they build on.
+- :class:`PoisonDetector`: the template the detectors build on, and :class:`PoisonDefense`
+  the preamble every defence shares (both in :mod:`bastion.defenses.poisoning.base`).
 """
 
-from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector
 from bastion.defenses.poisoning.activation_clustering import ActivationClustering
+from bastion.defenses.poisoning.base import DetectionResult, PoisonDefense, PoisonDetector
 from bastion.defenses.poisoning.fine_pruning import FinePruning
 from bastion.defenses.poisoning.neural_cleanse import NeuralCleanse
 from bastion.defenses.poisoning.provenance import ProvenanceDefense
@@ -31,6 +32,7 @@ __all__ = [
     "DetectionResult",
     "FinePruning",
     "NeuralCleanse",
+    "PoisonDefense",
     "PoisonDetector",
     "ProvenanceDefense",
     "SpectralSignatures",

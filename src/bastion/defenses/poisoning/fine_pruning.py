@@ -2,126 +2,28 @@
 
 from __future__ import annotations
 
-import copy
 import math
+import re
 import warnings
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
-from bastion._validation import (
-    NONE,
-    Boolean,
-    Constraint,
-    Interval,
-    RandomState,
-    Satisfies,
-    check_labels,
-    check_x,
-)
-from bastion.attacks.poisoning._base import _Parametrized
-from bastion.estimators.base import require_capabilities
-from bastion.estimators.pytorch import TorchClassifier
-from bastion.exceptions import EstimatorError, InputError, NotFittedError
+from bastion._tensor import RandomStateLike, resolve_random_state
+from bastion._validation import Boolean, Constraint, Interval, RandomState
+from bastion.defenses.poisoning.base import LAYER, PoisonDefense
+from bastion.exceptions import InputError
 
 __all__ = ["FinePruning"]
 
-
-class _NeuronMask:
-    """Forward hook that multiplies a layer's output by a 0/1 mask over its dimension 1
-    (the channels of a convolution, the units of a dense layer). Pruning a unit this way
-    survives fine-tuning, unlike zeroing its weights."""
-
-    def __init__(self, n_units: int, device: torch.device) -> None:
-        self.keep = torch.ones(n_units, device=device)
-
-    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        shape = (1, -1) + (1,) * (output.ndim - 2)
-        return output * self.keep.view(shape).to(output.dtype)
+#: Layer kinds (``estimator.layer_types``) that are convolutions, and activations that may
+#: follow one.
+_CONVOLUTION = re.compile(r"(Lazy)?Conv(Transpose)?[123]d")
+_ACTIVATIONS = frozenset({"ReLU", "LeakyReLU", "ELU", "GELU", "SiLU", "Tanh", "Sigmoid"})
 
 
-def _torch_classifier(estimator: Any, user: str) -> TorchClassifier:
-    if not isinstance(estimator, TorchClassifier):
-        require_capabilities(estimator, ("predict",), user)  # clearer message for raw modules
-        raise EstimatorError(
-            f"{user} modifies and retrains the network, so it needs a TorchClassifier; got "
-            f"{type(estimator).__name__}."
-        )
-    return estimator
-
-
-def _layer_name(clf: TorchClassifier, layer: str | int) -> str:
-    return clf.resolve_layer(layer)  # raises a clear error for unknown names or indices
-
-
-def _copy_with_mask(
-    clf: TorchClassifier, layer: str, n_units: int
-) -> tuple[TorchClassifier, _NeuronMask]:
-    """A copy of ``clf`` (its own network) whose ``layer`` output passes through a mask."""
-    model = copy.deepcopy(clf.model)
-    hook = _NeuronMask(n_units, clf.device)
-    dict(model.named_modules())[layer].register_forward_hook(hook)
-    return _clone_classifier(clf, model), hook
-
-
-def _clone_classifier(clf: TorchClassifier, model: nn.Module) -> TorchClassifier:
-    return TorchClassifier(
-        model,
-        input_shape=clf.input_shape,
-        nb_classes=clf.nb_classes,
-        loss=clf.loss,
-        clip_values=clf.clip_values,
-        preprocessing=clf.preprocessing,
-        device=clf.device,
-    )
-
-
-def _default_conv_layer(clf: TorchClassifier) -> str:
-    """The output of the last convolution, after its activation when one follows it."""
-    modules = list(clf.model.named_modules())[1:]
-    conv = [i for i, (_, m) in enumerate(modules) if isinstance(m, nn.modules.conv._ConvNd)]
-    if not conv:
-        names = clf.layer_names
-        if len(names) < 2:
-            raise InputError(
-                f"cannot pick a layer to prune in a network with layers {names}; pass layer=..."
-            )
-        return names[-2]
-    i = conv[-1]
-    activations = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid)
-    if i + 1 < len(modules) and isinstance(modules[i + 1][1], activations):
-        return modules[i + 1][0]
-    return modules[i][0]
-
-
-def _accuracy(clf: TorchClassifier, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    with torch.no_grad():
-        pred = torch.cat(
-            [
-                clf._predict_probabilities(x[i : i + batch_size]).argmax(1)
-                for i in range(0, x.shape[0], batch_size)
-            ]
-        )
-    return float((pred == y).float().mean())
-
-
-def _mean_unit_activation(
-    clf: TorchClassifier, layer: str, x: torch.Tensor, batch_size: int
-) -> torch.Tensor:
-    """Mean activation of each unit (channel) of ``layer`` over ``x`` (and space)."""
-    total: torch.Tensor | None = None
-    for i in range(0, x.shape[0], batch_size):
-        act = clf.activations_tensor(x[i : i + batch_size], layer)
-        act = act.reshape(act.shape[0], act.shape[1], -1).to(torch.float64).mean(dim=2).sum(dim=0)
-        total = act if total is None else total + act
-    assert total is not None
-    return total / x.shape[0]
-
-
-class FinePruning(_Parametrized):
+class FinePruning(PoisonDefense):
     """Remove a backdoor by pruning dormant channels of the last convolution and fine-tuning.
 
     Backdoor behaviour tends to live in neurons that clean inputs leave dormant. Fine-pruning
@@ -131,21 +33,23 @@ class FinePruning(_Parametrized):
     fine-tunes the pruned network on the clean data so that the remaining neurons, which the
     attacker may have co-opted, unlearn the trigger.
 
-    Pruned channels are masked by a forward hook on the layer (they stay at zero during
-    fine-tuning). The original estimator is not modified: the defended model is a new
-    :class:`~bastion.estimators.TorchClassifier` in ``estimator_``.
+    The work is done on ``estimator.clone()``: channels are pruned with the clone's
+    ``prune(layer, units)`` (they stay at zero during fine-tuning) and the clone is
+    fine-tuned with its ``fit``. The original estimator and its model are not modified: the
+    defended model is the clone, in ``estimator_``.
 
     Threat model: the defender holds the (possibly backdoored) network and a small set of
     clean, correctly labelled data; no knowledge of the trigger or the target.
 
     Parameters
     ----------
-    estimator : TorchClassifier
-        The model to repair.
+    estimator : Classifier
+        The model to repair; needs the ``predict``, ``activations``, ``clone``, ``prune`` and
+        ``fit`` capabilities (e.g. a :class:`~bastion.estimators.TorchClassifier`).
     layer : str, int or None, default=None
-        Layer whose output channels are pruned; ``None`` takes the last convolution (its
-        activation's output when an activation module follows it), or the penultimate
-        layer of a network without convolutions.
+        Layer whose output channels are pruned; ``None`` takes the last convolution of
+        ``estimator.layer_types`` (its activation's output when an activation layer follows
+        it), or the penultimate layer of a network without convolutions.
     accuracy_drop : float, default=0.04
         Largest allowed drop of the clean accuracy caused by pruning, in ``[0, 1)``.
     max_prune_ratio : float, default=0.9
@@ -163,8 +67,8 @@ class FinePruning(_Parametrized):
 
     Attributes
     ----------
-    estimator_ : TorchClassifier
-        The pruned and fine-tuned model.
+    estimator_ : Classifier
+        The pruned and fine-tuned clone of the estimator.
     layer_ : str
         The pruned layer.
     pruned_channels_ : numpy.ndarray of int
@@ -195,13 +99,7 @@ class FinePruning(_Parametrized):
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "layer": [
-            NONE,
-            Satisfies(
-                lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
-                "a layer name or index",
-            ),
-        ],
+        "layer": LAYER,
         "accuracy_drop": [Interval(float, 0, 1, closed="left")],
         "max_prune_ratio": [Interval(float, 0, 1, closed="neither")],
         "epochs": [Interval(int, 0, None)],
@@ -210,6 +108,13 @@ class FinePruning(_Parametrized):
         "random_state": [RandomState()],
         "verbose": [Boolean()],
     }
+    _estimator_requirements: ClassVar[tuple[str, ...]] = (
+        "predict",
+        "activations",
+        "clone",
+        "prune",
+        "fit",
+    )
 
     def __init__(
         self,
@@ -234,10 +139,6 @@ class FinePruning(_Parametrized):
         self.random_state = random_state
         self.verbose = verbose
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [n for n in super()._param_names() if n != "estimator"]
-
     def fit(self, x_clean: Any, y_clean: Any) -> FinePruning:
         """Prune and fine-tune a copy of the estimator on clean data.
 
@@ -254,42 +155,27 @@ class FinePruning(_Parametrized):
         self
         """
         self._validate()
-        clf = _torch_classifier(self.estimator, "FinePruning")
-        x, y = _clean_data(clf, x_clean, y_clean)
-        layer = _layer_name(clf, self.layer) if self.layer is not None else _default_conv_layer(clf)
-        bs = self.batch_size
-        with torch.no_grad():
-            mean_act = _mean_unit_activation(clf, layer, x, bs)
-        n_units = mean_act.shape[0]
-        pruned, hook = _copy_with_mask(clf, layer, n_units)
-        base = _accuracy(clf, x, y, bs)
+        x = self._x(x_clean, "x_clean")
+        y = self._labels(y_clean, x.shape[0], "y_clean").to(x.device)
+        layer = self.layer_ = self._layer()
+        mean_act = self._unit_activations(x, layer, self.batch_size).mean(dim=0)
+        pruned = self.estimator.clone()
+        self.accuracy_original_ = self._accuracy(self.estimator, x, y)
         order = torch.argsort(mean_act, stable=True)
-        limit = math.floor(self.max_prune_ratio * n_units)
-        n_pruned, acc = 0, base
-        for k in tqdm(range(limit), desc="FinePruning", disable=not self.verbose):
-            hook.keep[order[k]] = 0.0
-            trial = _accuracy(pruned, x, y, bs)
-            if trial < base - self.accuracy_drop:
-                hook.keep[order[k]] = 1.0  # one channel too many: keep the last good network
-                break
-            n_pruned, acc = k + 1, trial
-        self.layer_ = layer
+        n_pruned, self.accuracy_pruned_ = self._prune(pruned, layer, order, x, y)
         self.pruned_channels_ = order[:n_pruned].cpu().numpy()
-        self.prune_ratio_ = n_pruned / n_units
-        self.accuracy_original_ = base
-        self.accuracy_pruned_ = acc
+        self.prune_ratio_ = n_pruned / order.shape[0]
         if self.epochs:
-            gen = resolve_random_state(self.random_state, "cpu")
             pruned.fit(
                 x,
                 y,
                 epochs=self.epochs,
-                batch_size=bs,
+                batch_size=self.batch_size,
                 lr=self.learning_rate,
-                random_state=gen,
+                random_state=resolve_random_state(self.random_state, "cpu"),
                 verbose=self.verbose,
             )
-        self.accuracy_fine_tuned_ = _accuracy(pruned, x, y, bs)
+        self.accuracy_fine_tuned_ = self._accuracy(pruned, x, y)
         if n_pruned == 0:
             warnings.warn(
                 "FinePruning pruned no channel: the first one already dropped the clean "
@@ -298,6 +184,39 @@ class FinePruning(_Parametrized):
             )
         self.estimator_ = pruned
         return self
+
+    def _default_layer(self) -> str:
+        """The output of the last convolution, after its activation when one follows it;
+        the penultimate layer of a network without convolutions."""
+        names = list(self.estimator.layer_names)
+        kinds = self.estimator.layer_types
+        conv = [i for i, name in enumerate(names) if _CONVOLUTION.fullmatch(kinds.get(name, ""))]
+        if not conv:
+            return super()._default_layer()
+        i = conv[-1]
+        if i + 1 < len(names) and kinds.get(names[i + 1]) in _ACTIVATIONS:
+            return str(names[i + 1])
+        return str(names[i])
+
+    def _accuracy(self, estimator: Any, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float((self._predicted(estimator, x, self.batch_size) == y).float().mean())
+
+    def _prune(
+        self, pruned: Any, layer: str, order: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[int, float]:
+        """Prune the units of ``layer`` of the clone ``pruned`` in ``order`` while the clean
+        accuracy stays within ``accuracy_drop``; returns the number pruned and the accuracy."""
+        base = acc = self.accuracy_original_
+        limit = math.floor(self.max_prune_ratio * order.shape[0])
+        n_pruned = 0
+        for k in tqdm(range(limit), desc="FinePruning", disable=not self.verbose):
+            pruned.prune(layer, order[: k + 1])
+            trial = self._accuracy(pruned, x, y)
+            if trial < base - self.accuracy_drop:
+                pruned.prune(layer, order[:k])  # one channel too many: the last good network
+                break
+            n_pruned, acc = k + 1, trial
+        return n_pruned, acc
 
     def evaluate(
         self, x_test: Any, y_test: Any, x_triggered: Any = None, target: Any = None
@@ -322,8 +241,7 @@ class FinePruning(_Parametrized):
         """
         from bastion.metrics.poisoning import attack_success_rate, clean_accuracy
 
-        if not hasattr(self, "estimator_"):
-            raise NotFittedError("FinePruning is not fitted: call fit(x_clean, y_clean) first.")
+        self._check_fitted("estimator_", "fit(x_clean, y_clean)")
         bs = self.batch_size
         out = {
             "clean_accuracy_before": clean_accuracy(self.estimator, x_test, y_test, batch_size=bs),
@@ -339,13 +257,3 @@ class FinePruning(_Parametrized):
                 self.estimator_, x_triggered, target, batch_size=bs
             )
         return out
-
-
-def _clean_data(clf: Any, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    xt, _ = to_tensor(x, device=clf.device, dtype=clf.dtype)
-    check_x(xt, input_shape=clf.input_shape, clip_values=clf.clip_values)
-    if y is None:
-        raise InputError("the clean labels y are required.")
-    yt, _ = to_tensor(y, dtype=None)
-    labels = check_labels(yt.cpu(), n=xt.shape[0], nb_classes=clf.nb_classes)
-    return xt, labels.to(clf.device)

@@ -2,44 +2,31 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm.auto import trange
 
-from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
+from bastion._tensor import RandomStateLike, resolve_random_state
 from bastion._validation import (
-    NONE,
     Boolean,
     Constraint,
     Interval,
     Options,
     RandomState,
-    Satisfies,
-    check_labels,
-    check_x,
     validate_params,
 )
-from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector
-from bastion.defenses.poisoning.fine_pruning import (
-    _clean_data,
-    _clone_classifier,
-    _copy_with_mask,
-    _layer_name,
-    _torch_classifier,
-)
-from bastion.estimators.base import Classifier, require_capabilities
+from bastion.defenses.poisoning._trigger_search import TriggerSearch
+from bastion.defenses.poisoning.base import LAYER, DetectionResult, PoisonDetector
+from bastion.estimators.base import Classifier, EstimatorWrapper
 from bastion.exceptions import InputError
 
 __all__ = ["NeuralCleanse"]
 
-_EPS = 1e-7  # keeps atanh finite at the ends of the tanh parametrisation
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of a normal's std
+_FORWARD_BATCH = 256  # samples per forward pass when reading activations and predictions
 
 
 def anomaly_index(norms: np.ndarray) -> np.ndarray:
@@ -90,7 +77,10 @@ class NeuralCleanse(PoisonDetector):
     ----------
     estimator : Classifier
         The suspect model; needs the ``logits`` and ``class_gradient`` capabilities (a
-        differentiable model), and ``activations`` for ``detect`` and :meth:`mitigate`.
+        differentiable model: the search asks it for ``objective_gradient_tensor``), and
+        ``activations`` for ``detect``. :meth:`mitigate` needs ``clone`` and ``fit``
+        (unlearning), ``clone``, ``prune`` and ``activations`` (pruning), or
+        ``activations`` (filter).
     max_epochs : int, default=100
         Largest number of passes of the optimisation over the clean data.
     learning_rate : float, default=0.1
@@ -175,13 +165,7 @@ class NeuralCleanse(PoisonDetector):
         "early_stop_threshold": [Interval(float, 0, 1, closed="right")],
         "early_stop_patience": [Interval(int, 1, None)],
         "anomaly_threshold": [Interval(float, 0, None, closed="neither")],
-        "layer": [
-            NONE,
-            Satisfies(
-                lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
-                "a layer name or index",
-            ),
-        ],
+        "layer": LAYER,
         "neuron_fraction": [Interval(float, 0, 1, closed="right")],
         "false_positive_rate": [Interval(float, 0, 1, closed="neither")],
         "batch_size": [Interval(int, 1, None)],
@@ -236,40 +220,23 @@ class NeuralCleanse(PoisonDetector):
         self.random_state = random_state
         self.verbose = verbose
 
-    # ------------------------------------------------------------------ helpers
-
-    def _x(self, x: Any) -> torch.Tensor:
-        est = self.estimator
-        xt, _ = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
-        check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
-        return xt
-
-    def _mask_shape(self) -> tuple[int, ...]:
-        shape = tuple(self.estimator.input_shape)
-        return (1, *shape[1:]) if len(shape) == 3 else shape
-
-    def _bounds(self, x: torch.Tensor) -> tuple[float, float]:
-        clip = self.estimator.clip_values
-        if clip is not None:
-            return float(clip[0]), float(clip[1])
-        return float(x.min()), float(x.max())
+    # ------------------------------------------------------------------ triggers
 
     def stamp(self, x: Any, label: int) -> Any:
         """Stamp the reversed trigger of class ``label`` on ``x`` (same type out as in)."""
-        self._fitted()
-        xt, kind = to_tensor(x, device=self.estimator.device, dtype=self.estimator.dtype)
+        self._check_fitted("masks_", "reverse_engineer(x)")
+        xt, kind = self._x_and_kind(x)
+        k = self.estimator.nb_classes
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise InputError(f"label must be a class index (an int); got {label!r}.")
+        if not 0 <= label < k:
+            raise InputError(f"label {label} is outside the {k} classes [0, {k - 1}].")
         return kind.restore(self._stamp(xt, int(label)))
 
     def _stamp(self, x: torch.Tensor, label: int | torch.Tensor) -> torch.Tensor:
         m = self._masks[label].to(x.dtype)
         p = self._patterns[label].to(x.dtype)
         return (1 - m) * x + m * p
-
-    def _fitted(self) -> None:
-        if not hasattr(self, "masks_"):
-            raise InputError("NeuralCleanse has no reversed triggers: call reverse_engineer first.")
-
-    # ------------------------------------------------------------------ reverse engineering
 
     def reverse_engineer(self, x: Any, y: Any = None) -> NeuralCleanse:
         """Reverse-engineer the smallest trigger of every class on clean inputs.
@@ -287,167 +254,36 @@ class NeuralCleanse(PoisonDetector):
         self
         """
         self._validate()
-        est = self.estimator
         xt = self._x(x)
-        n, k = xt.shape[0], est.nb_classes
-        dev, dtype = est.device, est.dtype
-        gen = resolve_random_state(self.random_state, "cpu")
-        lo, hi = self._bounds(xt)
-        mshape = self._mask_shape()
-
-        def to_raw(u: torch.Tensor) -> torch.Tensor:  # u in [0, 1] -> tanh parameter
-            return torch.atanh((u - 0.5) * (2 - _EPS) * (1 - 1e-6))
-
-        def mask_of(raw: torch.Tensor) -> torch.Tensor:
-            return (torch.tanh(raw) / (2 - _EPS) + 0.5).clamp(0, 1)  # clamp: float rounding
-
-        def pattern_of(raw: torch.Tensor) -> torch.Tensor:
-            return (lo + (hi - lo) * (torch.tanh(raw) / (2 - _EPS) + 0.5)).clamp(lo, hi)
-
-        m_raw = to_raw(torch.rand((k, *mshape), generator=gen, dtype=dtype)).to(dev)
-        p_raw = to_raw(torch.rand((k, *est.input_shape), generator=gen, dtype=dtype)).to(dev)
-        params = [m_raw, p_raw]
-        adam_m = [torch.zeros_like(t) for t in params]
-        adam_v = [torch.zeros_like(t) for t in params]
-        adam_t = torch.zeros(k, device=dev)
-        beta1, beta2, lr = 0.5, 0.9, float(self.learning_rate)
-
-        def kvec(value: float, dt: torch.dtype = torch.float64) -> torch.Tensor:
-            return torch.full((k,), value, dtype=dt, device=dev)
-
-        cost = kvec(float(self.init_cost))
-        inf = math.inf
-        reg_best, es_best = kvec(inf), kvec(inf)
-        best_success = kvec(math.nan)
-        best_m, best_p = mask_of(m_raw).clone(), pattern_of(p_raw).clone()
-        zeros_i = torch.zeros(k, dtype=torch.long, device=dev)
-        up_count, down_count, set_count, es_count = (zeros_i.clone() for _ in range(4))
-        up_flag = torch.zeros(k, dtype=torch.bool, device=dev)
-        down_flag = up_flag.clone()
-        active = torch.ones(k, dtype=torch.bool, device=dev)
-        epochs = zeros_i.clone()
-        thr = float(self.attack_success_threshold)
-        mult_up, mult_down = float(self.cost_multiplier), float(self.cost_multiplier) ** 1.5
-        bs = min(self.batch_size, n)
-        steps = math.ceil(n / bs)
-
-        for _ in trange(self.max_epochs, desc="NeuralCleanse", disable=not self.verbose):
-            ids = torch.nonzero(active).flatten()
-            if ids.numel() == 0:
-                break
-            na = ids.numel()
-            targets = ids.repeat_interleave(bs)
-            order = torch.randperm(n, generator=gen).to(dev)
-            acc_sum = torch.zeros(na, dtype=torch.float64, device=dev)
-            reg_sum = torch.zeros(na, dtype=torch.float64, device=dev)
-            for s in range(steps):
-                xb = xt[order[s * bs : (s + 1) * bs]]
-                b = xb.shape[0]
-                leaves = [t[ids].detach().requires_grad_(True) for t in params]
-                with torch.enable_grad():
-                    m, p = mask_of(leaves[0]), pattern_of(leaves[1])
-                    x_adv = (1 - m).unsqueeze(1) * xb.unsqueeze(0) + (m * p).unsqueeze(1)
-                    logits = est.logits_tensor(x_adv.reshape(na * b, *xb.shape[1:]))
-                    tgt = targets if b == bs else ids.repeat_interleave(b)
-                    ce = F.cross_entropy(logits, tgt, reduction="none").view(na, b).mean(dim=1)
-                    reg = m.abs().flatten(1).sum(dim=1)
-                    loss = ce + cost[ids].to(ce.dtype) * reg
-                    grads = torch.autograd.grad(loss.sum(), leaves)
-                # Adam, one step count per class so that stopped classes stay frozen
-                adam_t[ids] += 1
-                t_ids = adam_t[ids]
-                for j, g in enumerate(grads):
-                    shape = (na,) + (1,) * (g.ndim - 1)
-                    mj = beta1 * adam_m[j][ids] + (1 - beta1) * g
-                    vj = beta2 * adam_v[j][ids] + (1 - beta2) * g * g
-                    adam_m[j][ids], adam_v[j][ids] = mj, vj
-                    mhat = mj / (1 - beta1**t_ids).view(shape)
-                    vhat = vj / (1 - beta2**t_ids).view(shape)
-                    params[j][ids] = params[j][ids] - lr * mhat / (vhat.sqrt() + 1e-8)
-                hits = logits.detach().argmax(dim=1) == tgt
-                acc_sum += hits.view(na, b).to(torch.float64).mean(dim=1) * b
-                reg_sum += reg.detach().to(torch.float64) * b
-            epochs[ids] += 1
-            acc, reg_avg = acc_sum / n, reg_sum / n
-
-            # best mask so far: successful and smaller
-            succ = acc >= thr
-            better = succ & (reg_avg < reg_best[ids])
-            if bool(better.any()):
-                upd = ids[better]
-                best_m[upd] = mask_of(m_raw[upd])
-                best_p[upd] = pattern_of(p_raw[upd])
-                reg_best[upd] = reg_avg[better]
-                best_success[upd] = acc[better]
-            # early stopping
-            done = torch.zeros(na, dtype=torch.bool, device=dev)
-            if self.early_stop:
-                rb = reg_best[ids]
-                has = torch.isfinite(rb)
-                stall = has & (rb >= self.early_stop_threshold * es_best[ids])
-                es_count[ids] = torch.where(
-                    stall, es_count[ids] + 1, torch.where(has, 0, es_count[ids])
-                )
-                es_best[ids] = torch.minimum(rb, es_best[ids])
-                done = up_flag[ids] & down_flag[ids] & (es_count[ids] >= self.early_stop_patience)
-            # lambda: reset when it sits at zero while successful, then up or down
-            c = cost[ids]
-            set_c = torch.where((c == 0) & succ, set_count[ids] + 1, 0)
-            reset = set_c >= self.patience
-            c = torch.where(reset, float(self.init_cost), c)
-            set_count[ids] = torch.where(reset, 0, set_c)
-            up_c = torch.where(succ, up_count[ids] + 1, 0)
-            down_c = torch.where(succ, 0, down_count[ids] + 1)
-            up_c, down_c = torch.where(reset, 0, up_c), torch.where(reset, 0, down_c)
-            uf, df = up_flag[ids] & ~reset, down_flag[ids] & ~reset
-            go_up = up_c >= self.patience
-            go_down = ~go_up & (down_c >= self.patience)
-            c = torch.where(go_up, c * mult_up, torch.where(go_down, c / mult_down, c))
-            cost[ids] = c
-            up_count[ids] = torch.where(go_up, 0, up_c)
-            down_count[ids] = torch.where(go_down, 0, down_c)
-            up_flag[ids], down_flag[ids] = uf | go_up, df | go_down
-            active[ids[done]] = False
-
-        never = ~torch.isfinite(reg_best)
-        if bool(never.any()):  # keep the last mask of a class that never succeeded
-            best_m[never] = mask_of(m_raw[never])
-            best_p[never] = pattern_of(p_raw[never])
-        self._masks, self._patterns = best_m.detach(), best_p.detach()
+        search = TriggerSearch.run(self, xt, resolve_random_state(self.random_state, "cpu"))
+        self._masks, self._patterns = search.triggers()
         self._x_clean = xt
         self.masks_ = self._masks.cpu().numpy()
         self.patterns_ = self._patterns.cpu().numpy()
         self.l1_norms_ = self._masks.abs().flatten(1).sum(dim=1).to(torch.float64).cpu().numpy()
-        self.trigger_success_ = best_success.cpu().numpy()
-        self.epochs_ = epochs.cpu().numpy()
-        self.anomaly_index_ = anomaly_index(self.l1_norms_)
-        med = np.median(self.l1_norms_)
-        flagged = np.flatnonzero(
-            (self.anomaly_index_ > self.anomaly_threshold) & (self.l1_norms_ < med)
-        )
-        self.infected_classes_ = [
-            int(c) for c in flagged[np.argsort(-self.anomaly_index_[flagged])]
-        ]
+        self.trigger_success_ = search.best_success.cpu().numpy()
+        self.epochs_ = search.epochs.cpu().numpy()
+        self._find_infected()
         self._neurons: dict[tuple[int, bool], tuple[torch.Tensor, float, float, float]] = {}
         if hasattr(self, "_clean_act"):
             del self._clean_act
         return self
 
+    def _find_infected(self) -> None:
+        """Anomaly index of every class; the infected ones, most anomalous first."""
+        self.anomaly_index_ = anomaly_index(self.l1_norms_)
+        small = self.l1_norms_ < np.median(self.l1_norms_)
+        flagged = np.flatnonzero((self.anomaly_index_ > self.anomaly_threshold) & small)
+        self.infected_classes_ = [
+            int(c) for c in flagged[np.argsort(-self.anomaly_index_[flagged])]
+        ]
+
     # ------------------------------------------------------------------ trigger neurons
 
-    def _layer(self) -> str | int:
-        self.layer_ = super()._layer()
-        return self.layer_
-
     def _act(self, x: torch.Tensor) -> torch.Tensor:
-        """Activations ``(N, D)`` of the chosen layer, one unit per channel (spatial mean)."""
-        layer = self._layer()
-        outs = []
-        with torch.no_grad():
-            for i in range(0, x.shape[0], 256):
-                a = self.estimator.activations_tensor(x[i : i + 256], layer)
-                outs.append(a.reshape(a.shape[0], a.shape[1], -1).to(torch.float64).mean(dim=2))
-        return torch.cat(outs)
+        """Activations ``(N, units)`` of the chosen layer (sets ``layer_``)."""
+        self.layer_ = self._layer()
+        return self._unit_activations(x, self.layer_, _FORWARD_BATCH)
 
     def _trigger_neurons(
         self, label: int, within_class: bool
@@ -461,19 +297,14 @@ class NeuralCleanse(PoisonDetector):
         """
         key = (label, within_class)
         if key not in self._neurons:
-            require_capabilities(self.estimator, ("activations",), type(self).__name__)
             if not hasattr(self, "_clean_act"):
                 self._clean_act = self._act(self._x_clean)
-                with torch.no_grad():
-                    self._clean_pred = torch.cat(
-                        [
-                            self.estimator.predict_tensor(self._x_clean[i : i + 256]).argmax(1)
-                            for i in range(0, self._x_clean.shape[0], 256)
-                        ]
-                    ).cpu()
+                self._clean_pred = self._predicted(
+                    self.estimator, self._x_clean, _FORWARD_BATCH
+                ).cpu()
             clean = self._clean_act
             if within_class and int((self._clean_pred == label).sum()) >= 2:
-                clean = clean[self._clean_pred == label]
+                clean = clean[self._clean_pred.to(clean.device) == label]
             stamped = self._act(self._stamp(self._x_clean, label))
             gap = stamped.mean(dim=0) - clean.mean(dim=0)
             count = max(1, math.ceil(self.neuron_fraction * gap.shape[0]))
@@ -522,20 +353,16 @@ class NeuralCleanse(PoisonDetector):
         """
         self._validate()
         xt = self._x(x)
-        labels: np.ndarray | None = None
-        if y is not None:
-            yt, _ = to_tensor(y, dtype=None)
-            k = self.estimator.nb_classes
-            labels = check_labels(yt.cpu(), n=xt.shape[0], nb_classes=k).numpy()
+        labels = None if y is None else self._labels(y, xt.shape[0]).numpy()
+        self._require(("activations",), "detect")
+        self._layer()  # an unknown layer fails before the search
         if not hasattr(self, "masks_"):
             self.reverse_engineer(xt)
         infected = self.infected_classes_
         n = xt.shape[0]
         if infected:
-            per_class = (
-                self._scores(xt, infected, labels is not None).cpu().numpy()
-            )  # (n_infected, N)
-            scores = per_class.max(axis=0)
+            per_class = self._scores(xt, infected, labels is not None).cpu().numpy()
+            scores = per_class.max(axis=0)  # (n_infected, N) -> (N,)
             if labels is not None:
                 rows = {c: i for i, c in enumerate(infected)}
                 own = np.array([rows.get(int(c), -1) for c in labels])
@@ -546,17 +373,17 @@ class NeuralCleanse(PoisonDetector):
                 is_poison = scores > 0
         else:
             scores, is_poison = np.zeros(n), np.zeros(n, dtype=bool)
-        report: dict[int, dict[str, Any]] = {}
-        keys = np.unique(labels).tolist() if labels is not None else []
-        for c in keys:
-            sel = labels == c
-            report[int(c)] = {
-                "size": int(sel.sum()),
-                "n_flagged": int(is_poison[sel].sum()),
-                "anomaly_index": float(self.anomaly_index_[c]),
-                "l1_norm": float(self.l1_norms_[c]),
-                "infected": int(c) in infected,
-            }
+        report = {}
+        if labels is not None:
+            report = self._class_report(
+                labels,
+                is_poison,
+                lambda c, _: {
+                    "anomaly_index": float(self.anomaly_index_[c]),
+                    "l1_norm": float(self.l1_norms_[c]),
+                    "infected": c in infected,
+                },
+            )
         return DetectionResult(
             is_poison=is_poison,
             scores=scores.astype(np.float64),
@@ -602,9 +429,9 @@ class NeuralCleanse(PoisonDetector):
         Returns
         -------
         Classifier
-            A :class:`~bastion.estimators.TorchClassifier` with its own network (unlearning,
-            pruning) or a predict-only filtering wrapper; the original estimator is left
-            unchanged. With no infected class, a warning and an unchanged copy.
+            A clone of the estimator (``estimator.clone()``, its own model: unlearning,
+            pruning) or a predict-only filtering wrapper; the original estimator and its model
+            are left unchanged. With no infected class, a warning and an unchanged clone.
 
         Attributes set
         --------------
@@ -631,82 +458,97 @@ class NeuralCleanse(PoisonDetector):
             },
         )
         self._validate()
-        self._fitted()
+        self._check_fitted("masks_", "reverse_engineer(x)")
+        needs = {
+            "unlearning": ("clone", "fit"),
+            "pruning": ("clone", "prune", "activations"),
+            "filter": ("activations",),
+        }
+        self._require(needs[method], f"mitigate(method={method!r})")
         if method == "filter":
             return _FilteredClassifier(self)
-        clf = _torch_classifier(self.estimator, "NeuralCleanse.mitigate")
-        xt, yt = _clean_data(clf, x, y)
-        infected = self.infected_classes_
-        if not infected:
+        xt = self._x(x)
+        yt = self._labels(y, xt.shape[0]).to(xt.device)
+        if not self.infected_classes_:
             warnings.warn(
                 "NeuralCleanse found no infected class: the returned model is an unchanged copy.",
                 stacklevel=2,
             )
-            return _clone_classifier(clf, copy.deepcopy(clf.model))
-        gen = resolve_random_state(self.random_state, "cpu")
+            return self.estimator.clone()
         if method == "unlearning":
-            n = xt.shape[0]
-            count = math.floor(fraction * n + 0.5)
-            chosen = torch.randperm(n, generator=gen)[:count].to(xt.device)
-            which = torch.tensor(infected, device=xt.device)[
-                torch.randint(0, len(infected), (count,), generator=gen).to(xt.device)
-            ]
-            x_ft = xt.clone()
-            x_ft[chosen] = self._stamp(xt[chosen], which)
-            model = _clone_classifier(clf, copy.deepcopy(clf.model))
-            return model.fit(
-                x_ft,
-                yt,
-                epochs=epochs,
-                lr=learning_rate,
-                batch_size=self.batch_size,
-                random_state=gen,
-                verbose=self.verbose,
-            )
-        # pruning
-        require_capabilities(clf, ("activations",), "NeuralCleanse.mitigate")
-        layer = _layer_name(clf, self._layer())
-        clean = self._act(xt).mean(dim=0)
-        gap = torch.stack([self._act(self._stamp(xt, c)).mean(dim=0) - clean for c in infected])
+            return self._unlearn(xt, yt, epochs, learning_rate, fraction)
+        return self._prune(xt, yt, max_prune_ratio, success_threshold)
+
+    def _unlearn(
+        self, x: torch.Tensor, y: torch.Tensor, epochs: int, learning_rate: float, fraction: float
+    ) -> Any:
+        """Fine-tune a clone on ``x`` where ``fraction`` of the samples carry the reversed
+        trigger of an infected class (drawn per sample) and keep their label."""
+        gen = resolve_random_state(self.random_state, "cpu")
+        infected = self.infected_classes_
+        n = x.shape[0]
+        count = math.floor(fraction * n + 0.5)
+        chosen = torch.randperm(n, generator=gen)[:count].to(x.device)
+        which = torch.tensor(infected, device=x.device)[
+            torch.randint(0, len(infected), (count,), generator=gen).to(x.device)
+        ]
+        x_ft = x.clone()
+        x_ft[chosen] = self._stamp(x[chosen], which)
+        model = self.estimator.clone()
+        model.fit(
+            x_ft,
+            y,
+            epochs=epochs,
+            lr=learning_rate,
+            batch_size=self.batch_size,
+            random_state=gen,
+            verbose=self.verbose,
+        )
+        return model
+
+    def _prune(
+        self, x: torch.Tensor, y: torch.Tensor, max_prune_ratio: float, success_threshold: float
+    ) -> Any:
+        """Prune, in a clone, the units of ``layer`` that the reversed triggers excite most,
+        until the triggers fail (sets ``pruned_neurons_``)."""
+        infected = self.infected_classes_
+        clean = self._act(x).mean(dim=0)
+        layer = self.layer_
+        gap = torch.stack([self._act(self._stamp(x, c)).mean(dim=0) - clean for c in infected])
         order = torch.argsort(gap.sum(dim=0), descending=True)
-        pruned, hook = _copy_with_mask(clf, layer, order.shape[0])
-        stamped = [(self._stamp(xt[yt != c], c), c) for c in infected]
+        stamped = [(self._stamp(x[y != c], c), c) for c in infected]
+        pruned = self.estimator.clone()
 
         def success() -> float:
-            rates = []
-            with torch.no_grad():
-                for xs, c in stamped:
-                    pred = pruned._predict_probabilities(xs).argmax(dim=1)
-                    rates.append(float((pred == c).float().mean()) if xs.shape[0] else 0.0)
-            return max(rates)
+            """The largest success rate of a reversed trigger on the pruned clone."""
+            rates = [
+                float((self._predicted(pruned, xs, _FORWARD_BATCH) == c).float().mean())
+                for xs, c in stamped
+                if xs.shape[0]
+            ]
+            return max(rates, default=0.0)
 
         limit = max(1, math.floor(max_prune_ratio * order.shape[0]))
         n_pruned = 0
         while n_pruned < limit and success() > success_threshold:
-            hook.keep[order[n_pruned]] = 0.0
             n_pruned += 1
+            pruned.prune(layer, order[:n_pruned])
         self.pruned_neurons_ = order[:n_pruned].cpu().numpy()
         return pruned
 
 
-class _FilteredClassifier(Classifier):
+class _FilteredClassifier(EstimatorWrapper):
     """Predict-only wrapper: inputs Neural Cleanse's filter flags get all-zero probabilities."""
 
-    capabilities = frozenset({"predict"})
+    forwarded = frozenset({"predict"})
 
     def __init__(self, defence: NeuralCleanse) -> None:
-        super().__init__()
-        est = defence.estimator
+        super().__init__(defence.estimator)
         self.defence = defence
-        self.input_shape = tuple(est.input_shape)
-        self.nb_classes = est.nb_classes
-        self.clip_values = est.clip_values
-        self.device = est.device
-        self.dtype = est.dtype
 
     def _predict_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.estimator.predict_tensor(x)
         nc = self.defence
-        probs = nc.estimator._predict_probabilities(x)
         if not nc.infected_classes_:
             return probs
         rejected = (nc._scores(x, nc.infected_classes_, False) > 0).any(dim=0).to(probs.device)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import inspect
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
+from bastion._tensor import RandomStateLike, resolve_random_state
 from bastion._validation import (
     NONE,
     Boolean,
@@ -18,11 +18,9 @@ from bastion._validation import (
     Interval,
     RandomState,
     Satisfies,
-    check_labels,
     check_x,
-    validate_params,
 )
-from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector
+from bastion.defenses.poisoning.base import DetectionResult, PoisonDetector
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import InputError
 
@@ -40,10 +38,11 @@ class ProvenanceDefense(PoisonDetector):
     the data: a source is poisonous when removing it raises the accuracy by more than
     ``eps`` (the paper's variant for partially trusted data).
 
-    Every model is trained from the same starting point: a copy of ``estimator`` re-fitted
-    (a :class:`~bastion.estimators.TorchClassifier` is re-initialised from ``random_state``
-    first, a :class:`~bastion.estimators.SklearnClassifier` refits from scratch), or
-    whatever ``train_fn(x, y)`` returns. Cost: one training per source plus one.
+    Every model is trained from the same starting point: ``estimator.clone(reinitialize=True,
+    random_state=seed)`` with one seed drawn from ``random_state`` (a
+    :class:`~bastion.estimators.TorchClassifier` draws fresh weights, a
+    :class:`~bastion.estimators.SklearnClassifier` refits from scratch anyway), then
+    ``fit``; or whatever ``train_fn(x, y)`` returns. Cost: one training per source plus one.
 
     Threat model: the attacker injects or alters the data of some sources (any poisoning
     that lowers the accuracy on clean data: label flipping, noise, availability attacks);
@@ -54,8 +53,9 @@ class ProvenanceDefense(PoisonDetector):
     Parameters
     ----------
     estimator : Classifier or None
-        A model of the kind to train (its ``fit`` capability is used on copies); may be
-        ``None`` when ``train_fn`` is given.
+        A model of the kind to train; needs the ``clone`` and ``fit`` capabilities (used on
+        clones: the estimator itself is never trained). May be ``None`` when ``train_fn`` is
+        given.
     train_fn : callable or None, default=None
         ``train_fn(x, y) -> Classifier``: trains a fresh model on tensors ``x`` and class
         indices ``y``; replaces the copies of ``estimator``.
@@ -64,8 +64,8 @@ class ProvenanceDefense(PoisonDetector):
     fit_params : dict or None, default=None
         Keyword arguments for ``estimator.fit`` (e.g. ``{"epochs": 10}``).
     random_state : None, int or torch.Generator, default=None
-        Seeds the re-initialisation of torch models (the same seed for every retraining)
-        and ``random_state`` in ``fit_params`` when the estimator takes one.
+        Seeds the re-initialisation of the clones (the same seed for every retraining) and
+        ``random_state`` in ``fit_params`` when the estimator's ``fit`` takes one.
     verbose : bool, default=False
         Show a progress bar over the sources.
 
@@ -111,7 +111,7 @@ class ProvenanceDefense(PoisonDetector):
         "random_state": [RandomState()],
         "verbose": [Boolean()],
     }
-    _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict", "fit")
+    _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict", "clone", "fit")
     _conformance: ClassVar[dict[str, Any]] = {
         "skip": {
             "check_effective": "the shared problem is a backdoor, which leaves the clean "
@@ -138,23 +138,21 @@ class ProvenanceDefense(PoisonDetector):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _validate(self) -> None:
-        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
-        if self.train_fn is None:
-            if self.estimator is None:
-                raise InputError("ProvenanceDefense needs an estimator or a train_fn.")
-            require_capabilities(self.estimator, self._estimator_requirements, "ProvenanceDefense")
+    def _needed_capabilities(self) -> tuple[str, ...]:
+        if self.train_fn is not None:
+            return ()  # the estimator, if any, only tells the data's shape and classes
+        if self.estimator is None:
+            raise InputError("ProvenanceDefense needs an estimator or a train_fn.")
+        return self._estimator_requirements
 
     def _train(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> Any:
         if self.train_fn is not None:
-            return self.train_fn(x, y)
-        model = copy.deepcopy(self.estimator)
-        net = getattr(model, "model", None)
+            model = self.train_fn(x, y)
+            require_capabilities(model, ("predict",), "ProvenanceDefense (the train_fn result)")
+            return model
+        model = self.estimator.clone(reinitialize=True, random_state=seed)
         params = dict(self.fit_params or {})
-        if isinstance(net, torch.nn.Module):
-            from bastion.zoo._init import initialize
-
-            initialize(net, seed)
+        if "random_state" in inspect.signature(model.fit).parameters:
             params.setdefault("random_state", seed)
         model.fit(x, y, **params)
         return model
@@ -184,8 +182,11 @@ class ProvenanceDefense(PoisonDetector):
         self._validate()
         if sources is None or x_val is None or y_val is None:
             raise InputError("ProvenanceDefense.detect needs sources, x_val and y_val.")
-        xt, labels = self._data(x, y)
-        xv, yv = self._data(x_val, y_val)
+        xt, labels = self._data(x, y, ("x", "y"))
+        # without an estimator, the validation data has the training data's shape and classes
+        xv, yv = self._data(
+            x_val, y_val, ("x_val", "y_val"), tuple(xt.shape[1:]), int(labels.max()) + 1
+        )
         src = np.asarray(sources.cpu() if isinstance(sources, torch.Tensor) else sources)
         if src.ndim != 1 or src.shape[0] != xt.shape[0]:
             raise InputError(
@@ -214,27 +215,38 @@ class ProvenanceDefense(PoisonDetector):
         self.flagged_sources_ = [s for s in ids if gain[s] > self.eps]
         scores = np.array([gain[s] for s in src.tolist()], dtype=np.float64)
         is_poison = np.isin(src, np.asarray(self.flagged_sources_, dtype=src.dtype))
-        report: dict[int, dict[str, Any]] = {}
-        for c in np.unique(labels).tolist():
-            sel = labels == c
-            report[int(c)] = {"size": int(sel.sum()), "n_flagged": int(is_poison[sel].sum())}
         return DetectionResult(
             is_poison=is_poison,
             scores=scores,
-            report=report,
+            report=self._class_report(labels, is_poison),
             method="ProvenanceDefense",
             labels=labels,
         )
 
-    def _data(self, x: Any, y: Any) -> tuple[torch.Tensor, np.ndarray]:
-        est = self.estimator
-        dev = est.device if est is not None else None
-        dtype = getattr(est, "dtype", torch.float32) if est is not None else torch.float32
-        xt, _ = to_tensor(x, device=dev, dtype=dtype)
-        if est is not None:
-            check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
-        yt, _ = to_tensor(y, dtype=None)
-        if yt.ndim == 2:
-            yt = yt.argmax(dim=1)
-        k = est.nb_classes if est is not None else int(yt.max()) + 1
-        return xt, check_labels(yt.cpu().to(torch.int64), n=xt.shape[0], nb_classes=k).numpy()
+    def _data(
+        self,
+        x: Any,
+        y: Any,
+        names: tuple[str, str],
+        shape: tuple[int, ...] | None = None,
+        nb_classes: int | None = None,
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Checked inputs and int64 labels (booleans count as classes 0 and 1). Without an
+        estimator (``train_fn`` only) the samples must have ``shape`` and the labels be
+        below ``nb_classes`` where they are given, else the classes are those the labels
+        show."""
+        if y is None:
+            raise InputError(f"ProvenanceDefense needs the labels {names[1]}.")
+        yt, _ = self._numeric(y, names[1], dtype=None)
+        yt = yt.long() if yt.dtype == torch.bool else yt
+        if self.estimator is not None:
+            xt = self._x(x, names[0])
+            return xt, self._labels(yt, xt.shape[0], names[1]).numpy()
+        xt, _ = self._numeric(x, names[0])
+        check_x(xt, input_shape=shape, clip_values=None, name=names[0])
+        if nb_classes is None and yt.ndim == 2:
+            nb_classes = int(yt.shape[1])
+        elif nb_classes is None:
+            seen = yt[torch.isfinite(yt)] if yt.is_floating_point() else yt
+            nb_classes = 1 + max(0, int(seen.max())) if seen.numel() else 1
+        return xt, self._labels(yt, xt.shape[0], names[1], nb_classes=nb_classes).numpy()

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from bastion._validation import NONE, Boolean, Constraint, Interval, Satisfies
-from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector
+from bastion._validation import Boolean, Constraint, Interval
+from bastion.defenses.poisoning.base import LAYER, DetectionResult, PoisonDetector
 
 __all__ = ["SpectralSignatures"]
 
@@ -65,8 +65,8 @@ class SpectralSignatures(PoisonDetector):
 
     Attributes
     ----------
-    layer_ : str or int
-        The layer read by the last ``detect``.
+    layer_ : str
+        The name of the layer read by the last ``detect``.
 
     References
     ----------
@@ -87,13 +87,7 @@ class SpectralSignatures(PoisonDetector):
     """
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "layer": [
-            NONE,
-            Satisfies(
-                lambda v: isinstance(v, (str, int)) and not isinstance(v, bool),
-                "a layer name or index",
-            ),
-        ],
+        "layer": LAYER,
         "expected_poison_fraction": [Interval(float, 0, 1, closed="right")],
         "eps_multiplier": [Interval(float, 0, None, closed="neither")],
         "batch_size": [Interval(int, 1, None)],
@@ -131,25 +125,20 @@ class SpectralSignatures(PoisonDetector):
         -------
         DetectionResult
         """
-        self._validate()
-        xt, labels = self._inputs(x, y)
-        acts = self._activations(xt)
+        acts, labels = self._labelled_activations(x, y)
         n = labels.shape[0]
         is_poison = np.zeros(n, dtype=bool)
         scores = np.zeros(n, dtype=np.float64)
-        report: dict[int, dict[str, Any]] = {}
+        extra: dict[int, dict[str, Any]] = {}
         fraction = min(1.0, self.eps_multiplier * self.expected_poison_fraction)
         for c in np.unique(labels).tolist():
             idx = np.flatnonzero(labels == c)
             s = _top_projection_squared(torch.from_numpy(acts[idx]).to(torch.float64)).numpy()
             n_remove = min(idx.size, math.floor(fraction * idx.size + 0.5)) if idx.size > 1 else 0
             order = np.argsort(-s, kind="stable")
-            removed = idx[order[:n_remove]]
-            is_poison[removed] = True
+            is_poison[idx[order[:n_remove]]] = True
             scores[idx] = s
-            report[int(c)] = {
-                "size": int(idx.size),
-                "n_flagged": int(n_remove),
+            extra[int(c)] = {
                 "threshold": float(s[order[n_remove - 1]]) if n_remove else math.inf,
                 "max_score": float(s.max()),
                 "mean_score": float(s.mean()),
@@ -157,7 +146,7 @@ class SpectralSignatures(PoisonDetector):
         return DetectionResult(
             is_poison=is_poison,
             scores=scores,
-            report=report,
+            report=self._class_report(labels, is_poison, lambda c, _: extra[c]),
             method="SpectralSignatures",
             labels=labels,
         )

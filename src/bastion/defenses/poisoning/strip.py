@@ -5,22 +5,13 @@ from __future__ import annotations
 from statistics import NormalDist
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bastion._tensor import resolve_random_state, to_tensor
-from bastion._validation import (
-    Boolean,
-    Constraint,
-    Interval,
-    Options,
-    RandomState,
-    check_labels,
-    check_x,
-)
-from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector
-from bastion.exceptions import InputError, NotFittedError
+from bastion._tensor import resolve_random_state
+from bastion._validation import Boolean, Constraint, Interval, Options, RandomState
+from bastion.defenses.poisoning.base import DetectionResult, PoisonDetector
+from bastion.exceptions import InputError
 
 __all__ = ["STRIP"]
 
@@ -135,12 +126,6 @@ class STRIP(PoisonDetector):
 
     # ------------------------------------------------------------------ work
 
-    def _x(self, x: Any) -> torch.Tensor:
-        est = self.estimator
-        xt, _ = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
-        check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
-        return xt
-
     def _entropy(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Mean entropy (nats) of the predictions on ``nb_samples`` blends of each input."""
         pool, n_s, a = self.overlay_, self.nb_samples, float(self.alpha)
@@ -185,7 +170,7 @@ class STRIP(PoisonDetector):
         self
         """
         self._validate()
-        xt = self._x(x_clean)
+        xt = self._x(x_clean, "x_clean")
         if xt.shape[0] < 2:
             raise InputError("STRIP.fit needs at least 2 clean inputs.")
         self.overlay_ = xt
@@ -219,26 +204,22 @@ class STRIP(PoisonDetector):
             when ``y`` is given, the count, the number flagged and the mean entropy.
         """
         self._validate()
-        if not hasattr(self, "threshold_"):
-            raise NotFittedError("STRIP is not fitted: call fit(x_clean) first.")
+        self._check_fitted("threshold_", "fit(x_clean)")
         xt = self._x(x)
+        labels = None if y is None else self._labels(y, xt.shape[0]).numpy()
         gen = resolve_random_state(self.random_state, "cpu")
         ent = self._entropy(xt, gen).numpy()
         is_poison = ent < self.threshold_
-        report: dict[int, dict[str, Any]] = {}
-        labels: np.ndarray | None = None
-        if y is not None:
-            yt, _ = to_tensor(y, dtype=None)
-            k = self.estimator.nb_classes
-            labels = check_labels(yt.cpu(), n=xt.shape[0], nb_classes=k).numpy()
-            for c in np.unique(labels).tolist():
-                sel = labels == c
-                report[int(c)] = {
-                    "size": int(sel.sum()),
-                    "n_flagged": int(is_poison[sel].sum()),
+        report = {}
+        if labels is not None:
+            report = self._class_report(
+                labels,
+                is_poison,
+                lambda c, sel: {
                     "mean_entropy": float(ent[sel].mean()),
                     "threshold": float(self.threshold_),
-                }
+                },
+            )
         return DetectionResult(
             is_poison=is_poison,
             scores=-ent,
