@@ -80,3 +80,13 @@ def test_global_rngs_are_never_touched(digits_cnn, digits_test):
     after = np.random.get_state()  # noqa: NPY002
     assert np_state[0] == after[0] and np.array_equal(np_state[1], after[1])
     assert py_state == random.getstate()
+
+
+@pytest.mark.parametrize(
+    "bad", [["a", "b"], [[1.0, 2.0], [3.0]], object(), {"x": 1}, np.array([1 + 2j])]
+)
+def test_non_numeric_input_is_an_input_error(bad):
+    from bastion.exceptions import InputError
+
+    with pytest.raises(InputError, match="numeric array"):
+        to_tensor(bad)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bastion.exceptions import InputError
+
 __all__ = [
     "ArrayKind",
     "RandomStateLike",
@@ -90,12 +92,21 @@ def to_tensor(
         kind = ArrayKind(True, x.device, x.dtype)
         t = x.detach()
     else:
-        arr = np.asarray(x)
-        kind = ArrayKind(False, None, arr.dtype)
-        if arr.dtype == np.float16 or arr.dtype.kind in "biuf":
-            t = torch.from_numpy(np.ascontiguousarray(arr) if arr.ndim else arr.copy())
-        else:
-            t = torch.as_tensor(arr.astype(np.float64))
+        try:
+            arr = np.asarray(x)
+            kind = ArrayKind(False, None, arr.dtype)
+            if arr.dtype.kind == "c":
+                raise TypeError("complex values have no real-valued meaning here")
+            if arr.dtype == np.float16 or arr.dtype.kind in "biuf":
+                t = torch.from_numpy(np.ascontiguousarray(arr) if arr.ndim else arr.copy())
+            else:
+                t = torch.as_tensor(arr.astype(np.float64))
+        except (TypeError, ValueError, RuntimeError) as err:
+            # Strings, ragged lists, arbitrary objects: a clear error instead of NumPy's.
+            raise InputError(
+                f"expected a numeric array or a torch tensor, got {type(x).__name__} that does "
+                f"not convert to one ({str(err).splitlines()[0][:160]})."
+            ) from None
     if dtype is not None and t.dtype != dtype:
         t = t.to(dtype)
     if device is not None and t.device != device:
