@@ -6,6 +6,7 @@ import importlib
 import inspect
 import pkgutil
 
+from bastion._params import Parametrized
 from bastion.attacks.base import (
     Attack,
     EvasionAttack,
@@ -14,7 +15,7 @@ from bastion.attacks.base import (
     QueryAttack,
 )
 from bastion.attacks.extraction._base import ExtractionAttack
-from bastion.attacks.poisoning._base import PoisoningAttack, _Parametrized
+from bastion.attacks.poisoning._base import PoisoningAttack
 from bastion.defenses.poisoning.base import PoisonDetector
 from bastion.estimators.base import Classifier, EstimatorWrapper
 
@@ -81,11 +82,11 @@ def all_extraction_attacks() -> list[type]:
     ``extract(x_pool)``: the :class:`~bastion.attacks.extraction.ExtractionAttack` subclasses
     and :class:`~bastion.attacks.extraction.FunctionallyEquivalentExtraction`; the template is
     not counted)."""
-    return _public_classes("bastion.attacks.extraction", _Parametrized)
+    return _public_classes("bastion.attacks.extraction", Parametrized)
 
 
 def all_inference_attacks() -> list[type]:
     """Every public inference attack class of ``bastion.attacks.inference``: membership
     inference, attribute inference, model inversion and reconstruction (the membership
     templates are not counted)."""
-    return _public_classes("bastion.attacks.inference", _Parametrized)
+    return _public_classes("bastion.attacks.inference", Parametrized)

@@ -7,9 +7,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from bastion._params import Parametrized
 from bastion._tensor import resolve_random_state, to_tensor
 from bastion._validation import Boolean, Constraint, Interval, RandomState, check_x
-from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import InputError
 
@@ -27,7 +27,7 @@ THIEF_CONSTRAINTS: dict[str, list[Constraint]] = {
 }
 
 
-class ExtractionAttack(_Parametrized):
+class ExtractionAttack(Parametrized):
     """Base of model-extraction (stealing) attacks: ``extract(x_pool) -> thief``.
 
     ``__init__`` takes the victim first and only stores the parameters; they are validated when

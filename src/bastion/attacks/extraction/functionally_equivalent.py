@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bastion._params import Parametrized
 from bastion._tensor import resolve_random_state
 from bastion._validation import Constraint, Interval, RandomState, Satisfies
-from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import InvalidParameterError
 
@@ -28,7 +28,7 @@ def _is_victim(value: Any) -> bool:
     return callable(value) or hasattr(value, "predict_tensor")
 
 
-class FunctionallyEquivalentExtraction(_Parametrized):
+class FunctionallyEquivalentExtraction(Parametrized):
     """Functionally equivalent extraction (Jagielski et al. 2020) of a 1-hidden-layer ReLU net.
 
     The victim computes ``f(x) = W2 relu(W1 x + b1) + b2``. Along any line ``x0 + t v``, ``f``

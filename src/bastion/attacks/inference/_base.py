@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bastion._params import Parametrized
 from bastion._tensor import ArrayKind, resolve_random_state, to_tensor
 from bastion._validation import (
     NONE,
@@ -34,7 +35,6 @@ from bastion._validation import (
     check_x,
     validate_params,
 )
-from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
 from bastion.estimators.persistence import SUFFIXES, load_estimator, save_estimator
 from bastion.exceptions import EstimatorError, InputError, NotFittedError
@@ -90,7 +90,7 @@ def logit_confidence(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return z_y - torch.logsumexp(others, dim=1)
 
 
-class MembershipInferenceAttack(_Parametrized):
+class MembershipInferenceAttack(Parametrized):
     """Base of membership inference attacks: ``infer(x, y) -> scores``.
 
     Subclasses define ``__init__(self, estimator, *, ...)`` that only stores its parameters, a

@@ -33,9 +33,9 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from bastion._params import Parametrized
 from bastion._tensor import RandomStateLike, resolve_random_state
 from bastion._validation import Constraint, Interval, Options, RandomState, Satisfies
-from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import EstimatorError, InputError, NotFittedError
 
@@ -89,7 +89,7 @@ def _insert_column(x: np.ndarray, feature: int, value: Any) -> np.ndarray:
     return np.concatenate([x[:, :feature], column, x[:, feature:]], axis=1)
 
 
-class _AttackModelMixin(_Parametrized):
+class _AttackModelMixin(Parametrized):
     """Shared by the black-box attack and its baseline: a scikit-learn attack model."""
 
     attack_feature: int
@@ -391,7 +391,7 @@ def _candidates(
     return vals, pri
 
 
-class _TreeAttack(_Parametrized):
+class _TreeAttack(Parametrized):
     estimator: Any
     attack_feature: int
 

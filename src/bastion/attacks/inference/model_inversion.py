@@ -7,16 +7,16 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
+from bastion._params import Parametrized
 from bastion._tensor import to_tensor
 from bastion._validation import Boolean, Interval, check_labels, check_x
-from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import InputError
 
 __all__ = ["MIFace"]
 
 
-class MIFace(_Parametrized):
+class MIFace(Parametrized):
     """MI-Face: invert a classifier by gradient descent on ``1 - p_y(x)``.
 
     Starting from ``x`` (by default the middle of ``clip_values``, or zeros), each step moves

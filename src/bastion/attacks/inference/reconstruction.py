@@ -7,14 +7,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from bastion._params import Parametrized
 from bastion._validation import check_labels
-from bastion.attacks.poisoning._base import _Parametrized
 from bastion.exceptions import EstimatorError, InputError
 
 __all__ = ["DatabaseReconstruction"]
 
 
-class DatabaseReconstruction(_Parametrized):
+class DatabaseReconstruction(Parametrized):
     """Reconstruct the one training record an informed adversary does not know.
 
     The adversary holds the released model, trained on ``D ∪ {z}``, and every record of ``D``;

@@ -28,11 +28,6 @@ from bastion.exceptions import InputError
 __all__ = ["PoisoningAttack"]
 
 
-class _Parametrized(Parametrized):
-    """sklearn-style parameters (kept under this name for the extraction, inference and
-    defence modules that still import it)."""
-
-
 def _is_clip_values(value: Any) -> bool:
     lo, hi = (float(v) for v in value)
     return math.isfinite(lo) and math.isfinite(hi) and lo < hi

@@ -7,15 +7,15 @@ from typing import Any
 
 import torch
 
+from bastion._params import Parametrized
 from bastion._tensor import to_tensor
-from bastion.attacks.poisoning._base import _Parametrized
 from bastion.estimators.base import EstimatorWrapper
 from bastion.exceptions import InputError, InvalidParameterError
 
 __all__ = ["PostprocessedClassifier", "Postprocessor"]
 
 
-class Postprocessor(_Parametrized):
+class Postprocessor(Parametrized):
     """Base of output-perturbing defences: ``postprocessor(probabilities) -> probabilities``.
 
     A postprocessor maps a batch of class probabilities ``(N, K)`` to the probabilities the

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import trange
 
+from bastion._params import Parametrized
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
     NONE,
@@ -32,7 +33,6 @@ from bastion._validation import (
     check_x,
     invalid_parameter,
 )
-from bastion.attacks.poisoning._base import _Parametrized
 from bastion.exceptions import EstimatorError
 
 __all__ = ["DPSGDTrainer", "train_dp_sgd"]
@@ -51,7 +51,7 @@ def _import_opacus() -> Any:
     return opacus
 
 
-class DPSGDTrainer(_Parametrized):
+class DPSGDTrainer(Parametrized):
     """Train a classifier with differentially private SGD (Abadi et al., 2016), via Opacus.
 
     Each step samples a Poisson batch (each sample kept with probability
