@@ -134,3 +134,22 @@ def test_mask_and_parameter_errors(linear):
         GeoDA(bb, norm=1).generate(x[:2], y[:2])
     with pytest.raises(InvalidParameterError, match="'sigma' parameter of GeoDA"):
         GeoDA(bb, sigma=0.0).generate(x[:2], y[:2])
+
+
+def test_starting_points_from_x_init(linear):
+    """generate(..., x_init=...) (the decision-based template): an adversarial starting point
+    is used as it is (one query), moved to the boundary and improved; one that is not
+    adversarial falls back to the noise search."""
+    bb, x, y, model = linear
+    pick = np.r_[np.flatnonzero(y == 0)[:3], np.flatnonzero(y == 1)[:3]]
+    xs, ys = x[pick], y[pick]
+    other = x[pick[::-1]]  # a sample of the other class
+    attack = GeoDA(bb, max_queries=150, sub_dim=30, random_state=0)
+    x_adv = attack.generate(xs, ys, x_init=other)
+    assert attack.success_.all()
+    assert np.all(model.predict(x_adv.astype(np.float64)) != ys)
+    assert np.all(perturbation_norms(xs, x_adv, 2) < perturbation_norms(xs, other, 2))
+    own = x[np.r_[np.flatnonzero(y == 0)[3:6], np.flatnonzero(y == 1)[1:4]]]  # same classes
+    x_adv = attack.generate(xs, ys, x_init=own)
+    assert attack.success_.all()
+    assert np.all(model.predict(x_adv.astype(np.float64)) != ys)

@@ -1,4 +1,7 @@
-"""HopSkipJump: labels-only minimal perturbations on the digits CNN and a logistic regression."""
+"""HopSkipJump: labels-only minimal perturbations on the digits CNN, a logistic regression and
+a random forest."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from bastion.attacks.evasion.hop_skip_jump import HopSkipJump
 from bastion.estimators import BlackBoxClassifier
 from bastion.exceptions import InputError
 from bastion.testing import check_attack
+from bastion.testing._problems import sklearn_problem
 
 
 def test_conformance():
@@ -140,3 +144,71 @@ def test_linf_on_a_linear_model(logistic):
     assert np.all(model.predict(x_adv) != y)
     ratio = np.abs(x_adv - x).max(1) / exact
     assert ratio.min() >= 1 - 1e-4 and np.median(ratio) < 1.1  # measured 1.06
+
+
+# --------------------------------------------------------------------------- a random forest
+
+
+@pytest.fixture(scope="module")
+def forest():
+    """A scikit-learn random forest on 8x8 digits: predictions only, no gradients, no
+    scores worth following (a piecewise-constant model)."""
+    problem = sklearn_problem("forest", 10)
+    x_train = problem.x_train
+    return problem, x_train
+
+
+def test_forest_without_a_starting_point_warns(forest):
+    """Noise in features the forest never splits on (pixels that are 0 in every training
+    image) never changes its label: every sample is returned unchanged, with a warning that
+    says why, and success_ says it failed."""
+    problem, x_train = forest
+    mask = (x_train.std(0) == 0).astype(np.float32)
+    assert 0 < mask.sum() < mask.size
+    attack = HopSkipJump(problem.estimator, max_queries=300, init_size=30, random_state=0)
+    msg = r"no adversarial starting point for 10 of 10 samples.*10 tried init_size=30"
+    with pytest.warns(RuntimeWarning, match=msg):
+        x_adv = attack.generate(problem.x, problem.y, mask=mask)
+    np.testing.assert_array_equal(x_adv, problem.x)
+    assert not attack.success_.any() and np.all(attack.queries_ == 30)
+    with pytest.warns(RuntimeWarning, match=r"10 ran out of queries first \(max_queries=3\)"):
+        HopSkipJump(problem.estimator, max_queries=3, random_state=0).generate(problem.x, mask=mask)
+
+
+def test_forest_targeted_needs_starting_points(forest):
+    problem, x_train = forest
+    clf, x, y = problem.estimator, problem.x, problem.y
+    target = (y + 1) % 10
+    attack = HopSkipJump(clf, targeted=True, max_queries=200, init_size=5, random_state=0)
+    with pytest.warns(RuntimeWarning, match="the model put none in the target class"):
+        x_adv = attack.generate(x, target)
+    failed = ~attack.success_
+    assert failed.any()
+    np.testing.assert_array_equal(_predict(clf, x_adv)[failed], y[failed])
+    np.testing.assert_array_equal(_predict(clf, x_adv)[~failed], target[~failed])
+    # The remedy the warning names: images of the target classes as starting points.
+    pred = _predict(clf, x_train)
+    x_init = np.stack([x_train[pred == t][0] for t in target])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        x_adv = attack.generate(x, target, x_init=x_init)
+    assert attack.success_.all()
+    np.testing.assert_array_equal(_predict(clf, x_adv), target)
+
+
+def test_forest_untargeted_success_is_what_the_forest_says(forest):
+    problem, _ = forest
+    attack = HopSkipJump(problem.estimator, max_queries=200, random_state=0)
+    x_adv = attack.generate(problem.x, problem.y)
+    np.testing.assert_array_equal(attack.success_, _predict(problem.estimator, x_adv) != problem.y)
+    assert attack.success_.all()
+
+
+def test_budget_of_the_clean_label_only(labels_api, correct):
+    """max_queries=1 with y omitted: the clean label takes the whole budget."""
+    x = correct[0][:3]
+    attack = HopSkipJump(labels_api, max_queries=1, random_state=0)
+    with pytest.warns(RuntimeWarning, match=r"3 ran out of queries first \(max_queries=1\)"):
+        x_adv = attack.generate(x)
+    np.testing.assert_array_equal(x_adv, x)
+    assert attack.queries_.tolist() == [1, 1, 1] and not attack.success_.any()

@@ -1,5 +1,7 @@
 """NES and Bandits: score-based black-box attacks on the digits CNN behind a prediction API."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -150,3 +152,67 @@ def test_score_objective_does_not_saturate():
     margin = score_objective(probs, y, targeted=False, loss="margin")
     assert margin[0] < -20 and margin[1] < 0
     assert torch.allclose(score_objective(probs, y, targeted=True, loss="margin"), -margin)
+
+
+def _softmax_api(seen=None):
+    """A 4-feature softmax-linear model behind a prediction function (recording its inputs)."""
+    w = np.array([[1.0, -1.0], [-1.0, 1.0], [0.5, 0.5], [0.0, 0.0]], dtype=np.float32)
+
+    def api(x):
+        if seen is not None:
+            seen.append(np.array(x))
+        z = 10 * x @ w
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    return BlackBoxClassifier(api, input_shape=(4,), nb_classes=2, clip_values=(0, 1))
+
+
+def test_nes_budget_below_one_step_warns():
+    """A budget below one step (the iterate and nb_samples probes) used to return the input
+    with zero queries and no word; now a RuntimeWarning names the budget that would do."""
+    clf = _softmax_api()
+    x = np.array([[0.6, 0.4, 0.5, 0.5]] * 3, dtype=np.float32)
+    attack = NESAttack(clf, eps=0.3, max_queries=10, nb_samples=10, random_state=0)
+    with pytest.warns(RuntimeWarning, match=r"3 of 3 samples.*at least 11\.$"):
+        x_adv = attack.generate(x, np.zeros(3, dtype=int))
+    np.testing.assert_array_equal(x_adv, x)
+    assert attack.queries_.tolist() == [0, 0, 0] and not attack.success_.any()
+    with pytest.warns(RuntimeWarning, match=r"at least 12\.$"):  # + the clean-label query
+        attack.generate(x)
+    assert attack.queries_.tolist() == [1, 1, 1]
+    attack.set_params(max_queries=11)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert not np.array_equal(attack.generate(x, np.zeros(3, dtype=int)), x)
+
+
+def test_bandits_budget_below_one_step_warns():
+    clf = _softmax_api()
+    x = np.array([[0.6, 0.4, 0.5, 0.5]], dtype=np.float32)
+    with pytest.warns(RuntimeWarning, match=r"3 queries.*at least 3\.$"):
+        BanditsAttack(clf, max_queries=2, random_state=0).generate(x, np.zeros(1, dtype=int))
+
+
+def test_bandits_never_sends_nan_on_small_inputs():
+    """The paper's Linf prior rate (online_lr=100) on a 4-feature input: every query the
+    model sees is finite (the query counter would refuse to send one that is not)."""
+    seen = []
+    clf = _softmax_api(seen)
+    x = np.array([[0.6, 0.4, 0.5, 0.5], [0.55, 0.45, 0.1, 0.9]], dtype=np.float32)
+    attack = BanditsAttack(clf, eps=0.05, max_queries=600, random_state=0)
+    attack.generate(x, np.zeros(2, dtype=int))
+    assert attack.queries_.sum() > 100 and all(np.isfinite(b).all() for b in seen)
+
+
+def test_success_is_verified_by_a_query(digits_cnn, correct_digits):
+    """success_ marks the samples a query showed adversarial: each of them is."""
+    x, y = correct_digits[0][:10], correct_digits[1][:10]
+    bb = _blackbox(digits_cnn)
+    for attack in (
+        NESAttack(bb, eps=0.3, eps_step=0.02, max_queries=400, nb_samples=20, random_state=0),
+        BanditsAttack(bb, eps=0.3, max_queries=300, random_state=0),
+    ):
+        _, success = _run(attack, bb, digits_cnn, x, y, attack.max_queries)
+        assert attack.success_.dtype == bool and attack.success_.any()
+        assert np.all(success[attack.success_])

@@ -133,3 +133,17 @@ def test_errors(linear):
         SignOPT(bb, x_init="images").generate(x[:2], y[:2])
     with pytest.raises(InputError, match="target labels"):
         SignOPT(bb, targeted=True).generate(x[:2])
+
+
+def test_per_sample_starting_points_from_generate(linear):
+    """generate(..., x_init=...) gives each sample its own first candidate direction: a
+    targeted attack from a point of the target class succeeds and moves closer to x."""
+    bb, x, y, model = linear
+    pick = np.r_[np.flatnonzero(y == 0)[:3], np.flatnonzero(y == 1)[:3]]
+    xs, target = x[pick], 1 - y[pick]
+    start = x[pick[::-1]]  # a sample of the other class, hence of the target
+    attack = SignOPT(bb, targeted=True, max_queries=300, num_init_directions=1, random_state=0)
+    x_adv = attack.generate(xs, target, x_init=start)
+    assert attack.success_.all()
+    np.testing.assert_array_equal(model.predict(x_adv.astype(np.float64)), target)
+    assert np.all(perturbation_norms(xs, x_adv, 2) < perturbation_norms(xs, start, 2))

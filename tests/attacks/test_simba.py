@@ -1,6 +1,8 @@
 """SimBA: the DCT against SciPy, the eps * sqrt(T) norm identity, direction orders, and
 score-based attacks on the digits CNN behind a NumPy prediction function."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -113,13 +115,29 @@ def test_targeted(digits_cnn, correct):
 
 def test_clean_label_query_is_reused(digits_cnn, correct):
     """With y omitted, the clean-label query gives the starting probabilities: a budget of one
-    query per sample is spent on it and nothing else."""
+    query per sample is spent on it and nothing else, and a warning says a step needs two."""
     x = correct[0][:5]
     bb = _blackbox(digits_cnn)
     attack = SimBA(bb, max_queries=1, random_state=0)
-    np.testing.assert_array_equal(attack.generate(x), x)
+    with pytest.warns(RuntimeWarning, match=r"5 of 5 samples.*at least 2\.$"):
+        np.testing.assert_array_equal(attack.generate(x), x)
     np.testing.assert_array_equal(attack.queries_, 1)
+    assert not attack.success_.any()
     assert bb.query_count == 5
+    attack.set_params(max_queries=2)  # enough for one probe: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        attack.generate(x)
+    np.testing.assert_array_equal(attack.queries_, 2)
+
+
+def test_success_is_what_the_model_says(digits_cnn, correct):
+    x, y = correct[0][:8], correct[1][:8]
+    bb = _blackbox(digits_cnn)
+    attack = SimBA(bb, max_queries=150, random_state=0)
+    x_adv = attack.generate(x, y)
+    np.testing.assert_array_equal(attack.success_, digits_cnn.predict(x_adv).argmax(1) != y)
+    assert attack.success_.any() and not attack.success_.all()
 
 
 def test_orders():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +19,8 @@ from bastion.attacks.base import (
     QueryAttack,
     perturbation_norms,
 )
-from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
+from bastion.estimators import BlackBoxClassifier
+from bastion.exceptions import EstimatorError, InputError, InvalidParameterError, ModelError
 from bastion.testing._problems import Problem, blackbox_problem, torch_problem
 
 AttackCheck = Callable[[Any, Problem], None]
@@ -345,6 +347,71 @@ def check_query_budget(cls: Any, problem: Problem) -> None:
                 assert spent.min() >= 1, "the clean-label query must be charged"
 
 
+def _check_success(success: Any, problem: Problem, x_adv: Any, *, exact: bool) -> None:
+    """Every example ``success`` claims is adversarial for the model; with ``exact`` (a
+    minimum-norm attack, whose failures are the clean inputs) every other one is not."""
+    assert isinstance(success, np.ndarray) and success.dtype == bool, "success_ must be bool"
+    assert success.shape == (len(problem.x),), "success_ must hold one flag per sample"
+    adversarial = problem.estimator.predict(x_adv).argmax(1) != problem.y
+    wrong = np.flatnonzero(success & ~adversarial)
+    assert wrong.size == 0, f"success_ claims samples {wrong.tolist()} the model gets right"
+    if exact:
+        missed = np.flatnonzero(adversarial & ~success)
+        assert missed.size == 0, f"success_ misses the adversarial samples {missed.tolist()}"
+
+
+def check_query_outcomes(cls: Any, problem: Problem) -> None:
+    """Black-box attacks report the outcome of every sample and never fail silently:
+    ``success_`` agrees with the model on the returned examples; a budget that leaves nothing
+    to do gives a ``RuntimeWarning`` naming ``max_queries``; a model that fails mid-attack
+    (an endpoint that stops answering) gives a ``ModelError`` chained to the model's error
+    whose ``partial_result`` holds what was found, with exact query counts."""
+    labels_only = not cls._needs_scores
+    exact = issubclass(cls, MinimumNormAttack)
+    bb = blackbox_problem(len(problem.x), labels_only=labels_only)
+    attack = _make(cls, bb)
+    x_adv = attack.generate(bb.x, bb.y)
+    _check_success(attack.success_, bb, x_adv, exact=exact)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        same = _make(cls, bb, max_queries=1).generate(bb.x)
+    assert np.array_equal(same, bb.x), "max_queries=1 spent on the clean label changed x"
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert any("max_queries" in m for m in said), "no warning that max_queries was too small"
+
+    calls = [0]
+
+    def endpoint(batch: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        if calls[0] > 3:
+            raise ConnectionError("the endpoint went down")
+        return np.asarray(bb.estimator.predict(batch))
+
+    flaky = BlackBoxClassifier(
+        endpoint,
+        input_shape=bb.estimator.input_shape,
+        nb_classes=bb.estimator.nb_classes,
+        clip_values=bb.estimator.clip_values,
+        labels_only=labels_only,
+    )
+    attack = _make(cls, Problem(flaky, bb.x, bb.y, bb.x_train, bb.y_train))
+    try:
+        attack.generate(bb.x, bb.y)
+    except ModelError as err:
+        partial = getattr(err, "partial_result", None)
+        assert partial is not None, "the error carries no partial_result"
+        assert isinstance(err.__cause__, ModelError), "not chained to the model's error"
+        assert partial.queries.sum() == flaky.query_count, "partial queries != answered"
+        assert np.array_equal(attack.queries_, partial.queries), "queries_ not set"
+        assert np.array_equal(attack.success_, partial.success), "success_ not set"
+        lo, hi = bb.estimator.clip_values or (-np.inf, np.inf)
+        assert partial.x_adv.min() >= lo and partial.x_adv.max() <= hi, "outside clip_values"
+        _check_success(partial.success, bb, partial.x_adv, exact=exact)
+    else:
+        raise AssertionError("no error although the endpoint failed")
+
+
 def attack_checks(cls: Any) -> Iterator[AttackCheck]:
     """The checks that apply to ``cls``, minus those it skips with a written reason."""
     checks: list[AttackCheck] = [check_signature, check_invalid_params]
@@ -366,7 +433,7 @@ def attack_checks(cls: Any) -> Iterator[AttackCheck]:
         if issubclass(cls, MinimumNormAttack):
             checks.append(check_minimum_norm)
         if issubclass(cls, QueryAttack):
-            checks.append(check_query_budget)
+            checks += [check_query_budget, check_query_outcomes]
     return without_skips(cls, checks)
 
 

@@ -3,6 +3,7 @@ decision boundary towards the clean input."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -12,7 +13,7 @@ from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import lp_norm
 from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, TARGETED, VERBOSE
-from bastion.attacks.evasion.hop_skip_jump import DecisionBasedAttack
+from bastion.attacks.decision import DecisionBasedAttack
 
 __all__ = ["BoundaryAttack"]
 
@@ -50,8 +51,10 @@ class BoundaryAttack(DecisionBasedAttack):
     All samples of a batch advance together, their candidates in one call. The result is the
     last accepted candidate, the closest found; every returned point was found adversarial
     by a query, so no query is spent to check it. Samples without a starting point are
-    returned unchanged. A targeted attack should pass ``x_init`` (images of the target
-    classes): noise is rarely classified as a given class.
+    returned unchanged, and a ``RuntimeWarning`` says how many and why. A targeted attack
+    should pass ``x_init`` (images of the target classes): noise is rarely classified as a
+    given class. The starting points and the bisection are the
+    :class:`~bastion.attacks.decision.DecisionBasedAttack` template's.
 
     Threat model: decision-based black-box (labels only), untargeted or targeted. Norm: 2.
     The random draws depend on the batch composition, so results depend on ``batch_size``.
@@ -85,6 +88,9 @@ class BoundaryAttack(DecisionBasedAttack):
     ----------
     queries_ : numpy.ndarray of int, shape (N,)
         Queries spent on each sample by the last :meth:`generate`.
+    success_ : numpy.ndarray of bool, shape (N,)
+        Which samples were broken (a query found the returned point adversarial); the others
+        are returned unchanged.
 
     References
     ----------
@@ -176,12 +182,11 @@ class BoundaryAttack(DecisionBasedAttack):
         **per_sample: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         index = per_sample["index"]
-        lo, hi = self._box(x)
-        x_adv, found = self._starting_points(
-            x, y, mask, generator, index, per_sample.get("x_init"), lo, hi
+        x_adv, found, lo, hi, spent = self._start_on_boundary(
+            x, y, mask, generator, per_sample, linf=False, theta=_BLEND_TOL
         )
-        r = found.nonzero().squeeze(1)
-        x_adv[r] = self._bisect(x[r], x_adv[r], y[r], index[r], linf=False, theta=_BLEND_TOL)
+        # What one step needs, after the starting point and the blend's bisection.
+        needed = spent + math.ceil(math.log2(1 / _BLEND_TOL)) + 1
 
         b, dev = x.shape[0], x.device
         sph = x.new_full((b,), float(self.spherical_step))
@@ -197,6 +202,13 @@ class BoundaryAttack(DecisionBasedAttack):
             step += 1
             dist = lp_norm(x_adv - x, "2")
             live = found & (src >= self.source_step_convergence) & (dist > 0)
+            if step == 1:
+                self._note_short_budget(
+                    live & ~self._counter.has_budget(index),
+                    needed,
+                    "one step of the walk (1 query)",
+                    "they keep their starting point, moved towards the input by bisection",
+                )
             a = (live & self._counter.has_budget(index)).nonzero().squeeze(1)
             if a.numel() == 0:
                 break

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
 from bastion._validation import Constraint, Interval, Options
+from bastion.attacks._batch import per_sample as _view
+from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import canonical_norm, lp_norm
-from bastion.attacks.base import (
-    BATCH_SIZE,
-    MAX_QUERIES,
-    RANDOM_STATE,
-    VERBOSE,
-    MinimumNormAttack,
-    QueryAttack,
-)
+from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, VERBOSE
+from bastion.attacks.decision import DecisionBasedAttack
 
 __all__ = ["GeoDA"]
 
@@ -85,12 +82,15 @@ def query_schedule(max_queries: int, lambda_param: float) -> list[int]:
     return alloc(t)
 
 
-class GeoDA(QueryAttack, MinimumNormAttack):
+class GeoDA(DecisionBasedAttack):
     """GeoDA: Geometric Decision-based Attack.
 
-    A boundary point is found by a binary search between ``x`` and a random adversarial
-    starting point (``x`` plus low-frequency noise of growing amplitude; the authors' code
-    grows white Gaussian noise, which image classifiers often ignore). Each iteration
+    A boundary point is found by a binary search between ``x`` and an adversarial starting
+    point: ``generate(..., x_init=...)`` where given and adversarial, else the first
+    adversarial one of 40 draws of ``x`` plus low-frequency noise of growing amplitude (the
+    authors' code grows white Gaussian noise, which image classifiers often ignore); samples
+    without one are returned unchanged, and a ``RuntimeWarning`` says how many and why. Each
+    iteration
     then estimates the normal of the decision boundary at the current boundary point from
     ``N_t`` labels of random perturbations ``sigma * eta_i`` drawn in the subspace of the
     ``sub_dim x sub_dim`` lowest 2D DCT frequencies (per channel):
@@ -111,6 +111,9 @@ class GeoDA(QueryAttack, MinimumNormAttack):
     ``sigma`` and the tolerance ``bin_search_tol`` are relative to the width of
     ``clip_values`` (as in ART). The paper's L1 variant (a sparse, coordinate-wise search) is
     not included.
+
+    Built on :class:`~bastion.attacks.decision.DecisionBasedAttack` (decisions, starting
+    points, bisection, per-sample budgets and results).
 
     Threat model: decision-based black-box (labels only), untargeted. Norms: 2, inf.
 
@@ -139,6 +142,9 @@ class GeoDA(QueryAttack, MinimumNormAttack):
     ----------
     queries_ : numpy.ndarray of int, shape (N,)
         Queries spent on each sample by the last :meth:`generate`.
+    success_ : numpy.ndarray of bool, shape (N,)
+        Which samples were broken (a query found the returned point adversarial); the others
+        are returned unchanged.
 
     References
     ----------
@@ -171,7 +177,6 @@ class GeoDA(QueryAttack, MinimumNormAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _needs_scores = False
     _conformance: ClassVar[dict[str, Any]] = {
         "params": {"max_queries": 120},
         "skip": {
@@ -207,71 +212,29 @@ class GeoDA(QueryAttack, MinimumNormAttack):
         self.random_state = random_state
         self.verbose = verbose
 
-    # ------------------------------------------------------------------ helpers
-
-    def _point(self, x: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        p = x + t.reshape((-1,) + (1,) * (x.ndim - 1)) * v
-        clip = self.estimator.clip_values
-        return p.clamp(*clip) if clip is not None else p
-
-    def _adversarial(self, p: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self._counter.labels(p, index) != y
-
-    def _bisect(
+    def _noise_starts(
         self,
         x: torch.Tensor,
-        y: torch.Tensor,
-        v: torch.Tensor,
-        lo: torch.Tensor,
-        hi: torch.Tensor,
-        index: torch.Tensor,
-        tol: float,
-    ) -> torch.Tensor:
-        """Shrink ``[lo, hi]`` (``x + lo v`` not adversarial, ``x + hi v`` adversarial) until it
-        is shorter than ``tol`` in the attack's norm or the budget ends; returns ``hi``."""
-        lo, hi = lo.clone(), hi.clone()
-        width = lp_norm(v, self._norm)
-        while True:
-            act = ((hi - lo) * width > tol) & self._counter.has_budget(index)
-            a = act.nonzero().squeeze(1)
-            if a.numel() == 0:
-                return hi
-            mid = (lo[a] + hi[a]) / 2
-            adv = self._adversarial(self._point(x[a], v[a], mid), y[a], index[a])
-            hi[a] = torch.where(adv, mid, hi[a])
-            lo[a] = torch.where(adv, lo[a], mid)
-
-    def _random_start(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
         mask: torch.Tensor | None,
         generator: torch.Generator,
-        index: torch.Tensor,
         scale: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-frequency noise (in the DCT subspace) of growing amplitude, its root mean square
-        0.1, 0.2, ... times the width of ``clip_values``, added to ``x`` until a try is
-        adversarial; one query per try. (Low-frequency blobs change the label of an image
+    ) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """Proposals for the starting points: low-frequency noise (in the DCT subspace) of
+        growing amplitude, its root mean square 0.1, 0.2, ... times the width of
+        ``clip_values``, added to ``x``. (Low-frequency blobs change the label of an image
         classifier far more often than white noise, which such models tend to ignore.)"""
-        start = x.clone()
-        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         shape = tuple(x.shape[1:])
-        view = (-1,) + (1,) * len(shape)
-        for k in range(1, _INIT_TRIES + 1):
-            a = (~found & self._counter.has_budget(index)).nonzero().squeeze(1)
-            if a.numel() == 0:
-                break
+
+        def propose(k: int, a: torch.Tensor) -> torch.Tensor:
             noise = low_frequency_noise(a.numel(), shape, self.sub_dim, generator, x)
             rms = noise.flatten(1).norm(dim=1) / math.sqrt(noise[0].numel())
-            noise = noise * ((0.1 * k * scale) / rms.clamp_min(1e-30)).reshape(view)
-            if mask is not None:
-                noise = noise * (mask[a] if mask.shape[0] > 1 else mask)
-            cand = self._point(x[a], noise, torch.ones(a.numel(), dtype=x.dtype, device=x.device))
-            adv = self._adversarial(cand, y[a], index[a])
-            start[a[adv]] = cand[adv]
-            found[a[adv]] = True
-        return start, found
+            noise = noise * _view((0.1 * (k + 1) * scale) / rms.clamp_min(1e-30), noise)
+            m = _rows(mask, a)
+            if m is not None:
+                noise = noise * m
+            return self._point(x[a], noise, x.new_ones(a.numel()))
+
+        return propose
 
     # ------------------------------------------------------------------ attack
 
@@ -284,18 +247,25 @@ class GeoDA(QueryAttack, MinimumNormAttack):
         **per_sample: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         index = per_sample["index"]
-        self._norm = canonical_norm(self.norm)
+        norm = canonical_norm(self.norm)
         clip = self.estimator.clip_values
         scale = float(clip[1] - clip[0]) if clip is not None else 1.0
         tol = self.bin_search_tol * scale
         n = x.shape[0]
         ones = torch.ones(n, dtype=x.dtype, device=x.device)
 
-        start, found = self._random_start(x, y, mask, generator, index, scale)
+        how = f"{_INIT_TRIES} low-frequency noise draws of growing amplitude"
+        propose = self._noise_starts(x, mask, generator, scale)
+        x_init = per_sample.get("x_init")
+        start, found = self._starting_points(x, y, mask, index, x_init, propose, _INIT_TRIES, how)
         delta = start - x
-        t = self._bisect(x, y, delta, torch.zeros_like(ones), ones, index, tol)
-        best = torch.where(found.reshape((-1,) + (1,) * (x.ndim - 1)), self._point(x, delta, t), x)
-        dist = torch.where(found, lp_norm(best - x, self._norm), torch.inf)
+        width = lp_norm(delta, norm)
+        # The first binary search takes ceil(log2(width / tol)) queries unless the budget ends.
+        search = torch.log2((width / tol).clamp_min(1.0)).ceil().long()
+        after_search = self._counter.used[index] + search
+        t = self._bisect_ray(x, y, delta, torch.zeros_like(ones), ones, index, tol, scale=width)
+        best = torch.where(_view(found, x), self._point(x, delta, t), x)
+        dist = torch.where(found, lp_norm(best - x, norm), torch.inf)
 
         normal = torch.zeros_like(x)
         schedule = query_schedule(self.max_queries, self.lambda_param)
@@ -309,6 +279,15 @@ class GeoDA(QueryAttack, MinimumNormAttack):
             line = 1 + torch.log2((dist / tol).clamp_min(1.0)).ceil()
             probes = (self._counter.remaining(index) - line).clamp(0, n_t)
             probes = torch.where(found & torch.isfinite(line), probes, 0).long()
+            if it == 1:
+                self._note_short_budget(
+                    found & (dist > 0) & (probes == 0),
+                    torch.maximum(after_search, self._counter.used[index])
+                    + line.nan_to_num(posinf=0).long()
+                    + 1,
+                    "one iteration (a probe and a line search)",
+                    "they keep their starting point, moved to the boundary",
+                )
             a = (probes > 0).nonzero().squeeze(1)
             if a.numel() == 0:
                 break
@@ -316,39 +295,38 @@ class GeoDA(QueryAttack, MinimumNormAttack):
             eta = low_frequency_noise(a.numel() * k, shape, self.sub_dim, generator, x)
             eta = eta.reshape(a.numel(), k, *shape)
             if mask is not None:
-                eta = eta * (mask[a] if mask.shape[0] > 1 else mask).unsqueeze(1)
+                eta = eta * _rows(mask, a).unsqueeze(1)
             used = torch.arange(k, device=x.device).unsqueeze(0) < probes[a].unsqueeze(1)
             rows = used.nonzero()  # (m, 2): sample (within a), probe
             pts = best[a][rows[:, 0]] + (self.sigma * scale) * eta[rows[:, 0], rows[:, 1]]
             if clip is not None:
                 pts = pts.clamp(*clip)
-            adv = self._adversarial(pts, y[a][rows[:, 0]], index[a][rows[:, 0]])
+            adv = self._decide(pts, y[a][rows[:, 0]], index[a][rows[:, 0]])
             z = torch.zeros(used.shape, dtype=x.dtype, device=x.device)
             z[rows[:, 0], rows[:, 1]] = adv.to(x.dtype) * 2 - 1
-            est = torch.einsum("ak,ak...->a...", z, eta) / probes[a].to(x.dtype).reshape(
-                (-1,) + (1,) * len(shape)
-            )
+            est = torch.einsum("ak,ak...->a...", z, eta)
+            est = est / _view(probes[a].to(x.dtype), est)
             normal[a] += est
 
             # The step that is optimal for a flat boundary with this normal.
             w = normal[a]
-            if self._norm == "inf":
+            if norm == "inf":
                 v = w.sign()
             else:
-                v = w / lp_norm(w, "2").clamp_min(1e-30).reshape((-1,) + (1,) * len(shape))
-            r_hi = dist[a] / lp_norm(v, self._norm).clamp_min(1e-30)
+                v = w / _view(lp_norm(w, "2").clamp_min(1e-30), w)
+            r_hi = dist[a] / lp_norm(v, norm).clamp_min(1e-30)
             ok = self._counter.has_budget(index[a])
             b = a[ok]
             hit = torch.zeros(a.numel(), dtype=torch.bool, device=x.device)
-            hit[ok] = self._adversarial(self._point(x[b], v[ok], r_hi[ok]), y[b], index[b])
+            hit[ok] = self._decide(self._point(x[b], v[ok], r_hi[ok]), y[b], index[b])
             if not bool(hit.any()):
                 continue
-            c = a[hit]
-            r = self._bisect(
-                x[c], y[c], v[hit], torch.zeros_like(r_hi[hit]), r_hi[hit], index[c], tol
-            )
-            cand = self._point(x[c], v[hit], r)
-            d_new = lp_norm(cand - x[c], self._norm)
+            c, vc = a[hit], v[hit]
+            lo_c = torch.zeros_like(r_hi[hit])
+            width = lp_norm(vc, norm)
+            r = self._bisect_ray(x[c], y[c], vc, lo_c, r_hi[hit], index[c], tol, scale=width)
+            cand = self._point(x[c], vc, r)
+            d_new = lp_norm(cand - x[c], norm)
             better = d_new < dist[c]
             best[c[better]] = cand[better]
             dist[c[better]] = d_new[better]

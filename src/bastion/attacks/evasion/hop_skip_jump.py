@@ -1,10 +1,5 @@
 """HopSkipJump (Chen, Jordan and Wainwright): decision-based minimal perturbations from labels
-only, by gradient-direction estimates at the decision boundary.
-
-The module also holds :class:`DecisionBasedAttack`, the machinery that every decision-based
-(labels-only) minimum-norm attack shares: decisions through the query counter, starting points
-(given, or found in uniform noise) and bisection towards the clean input.
-"""
+only, by gradient-direction estimates at the decision boundary."""
 
 from __future__ import annotations
 
@@ -13,23 +8,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._tensor import to_tensor
-from bastion._validation import NONE, Constraint, Interval, Options, check_x
+from bastion._validation import NONE, Constraint, Interval, Options
 from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import canonical_norm, lp_norm
-from bastion.attacks.base import (
-    BATCH_SIZE,
-    MAX_QUERIES,
-    RANDOM_STATE,
-    TARGETED,
-    VERBOSE,
-    MinimumNormAttack,
-    QueryAttack,
-)
-from bastion.exceptions import InputError
+from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, TARGETED, VERBOSE
+from bastion.attacks.decision import DecisionBasedAttack
 
-__all__ = ["HopSkipJump"]  # DecisionBasedAttack is a template, not an attack
+__all__ = ["HopSkipJump"]
 
 #: Most input elements in one tensor of probes (64 MiB in float32): larger sets are queried in
 #: several calls.
@@ -38,161 +24,6 @@ _PROBE_ELEMENTS = 1 << 24
 _PROBE_ROWS = 256
 #: Halvings of the HopSkipJump step before a sample gives up on the iteration.
 _MAX_HALVINGS = 40
-
-
-class DecisionBasedAttack(QueryAttack, MinimumNormAttack):
-    """Shared machinery of decision-based (labels-only) minimum-norm attacks.
-
-    * every query is a decision ``is this point adversarial?`` charged to its sample;
-    * starting points: ``generate(..., x_init=...)`` (checked with one query each), else
-      uniform noise in the input box, drawn up to ``init_size`` times per sample;
-    * bisection between the clean input and an adversarial point; the returned point is always
-      one that a query found adversarial, so the attack knows which samples it broke and the
-      template spends no query to check.
-    """
-
-    _needs_scores = False
-    targeted: bool
-    init_size: int
-    _x_init: Any = None
-
-    def generate(self, x: Any, y: Any = None, *, mask: Any = None, x_init: Any = None) -> Any:
-        """Craft adversarial examples.
-
-        Parameters
-        ----------
-        x : array-like or torch.Tensor, shape (N, *input_shape)
-            Clean inputs inside the estimator's ``clip_values``.
-        y : array-like or torch.Tensor, optional
-            True labels (untargeted) or target labels (``targeted=True``), as class indices
-            ``(N,)`` or one-hot ``(N, nb_classes)``. When omitted for an untargeted attack, the
-            estimator's predictions are used (one query per sample).
-        mask : array-like or torch.Tensor, optional
-            Which features may change (1) and which may not (0); broadcastable to ``x`` or to
-            one sample.
-        x_init : array-like or torch.Tensor, shape (N, *input_shape), optional
-            Starting points, e.g. images of the target classes for a targeted attack. Each is
-            checked with one query; a sample whose starting point is not adversarial (and every
-            sample when ``x_init`` is omitted) searches uniform noise instead. Features frozen
-            by ``mask`` are taken from ``x``.
-
-        Returns
-        -------
-        x_adv : same type, device, dtype and shape as ``x``
-            The clean input, unchanged, for samples where no adversarial point was found.
-        """
-        self._x_init = x_init
-        try:
-            return super().generate(x, y, mask=mask)
-        finally:
-            self._x_init = None
-
-    def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        extras = super()._prepare(x, mask)
-        if self._x_init is not None:
-            start, _ = to_tensor(self._x_init, device=x.device, dtype=x.dtype)
-            if start.shape != x.shape:
-                raise InputError(
-                    f"x_init of shape {tuple(start.shape)} must have the shape of x, "
-                    f"{tuple(x.shape)}."
-                )
-            est = self.estimator
-            check_x(start, input_shape=est.input_shape, clip_values=est.clip_values, name="x_init")
-            extras["x_init"] = start
-        return extras
-
-    def _box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample bounds ``(B, 1, ..., 1)``: ``clip_values``, else each sample's range."""
-        clip = self.estimator.clip_values
-        if clip is not None:
-            shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-            return x.new_full(shape, float(clip[0])), x.new_full(shape, float(clip[1]))
-        flat = x.reshape(x.shape[0], -1)
-        return _view(flat.amin(1), x), _view(flat.amax(1), x)
-
-    def _decide(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Is each row adversarial? One query, charged to sample ``index[i]``, per row."""
-        labels = self._counter.labels(x, index)
-        return labels == y if self.targeted else labels != y
-
-    def _starting_points(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        mask: torch.Tensor | None,
-        generator: torch.Generator,
-        index: torch.Tensor,
-        x_init: torch.Tensor | None,
-        lo: torch.Tensor,
-        hi: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adversarial starting points ``(x_adv, found)``: ``x_init`` where it is adversarial,
-        else the first of up to ``init_size`` uniform noise draws that is."""
-        x_adv = x.clone()
-        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        if x_init is not None:
-            start = x_init if mask is None else x + (x_init - x) * mask
-            r = self._counter.has_budget(index).nonzero().squeeze(1)
-            found[r] = self._decide(start[r], y[r], index[r])
-            x_adv = torch.where(_view(found, x), start, x_adv)
-        for _ in range(self.init_size):
-            r = (~found & self._counter.has_budget(index)).nonzero().squeeze(1)
-            if r.numel() == 0:
-                break
-            xr = x[r]
-            u = torch.rand(xr.shape, generator=generator, device=x.device, dtype=x.dtype)
-            noise = lo[r] + (hi[r] - lo[r]) * u
-            m = _rows(mask, r)
-            if m is not None:
-                noise = xr + (noise - xr) * m
-            ok = self._decide(noise, y[r], index[r])
-            x_adv[r[ok]] = noise[ok]
-            found[r[ok]] = True
-        return x_adv, found
-
-    def _bisect(
-        self,
-        x: torch.Tensor,
-        x_far: torch.Tensor,
-        y: torch.Tensor,
-        index: torch.Tensor,
-        *,
-        linf: bool,
-        theta: float,
-    ) -> torch.Tensor:
-        """Bisection from the adversarial ``x_far`` towards ``x``; returns the adversarial end.
-
-        L2: on the segment ``x + a (x_far - x)``, ``a`` in [0, 1], to precision ``theta`` in
-        ``a``. Linf: on the boxes ``clip(x_far, x - a, x + a)``, ``a`` in [0, ||x_far - x||],
-        to precision ``min(theta * ||x_far - x||, theta)``. A sample stops early when out of
-        budget (its last adversarial point is kept).
-        """
-        n = x.shape[0]
-        low = x.new_zeros(n)
-        if linf:
-            high = lp_norm(x_far - x, "inf")
-            tol = torch.clamp(high * theta, max=theta)
-        else:
-            high = x.new_ones(n)
-            tol = x.new_full((n,), theta)
-
-        def project(a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-            xr, fr = x[r], x_far[r]
-            a = _view(a, xr)
-            if linf:
-                return torch.minimum(torch.maximum(fr, xr - a), xr + a)
-            return xr + a * (fr - xr)
-
-        while True:
-            pending = ((high - low) > tol) & self._counter.has_budget(index)
-            r = pending.nonzero().squeeze(1)
-            if r.numel() == 0:
-                break
-            mid = (high[r] + low[r]) / 2
-            adv = self._decide(project(mid, r), y[r], index[r])
-            high[r] = torch.where(adv, mid, high[r])
-            low[r] = torch.where(adv, low[r], mid)
-        return project(high, torch.arange(n, device=x.device))
 
 
 class HopSkipJump(DecisionBasedAttack):
@@ -224,7 +55,10 @@ class HopSkipJump(DecisionBasedAttack):
     Without ``x_init``, a sample's starting point is the first of ``init_size`` uniform noise
     draws in ``clip_values`` that is adversarial (as the paper does); a targeted attack
     should pass ``x_init`` (images of the target classes) since noise is rarely classified as a
-    given class. Samples without a starting point are returned unchanged.
+    given class. Samples without a starting point are returned unchanged, and a
+    ``RuntimeWarning`` says how many and why (every draw kept the label, or the budget ran
+    out first); so does a budget too small for one iteration. The starting points and the
+    binary search are the :class:`~bastion.attacks.decision.DecisionBasedAttack` template's.
 
     Threat model: decision-based black-box (labels only), untargeted or targeted. Norms: 2,
     inf. The Monte-Carlo probes are drawn per batch, so results depend on ``batch_size``.
@@ -258,6 +92,9 @@ class HopSkipJump(DecisionBasedAttack):
     ----------
     queries_ : numpy.ndarray of int, shape (N,)
         Queries spent on each sample by the last :meth:`generate`.
+    success_ : numpy.ndarray of bool, shape (N,)
+        Which samples were broken (a query found the returned point adversarial); the others
+        are returned unchanged.
 
     References
     ----------
@@ -351,13 +188,11 @@ class HopSkipJump(DecisionBasedAttack):
         theta = self.gamma / (d**2 if linf else d**1.5)
         # Queries of one binary search (same count for both norms, see _bisect).
         bisect_cost = max(1, math.ceil(math.log2(1.0 / theta)))
-        lo, hi = self._box(x)
-
-        x_adv, found = self._starting_points(
-            x, y, mask, generator, index, per_sample.get("x_init"), lo, hi
+        x_adv, found, lo, hi, spent = self._start_on_boundary(
+            x, y, mask, generator, per_sample, linf=linf, theta=theta
         )
-        r = found.nonzero().squeeze(1)
-        x_adv[r] = self._bisect(x[r], x_adv[r], y[r], index[r], linf=linf, theta=theta)
+        # What one iteration needs, after the starting point and its binary search.
+        needed = spent + 2 * bisect_cost + 2
         dist = lp_norm(x_adv - x, norm)
         best, best_dist = x_adv.clone(), dist.clone()
 
@@ -368,7 +203,15 @@ class HopSkipJump(DecisionBasedAttack):
             wanted = min(int(self.init_num_evals * math.sqrt(t)), self.max_num_evals)
             n_evals = (self._counter.remaining(index) - bisect_cost - 1).clamp(max=wanted)
             # A sample at distance 0 (its clean input is already adversarial) is done.
-            a = (found & (n_evals >= 1) & (dist > 0)).nonzero().squeeze(1)
+            live = found & (dist > 0)
+            if t == 1:
+                self._note_short_budget(
+                    live & (n_evals < 1),
+                    needed,
+                    f"one iteration (a binary search of {bisect_cost} queries, a probe and a step)",
+                    "they keep their starting point, moved to the boundary",
+                )
+            a = (live & (n_evals >= 1)).nonzero().squeeze(1)
             if a.numel() == 0:
                 break
             xa, x0 = x_adv[a], x[a]

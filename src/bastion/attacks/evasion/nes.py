@@ -4,6 +4,7 @@ and Bandits with time and data priors (Ilyas, Engstrom and Madry, 2019)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -58,7 +59,64 @@ def _clip(x: torch.Tensor, clip_values: Any) -> torch.Tensor:
     return x if clip_values is None else x.clamp(*clip_values)
 
 
-class NESAttack(QueryAttack, FixedBudgetAttack):
+#: What a score-based attack proposes for one step of the samples still running: the probes
+#: (rows), the position in the running samples of each probe's owner, and the function that
+#: turns the probes' probabilities into the steepest-ascent direction of the step.
+_Proposal = tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+class _EstimatedGradientAttack(QueryAttack, FixedBudgetAttack):
+    """What NES and Bandits share: projected steps along a gradient estimated from queries.
+
+    Each step queries, for every sample still running, its current iterate (to detect
+    success) and the attack's probes in one call; a sample stops as soon as its iterate is
+    adversarial, or when its budget cannot pay for another step.
+    """
+
+    norm: Any
+    targeted: bool
+
+    def _steps(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        eps: torch.Tensor,
+        per_sample: dict[str, torch.Tensor],
+        cost: int,
+        what: str,
+        propose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], _Proposal],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loop, with ``cost`` queries per step (``what`` they are), the probes from
+        ``propose(act, x_adv[act], y[act])``; returns ``(x_adv, success)``."""
+        eps_step, index = per_sample["eps_step"], per_sample["index"]
+        norm, clip = canonical_norm(self.norm), self.estimator.clip_values
+        x_adv = x.clone()
+        success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        can_step = self._counter.has_budget(index, cost)
+        self._note_short_budget(
+            ~can_step,
+            self._counter.used[index] + cost,
+            f"one step ({cost} queries: {what})",
+            "they are returned unchanged",
+        )
+        act = can_step.nonzero().squeeze(1)
+        while act.numel() > 0:
+            a = act.numel()
+            xa, ya = x_adv[act], y[act]
+            probes, owner, direction = propose(act, xa, ya)
+            rows = torch.cat([xa, probes])
+            probs = self._counter.predict(rows, torch.cat([index[act], index[act][owner]]))
+            done = is_adversarial(probs[:a], ya, self.targeted)
+            step = direction(probs[a:])
+            moved = project_point(xa + eps_step[act] * step, x[act], eps[act], norm, clip)
+            x_adv[act] = torch.where(_view(done, xa), xa, moved)
+            success[act[done]] = True
+            act = act[~done]
+            act = act[self._counter.has_budget(index[act], cost)]
+        return x_adv, success
+
+
+class NESAttack(_EstimatedGradientAttack):
     """Natural Evolution Strategies (NES) gradient estimates in a projected-gradient loop.
 
     At each step the gradient of the attacker's objective (:func:`score_objective`) at the
@@ -72,7 +130,9 @@ class NESAttack(QueryAttack, FixedBudgetAttack):
     Each step queries, for every sample still running, its current iterate (to detect success)
     and its ``nb_samples`` probes in a single batched call; a sample stops as soon as its iterate
     is adversarial or when its budget cannot pay for another step. The probes are clipped to
-    ``clip_values`` so that the model is only ever shown valid inputs.
+    ``clip_values`` so that the model is only ever shown valid inputs. A budget below one
+    step (``nb_samples + 1`` queries, and the clean-label query when ``y`` is omitted)
+    leaves the input unchanged, with a ``RuntimeWarning`` that names the budget one step needs.
 
     Threat model: score-based black-box (queries class probabilities, never gradients).
     Norms: inf, 2.
@@ -106,6 +166,9 @@ class NESAttack(QueryAttack, FixedBudgetAttack):
     ----------
     queries_ : numpy.ndarray of int, shape (N,)
         Queries spent on each sample by the last :meth:`generate`.
+    success_ : numpy.ndarray of bool, shape (N,)
+        Which returned examples a query showed adversarial (a step taken when the budget ran
+        out is not checked).
 
     References
     ----------
@@ -191,46 +254,38 @@ class NESAttack(QueryAttack, FixedBudgetAttack):
         generator: torch.Generator,
         eps: torch.Tensor,
         **per_sample: torch.Tensor,
-    ) -> torch.Tensor:
-        eps_step, index = per_sample["eps_step"], per_sample["index"]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         norm, clip = canonical_norm(self.norm), self.estimator.clip_values
         half = max(1, self.nb_samples // 2)
-        cost = 2 * half + 1  # the iterate and its antithetic probes
-        sigma = float(self.sigma)
-        x_adv = x.clone()
+        sigma, shape = float(self.sigma), x.shape[1:]
         avg = torch.zeros_like(x)
-        act = self._counter.has_budget(index, cost).nonzero().squeeze(1)
-        while act.numel() > 0:
-            a = act.numel()
-            xa, ya, ma = x_adv[act], y[act], _rows(mask, act)
-            u = torch.randn((a, half, *x.shape[1:]), generator=generator, device=x.device)
+
+        def propose(act: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor) -> _Proposal:
+            a, ma = act.numel(), _rows(mask, act)
+            u = torch.randn((a, half, *shape), generator=generator, device=x.device)
             u = u.to(x.dtype)
             if ma is not None:
                 u = u * ma.unsqueeze(1)
             centre = xa.unsqueeze(1)
-            # rows: the iterates, then per sample its `half` plus-probes and `half` minus-probes
+            # per sample its `half` plus-probes, then its `half` minus-probes
             probes = torch.stack(
                 [_clip(centre + sigma * u, clip), _clip(centre - sigma * u, clip)], 1
             )
-            rows = torch.cat([xa, probes.reshape((-1, *x.shape[1:]))])
-            owner = torch.cat([index[act], index[act].repeat_interleave(2 * half)])
-            probs = self._counter.predict(rows, owner)
-            done = is_adversarial(probs[:a], ya, self.targeted)
-            obj = score_objective(
-                probs[a:], ya.repeat_interleave(2 * half), self.targeted, self.loss
-            )
-            diff = (obj.view(a, 2, half)[:, 0] - obj.view(a, 2, half)[:, 1]).to(x.dtype)
-            grad = (diff.view((a, half) + (1,) * (x.ndim - 1)) * u).sum(1) / (2 * half * sigma)
-            m = avg[act].mul_(self.momentum).add_(grad, alpha=1 - self.momentum)
-            avg[act] = m
-            step = steepest_direction(m, norm)
-            if ma is not None:
-                step = step * ma
-            moved = project_point(xa + eps_step[act] * step, x[act], eps[act], norm, clip)
-            x_adv[act] = torch.where(_view(done, xa), xa, moved)
-            act = act[~done]
-            act = act[self._counter.has_budget(index[act], cost)]
-        return x_adv
+            owner = torch.arange(a, device=x.device).repeat_interleave(2 * half)
+
+            def direction(probs: torch.Tensor) -> torch.Tensor:
+                obj = score_objective(probs, ya[owner], self.targeted, self.loss)
+                diff = (obj.view(a, 2, half)[:, 0] - obj.view(a, 2, half)[:, 1]).to(x.dtype)
+                grad = (diff.view((a, half) + (1,) * len(shape)) * u).sum(1) / (2 * half * sigma)
+                m = avg[act].mul_(self.momentum).add_(grad, alpha=1 - self.momentum)
+                avg[act] = m
+                step = steepest_direction(m, norm)
+                return step if ma is None else step * ma
+
+            return probes.reshape((-1, *shape)), owner, direction
+
+        what = f"the iterate and its {2 * half} probes"
+        return self._steps(x, y, eps, per_sample, 2 * half + 1, what, propose)
 
 
 def _eg_step(prior: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor:
@@ -250,7 +305,7 @@ _BANDITS_DEFAULTS = {
 }
 
 
-class BanditsAttack(QueryAttack, FixedBudgetAttack):
+class BanditsAttack(_EstimatedGradientAttack):
     """Bandits with time and data priors: a gradient *prior* ``v`` is learnt online from two
     queries per step and followed by projected-gradient steps.
 
@@ -270,7 +325,8 @@ class BanditsAttack(QueryAttack, FixedBudgetAttack):
 
     Each step queries, for every sample still running, its current iterate (to detect success:
     the paper's code does not count this query, bastion does) and the two probes in one batched
-    call. Probes are clipped to ``clip_values``.
+    call. Probes are clipped to ``clip_values``. A budget below one step (3 queries) leaves
+    the input unchanged, with a ``RuntimeWarning``.
 
     Threat model: score-based black-box (queries class probabilities). Norms: inf, 2.
 
@@ -306,6 +362,9 @@ class BanditsAttack(QueryAttack, FixedBudgetAttack):
     ----------
     queries_ : numpy.ndarray of int, shape (N,)
         Queries spent on each sample by the last :meth:`generate`.
+    success_ : numpy.ndarray of bool, shape (N,)
+        Which returned examples a query showed adversarial (a step taken when the budget ran
+        out is not checked).
 
     References
     ----------
@@ -408,8 +467,7 @@ class BanditsAttack(QueryAttack, FixedBudgetAttack):
         generator: torch.Generator,
         eps: torch.Tensor,
         **per_sample: torch.Tensor,
-    ) -> torch.Tensor:
-        eps_step, index = per_sample["eps_step"], per_sample["index"]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         norm, clip = canonical_norm(self.norm), self.estimator.clip_values
         fd_eta, exploration, online_lr, _ = self._defaults()
         tiled = x.ndim >= 4 and self.tile_size > 1
@@ -428,28 +486,25 @@ class BanditsAttack(QueryAttack, FixedBudgetAttack):
             n = q.flatten(1).norm(dim=1).clamp_min(1e-12)
             return q / _view(n, q)
 
-        x_adv = x.clone()
         prior = torch.zeros((x.shape[0], *prior_shape), dtype=x.dtype, device=x.device)
-        act = self._counter.has_budget(index, 3).nonzero().squeeze(1)
-        while act.numel() > 0:
-            a = act.numel()
-            xa, ya, ma, va = x_adv[act], y[act], _rows(mask, act), prior[act]
+
+        def propose(act: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor) -> _Proposal:
+            a, ma, va = act.numel(), _rows(mask, act), prior[act]
             noise = torch.randn((a, *prior_shape), generator=generator, device=x.device)
             noise = noise.to(x.dtype) * (exploration / math.sqrt(dim))
             q1, q2 = up(va + noise, ma), up(va - noise, ma)
-            rows = torch.cat(
-                [xa, _clip(xa + fd_eta * unit(q1), clip), _clip(xa + fd_eta * unit(q2), clip)]
+            probes = torch.cat(
+                [_clip(xa + fd_eta * unit(q1), clip), _clip(xa + fd_eta * unit(q2), clip)]
             )
-            probs = self._counter.predict(rows, index[act].repeat(3))
-            done = is_adversarial(probs[:a], ya, self.targeted)
-            obj = score_objective(probs[a:], ya.repeat(2), self.targeted, self.loss).to(x.dtype)
-            deriv = (obj[:a] - obj[a:]) / (fd_eta * exploration)
-            est = _view(deriv, noise) * noise
-            va = _eg_step(va, est, online_lr) if norm == "inf" else va + online_lr * est
-            prior[act] = va
-            step = steepest_direction(up(va, ma), norm)
-            moved = project_point(xa + eps_step[act] * step, x[act], eps[act], norm, clip)
-            x_adv[act] = torch.where(_view(done, xa), xa, moved)
-            act = act[~done]
-            act = act[self._counter.has_budget(index[act], 3)]
-        return x_adv
+
+            def direction(probs: torch.Tensor) -> torch.Tensor:
+                obj = score_objective(probs, ya.repeat(2), self.targeted, self.loss).to(x.dtype)
+                deriv = (obj[:a] - obj[a:]) / (fd_eta * exploration)
+                est = _view(deriv, noise) * noise
+                v = _eg_step(va, est, online_lr) if norm == "inf" else va + online_lr * est
+                prior[act] = v
+                return steepest_direction(up(v, ma), norm)
+
+            return probes, torch.arange(a, device=x.device).repeat(2), direction
+
+        return self._steps(x, y, eps, per_sample, 3, "the iterate and two probes", propose)

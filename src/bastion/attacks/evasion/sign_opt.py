@@ -9,15 +9,10 @@ import torch
 
 from bastion._tensor import to_tensor
 from bastion._validation import NONE, Constraint, Interval, Satisfies
-from bastion.attacks.base import (
-    BATCH_SIZE,
-    MAX_QUERIES,
-    RANDOM_STATE,
-    TARGETED,
-    VERBOSE,
-    MinimumNormAttack,
-    QueryAttack,
-)
+from bastion.attacks._batch import per_sample as _view
+from bastion.attacks._batch import rows as _rows
+from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, TARGETED, VERBOSE
+from bastion.attacks.decision import DecisionBasedAttack
 from bastion.exceptions import InputError
 
 __all__ = ["SignOPT"]
@@ -33,15 +28,14 @@ _LINE_TRIALS = 15
 
 def _unit(t: torch.Tensor) -> torch.Tensor:
     """Each row (sample) scaled to unit L2 norm."""
-    n = t.flatten(1).norm(dim=1).clamp_min(1e-30)
-    return t / n.reshape((-1,) + (1,) * (t.ndim - 1))
+    return t / _view(t.flatten(1).norm(dim=1).clamp_min(1e-30), t)
 
 
 def _is_images(value: Any) -> bool:
     return np.ndim(value) >= 2 and np.shape(value)[0] > 0
 
 
-class SignOPT(QueryAttack, MinimumNormAttack):
+class SignOPT(DecisionBasedAttack):
     """Sign-OPT: a query-efficient hard-label attack.
 
     Following OPT (Cheng et al., 2019), the attack searches a direction ``theta`` (unit L2
@@ -57,12 +51,15 @@ class SignOPT(QueryAttack, MinimumNormAttack):
     sample stops when ``beta < 1e-8``. ``alpha`` and ``beta`` are kept per sample.
 
     The initial direction is the best of ``num_init_directions`` candidates: random Gaussian
-    directions (untargeted), or ``x_init - x`` for starting images ``x_init`` given by the
-    user (the paper starts targeted attacks from images of the target class). Each candidate
-    costs one query at its own length, and, as in the authors' code, a candidate is only
-    searched further if it beats the best one so far at the best distance (one more query).
-    Targeted attacks without ``x_init`` use random directions that land in the target class,
-    which is rare on a trained model: pass a few images of the target classes as ``x_init``.
+    directions (untargeted), or ``x_init - x`` for a pool of starting images ``x_init`` given
+    by the user (the paper starts targeted attacks from images of the target class), tried in
+    a seeded random order; a per-sample starting point ``generate(..., x_init=...)`` is tried
+    first. Each candidate costs one query at its own length, and, as in the authors' code, a
+    candidate is only searched further if it beats the best one so far at the best distance
+    (one more query). Targeted attacks without starting images use random directions that
+    land in the target class, which is rare on a trained model: pass a few images of the
+    target classes. Samples without an adversarial candidate are returned unchanged, and a
+    ``RuntimeWarning`` says how many and why.
 
     Departures from the authors' code, for a batched, budgeted attack: the boundary distance
     of a new direction is compared with the current one by one query at the current distance
@@ -72,7 +69,8 @@ class SignOPT(QueryAttack, MinimumNormAttack):
     ``1e-5``, float32 models give labels that depend on the batch a point is evaluated in). With
     ``clip_values``, points are clipped into the box, so the returned perturbation may be
     shorter than ``g``. All samples of a batch advance together; a sample stops when it has
-    no budget for a full gradient estimate and one line-search query.
+    no budget for a full gradient estimate and one line-search query. Decisions, bisection and
+    budgets are the :class:`~bastion.attacks.decision.DecisionBasedAttack` template's.
 
     Threat model: decision-based black-box (labels only), untargeted or targeted. Norm: 2.
 
@@ -101,6 +99,9 @@ class SignOPT(QueryAttack, MinimumNormAttack):
     ----------
     queries_ : numpy.ndarray of int, shape (N,)
         Queries spent on each sample by the last :meth:`generate`.
+    success_ : numpy.ndarray of bool, shape (N,)
+        Which samples were broken (a query found the returned point adversarial); the others
+        are returned unchanged.
 
     References
     ----------
@@ -137,7 +138,6 @@ class SignOPT(QueryAttack, MinimumNormAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _needs_scores = False
     _conformance: ClassVar[dict[str, Any]] = {
         "params": {"max_queries": 150, "num_init_directions": 20, "num_grad_queries": 20},
         "skip": {
@@ -177,15 +177,6 @@ class SignOPT(QueryAttack, MinimumNormAttack):
 
     # ------------------------------------------------------------------ helpers
 
-    def _point(self, x: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        p = x + lam.reshape((-1,) + (1,) * (x.ndim - 1)) * theta
-        clip = self.estimator.clip_values
-        return p.clamp(*clip) if clip is not None else p
-
-    def _adversarial(self, p: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        labels = self._counter.labels(p, index)
-        return labels == y if self.targeted else labels != y
-
     def _shrink(
         self,
         x: torch.Tensor,
@@ -201,7 +192,7 @@ class SignOPT(QueryAttack, MinimumNormAttack):
         (``g_ref`` where not better)."""
         better = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         a = self._counter.has_budget(index).nonzero().squeeze(1)
-        better[a] = self._adversarial(self._point(x[a], theta[a], g_ref[a]), y[a], index[a])
+        better[a] = self._decide(self._point(x[a], theta[a], g_ref[a]), y[a], index[a])
         hi, lo = g_ref.clone(), torch.zeros_like(g_ref)
         bracketing = better.clone()
         for j in range(8):
@@ -212,19 +203,12 @@ class SignOPT(QueryAttack, MinimumNormAttack):
             if a.numel() == 0:
                 break
             trial = g_ref[a] * factor
-            adv = self._adversarial(self._point(x[a], theta[a], trial), y[a], index[a])
+            adv = self._decide(self._point(x[a], theta[a], trial), y[a], index[a])
             hi[a] = torch.where(adv, trial, hi[a])
             lo[a] = torch.where(adv, lo[a], trial)
             bracketing[a[~adv]] = False
-        while True:
-            a = (better & (hi - lo > tol * hi) & self._counter.has_budget(index)).nonzero()
-            a = a.squeeze(1)
-            if a.numel() == 0:
-                return better, hi
-            mid = (lo[a] + hi[a]) / 2
-            adv = self._adversarial(self._point(x[a], theta[a], mid), y[a], index[a])
-            hi[a] = torch.where(adv, mid, hi[a])
-            lo[a] = torch.where(adv, lo[a], mid)
+        hi = self._bisect_ray(x, y, theta, lo, hi, index, tol, relative=True, where=better)
+        return better, hi
 
     def _candidates(
         self, x: torch.Tensor, mask: torch.Tensor | None, generator: torch.Generator
@@ -259,15 +243,22 @@ class SignOPT(QueryAttack, MinimumNormAttack):
         mask: torch.Tensor | None,
         generator: torch.Generator,
         index: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x_init: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The best initial direction ``theta`` of each sample and its boundary distance
+        ``g`` (inf where no candidate was adversarial), and the candidates the budget did not
+        pay for."""
         n = x.shape[0]
         cand = self._candidates(x, mask, generator)
+        if x_init is not None:
+            # The caller's starting point of each sample is its first candidate.
+            first = x_init - x if mask is None else (x_init - x) * mask
+            cand = torch.cat([first.unsqueeze(1), cand], dim=1)
         j_max = cand.shape[1]
         length = cand.flatten(2).norm(dim=2)  # (B, J)
         # One query per candidate at its own length, all in one call (within the budget).
-        allowed = torch.arange(j_max, device=x.device).unsqueeze(0) < self._counter.remaining(
-            index
-        ).clamp(0, j_max).unsqueeze(1)
+        can_pay = self._counter.remaining(index).clamp(0, j_max)
+        allowed = torch.arange(j_max, device=x.device).unsqueeze(0) < can_pay.unsqueeze(1)
         allowed &= length > 0
         rows = allowed.nonzero()
         hit = torch.zeros_like(allowed)
@@ -276,7 +267,7 @@ class SignOPT(QueryAttack, MinimumNormAttack):
             clip = self.estimator.clip_values
             if clip is not None:
                 pts = pts.clamp(*clip)
-            hit[rows[:, 0], rows[:, 1]] = self._adversarial(pts, y[rows[:, 0]], index[rows[:, 0]])
+            hit[rows[:, 0], rows[:, 1]] = self._decide(pts, y[rows[:, 0]], index[rows[:, 0]])
         theta = torch.zeros_like(x)
         g = torch.full((n,), torch.inf, dtype=x.dtype, device=x.device)
         tol = torch.full((n,), _INIT_TOL, dtype=x.dtype, device=x.device)
@@ -292,7 +283,12 @@ class SignOPT(QueryAttack, MinimumNormAttack):
             better &= g_new < g[a]
             theta[a[better]] = unit[better]
             g[a[better]] = g_new[better]
-        return theta, g
+        missing = torch.isinf(g)
+        how = f"{j_max} initial directions (num_init_directions)"
+        hint = ", or a pool of such images as SignOPT(..., x_init=images)"
+        tried, broke = missing & (can_pay == j_max), missing & (can_pay < j_max)
+        self._note_no_start(tried, broke, how, hint)
+        return theta, g, j_max - can_pay
 
     # ------------------------------------------------------------------ attack
 
@@ -307,12 +303,20 @@ class SignOPT(QueryAttack, MinimumNormAttack):
         index = per_sample["index"]
         n, shape = x.shape[0], tuple(x.shape[1:])
         view = (-1,) + (1,) * len(shape)
-        theta, g = self._initial_direction(x, y, mask, generator, index)
+        x_init = per_sample.get("x_init")
+        theta, g, unpaid = self._initial_direction(x, y, mask, generator, index, x_init)
         found = torch.isfinite(g)
         alpha = torch.full((n,), self.alpha, dtype=x.dtype, device=x.device)
         beta = torch.full((n,), self.beta, dtype=x.dtype, device=x.device)
         done = ~found
         k = self.num_grad_queries
+        self._note_short_budget(
+            found & ~self._counter.has_budget(index, k + 1),
+            self._counter.used[index] + unpaid + k + 1,
+            f"one iteration (a sign-gradient estimate of num_grad_queries={k} queries and a "
+            "line-search query)",
+            "they keep their best initial direction",
+        )
         while True:
             a = (~done & self._counter.has_budget(index, k + 1)).nonzero().squeeze(1)
             if a.numel() == 0:
@@ -321,15 +325,13 @@ class SignOPT(QueryAttack, MinimumNormAttack):
             # Sign gradient: is g smaller along theta + beta u? One query per direction.
             u = torch.randn((m, k, *shape), generator=generator, dtype=x.dtype, device=x.device)
             if mask is not None:
-                u = u * (mask[a] if mask.shape[0] > 1 else mask).unsqueeze(1)
+                u = u * _rows(mask, a).unsqueeze(1)
             u = _unit(u.flatten(0, 1)).reshape(m, k, *shape)
             probe = _unit(
                 (theta[a].unsqueeze(1) + beta[a].reshape(view).unsqueeze(1) * u).flatten(0, 1)
             )
             rep = torch.arange(m, device=x.device).repeat_interleave(k)
-            lower = self._adversarial(
-                self._point(x[a][rep], probe, g[a][rep]), y[a][rep], index[a][rep]
-            )
+            lower = self._decide(self._point(x[a][rep], probe, g[a][rep]), y[a][rep], index[a][rep])
             sign = torch.where(lower, -1.0, 1.0).to(x.dtype).reshape(m, k)
             grad = torch.einsum("mk,mk...->m...", sign, u) / k
 

@@ -63,7 +63,9 @@ class SimBA(QueryAttack, MinimumNormAttack):
     the probability of the true class drops (untargeted) or that of the target class rises
     (targeted), and otherwise tries ``x - epsilon q``; it stops as soon as the sample is
     adversarial, when its directions are exhausted, or when its budget is spent. A proposal
-    that the mask or ``clip_values`` reduce to no change at all costs no query.
+    that the mask or ``clip_values`` reduce to no change at all costs no query. A budget
+    below one step (the clean probabilities and one probe: 2 queries) leaves the input
+    unchanged, with a ``RuntimeWarning``.
 
     Because every direction is used at most once and the directions are orthonormal, after ``T``
     accepted steps the perturbation (before clipping to ``clip_values``, which only shrinks it)
@@ -104,6 +106,9 @@ class SimBA(QueryAttack, MinimumNormAttack):
     ----------
     queries_ : numpy.ndarray of int, shape (N,)
         Queries spent per sample in the last :meth:`generate`.
+    success_ : numpy.ndarray of bool, shape (N,)
+        Which samples were broken (a query found the returned point adversarial); the others
+        are returned unchanged.
 
     References
     ----------
@@ -147,7 +152,6 @@ class SimBA(QueryAttack, MinimumNormAttack):
             ),
         },
     }
-    _clean_probs: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -175,22 +179,6 @@ class SimBA(QueryAttack, MinimumNormAttack):
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
-
-    def _resolve_labels(self, x: torch.Tensor, y: Any) -> torch.Tensor:
-        self._clean_probs = None
-        return super()._resolve_labels(x, y)
-
-    def _predicted_labels(self, x: torch.Tensor) -> torch.Tensor:
-        # The clean-label query (already charged by the template) also gives the starting
-        # probabilities: keep them instead of paying a second query per sample.
-        with torch.no_grad():
-            self._clean_probs = torch.cat(
-                [
-                    self.estimator.predict_tensor(x[i : i + self.batch_size])
-                    for i in range(0, x.shape[0], self.batch_size)
-                ]
-            )
-        return self._clean_probs.argmax(dim=1)
 
     def _directions(self, n: int, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
         """Per-sample order of basis coordinates ``(n, n_dirs)`` (flat indices into C*H*W)."""
@@ -253,11 +241,18 @@ class SimBA(QueryAttack, MinimumNormAttack):
             out = base + delta
             return out if clip is None else out.clamp(*clip)
 
+        # When y was omitted, the clean-label query (charged already) gave the probabilities.
         if self._clean_probs is not None:
             probs = self._clean_probs[index]
         else:
             probs = counter.predict(x, index)
         best, success = self._score(probs, y)
+        self._note_short_budget(
+            ~success & ~counter.has_budget(index),
+            2,
+            "one step (the clean probabilities and one probe: 2 queries)",
+            "they are returned unchanged",
+        )
         order = self._directions(n, shape, generator)
         delta = torch.zeros_like(xi)
         current = xi.clone()
