@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from test_restarts import log_p_true, replay_restarts
 
 from bastion.attacks import perturbation_norms
 from bastion.attacks.evasion import PGD
@@ -85,15 +86,28 @@ def test_l2_l1_lower_accuracy_within_budget(digits_cnn, digits50, norm, eps, wor
 
 
 def test_restarts_only_improve(digits_cnn, digits50):
-    # the first run of a multi-start attack is the single run with the same seed
+    """A restarted APGD is its single runs composed (see test_restarts.replay_restarts): the
+    first run is the single run with the same seed, later runs attack only what earlier ones
+    did not fool."""
     x, y = digits50
-    kw = dict(eps=0.05, max_iter=10, random_state=0)
-    one = APGD(digits_cnn, num_random_init=1, **kw).generate(x, y)
-    many = APGD(digits_cnn, num_random_init=3, **kw).generate(x, y)
+    kw = dict(eps=0.05, max_iter=10, batch_size=len(x))
+    one = APGD(digits_cnn, num_random_init=1, random_state=0, **kw).generate(x, y)
+    many = APGD(digits_cnn, num_random_init=3, random_state=0, **kw).generate(x, y)
+    expected, fooled, first = replay_restarts(
+        lambda gen: APGD(digits_cnn, num_random_init=1, random_state=gen, **kw),
+        x,
+        y,
+        3,
+        0,
+        digits_cnn.predict,
+        log_p_true,
+    )
+    np.testing.assert_array_equal(many, expected)
     pred_one = np.asarray(digits_cnn.predict(one)).argmax(1)
     pred_many = np.asarray(digits_cnn.predict(many)).argmax(1)
+    np.testing.assert_array_equal(pred_many != y, fooled)
+    np.testing.assert_array_equal(many[first == 0], one[first == 0])
     assert np.all(pred_many[pred_one != y] != y[pred_one != y])
-    assert (pred_many != y).sum() >= (pred_one != y).sum()
 
 
 # --------------------------------------------------------------------------- schedule
@@ -228,20 +242,38 @@ def test_l1_checkpoint_follows_the_sparsity_of_the_best_point():
     x_best = x.clone()
     x_best[0, :30] = 0.1  # much sparser than before: step size reset, restart
     x_best[1, :97] = 0.01  # about as dense as before: step size shrinks by 1.5
-    s = {
-        "x": x,
-        "x_best": x_best,
-        "eps": torch.full((2, 1), 3.0),
-        "eta": torch.tensor([[0.5], [3.0]]),
-        "last_l0": torch.tensor([100.0, 100.0]),
-    }
+    y, loss, eps = torch.zeros(2, dtype=torch.long), torch.zeros(2), torch.full((2, 1), 3.0)
+    s = attack._initial_state(x, y, None, eps, None, x, x, loss, "1")
+    s.x_best, s.eta = x_best, torch.tensor([[0.5], [3.0]])
+    assert s.last_l0.tolist() == [100.0, 100.0]
     restart = attack._l1_checkpoint(s, 100)
     assert restart.tolist() == [True, False]
-    assert s["k"].tolist() == [20, 65]  # ceil(l0 / 1.5)
-    torch.testing.assert_close(s["eta"], torch.tensor([[3.0], [2.0]]))
+    assert s.k.tolist() == [20, 65]  # ceil(l0 / 1.5)
+    torch.testing.assert_close(s.eta, torch.tensor([[3.0], [2.0]]))
     for _ in range(10):
         attack._l1_checkpoint(s, 100)
-    torch.testing.assert_close(s["eta"], torch.tensor([[0.3], [0.3]]))  # never below eps / 10
+    torch.testing.assert_close(s.eta, torch.tensor([[0.3], [0.3]]))  # never below eps / 10
+
+
+def test_state_rows_leave_together_and_a_shared_mask_stays():
+    attack = APGD(None, norm=2)
+    x = torch.arange(6.0).reshape(3, 2)
+    y, loss, eps = torch.tensor([0, 1, 2]), torch.tensor([0.1, 0.2, 0.3]), torch.full((3, 1), 1.0)
+    mask = torch.ones(1, 2)
+    s = attack._initial_state(x, y, mask, eps, torch.tensor([2, 1, 0]), x + 1, x, loss, "2")
+    torch.testing.assert_close(s.eta, torch.full((3, 1), 2.0))  # 2 eps for Linf and L2
+    kept = s.keep(torch.tensor([True, False, True]))
+    assert kept.idx.tolist() == [0, 2] and kept.y.tolist() == [0, 2]
+    assert kept.source.tolist() == [2, 0] and kept.loss_best.tolist() == pytest.approx([0.1, 0.3])
+    torch.testing.assert_close(kept.x_cur, x[[0, 2]] + 1)
+    assert kept.mask is mask
+    # a step that raises the loss is counted and becomes the best point
+    kept.advance(x[[0, 2]] + 2, x[[0, 2]], torch.tensor([0.5, 0.0]))
+    assert kept.n_up.tolist() == [1, 0]
+    torch.testing.assert_close(kept.x_best, torch.stack([x[0] + 2, x[2] + 1]))
+    kept.restart_from_best(torch.tensor([False, True]))
+    torch.testing.assert_close(kept.x_cur, torch.stack([x[0] + 2, x[2] + 1]))
+    assert kept.loss.tolist() == pytest.approx([0.5, 0.3])
 
 
 # --------------------------------------------------------------------------- losses, errors

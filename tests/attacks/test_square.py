@@ -4,6 +4,7 @@ the digits CNN behind a NumPy prediction function (no gradients)."""
 import numpy as np
 import pytest
 import torch
+from test_restarts import replay_restarts
 
 from bastion.attacks import perturbation_norms
 from bastion.attacks.evasion.square import (
@@ -157,6 +158,37 @@ def test_restarts_share_the_budget(blackbox, correct):
     assert attack.queries_.max() <= 40
     # samples that stay correct run all four restarts of 10 queries each
     assert np.all(attack.queries_ == 40)
+
+
+def margin(probs, y):
+    """Square's untargeted loss: ``log p_y - max_{k != y} log p_k``."""
+    log_p = np.log(np.maximum(probs, np.finfo(probs.dtype).tiny))
+    own = log_p[np.arange(len(y)), y]
+    log_p[np.arange(len(y)), y] = -np.inf
+    return own - log_p.max(1)
+
+
+def test_restarts_are_single_runs_on_the_samples_not_yet_fooled(blackbox, correct):
+    x, y = correct[0][:12], correct[1][:12]
+    kw = dict(eps=0.15, batch_size=len(x))
+    many = SquareAttack(blackbox, max_queries=30, n_restarts=3, random_state=0, **kw)
+    x_many = many.generate(x, y)
+    expected, fooled, first = replay_restarts(
+        lambda gen: SquareAttack(blackbox, max_queries=10, random_state=gen, **kw),
+        x,
+        y,
+        3,
+        0,
+        blackbox.predict,
+        margin,
+    )
+    np.testing.assert_array_equal(x_many, expected)
+    np.testing.assert_array_equal(np.asarray(blackbox.predict(x_many)).argmax(1) != y, fooled)
+    assert 0 < (first > 0).sum() and (first == 0).sum() > 0  # the restarts did something
+    # a sample fooled in run r spent at most 10 queries in each of runs 0..r; one never fooled,
+    # exactly 10 in each of the three
+    assert np.all(many.queries_[~fooled] == 30)
+    assert np.all(many.queries_[fooled] <= 10 * (first[fooled] + 1))
 
 
 def test_mask_respected_and_labels_only_refused(blackbox, correct):

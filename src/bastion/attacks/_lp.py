@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from bastion.attacks._batch import per_sample as _view
+
 __all__ = [
     "canonical_norm",
     "lp_norm",
@@ -38,12 +40,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a per-sample vector ``(B,)`` to broadcast against ``like``."""
-    return v.reshape((-1,) + (1,) * (like.ndim - 1))
-
-
-def _per_sample(eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _budget_vector(eps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A budget broadcastable to ``like`` as a vector ``(B,)``."""
     return eps.expand((like.shape[0],) + (1,) * (like.ndim - 1)).reshape(-1)
 
@@ -114,7 +111,7 @@ def project_lp(delta: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tenso
         return delta * torch.clamp(eps / n.clamp_min(1e-12), max=1.0)
     if norm == "1":
         flat = _flat(delta)
-        e = _per_sample(eps, delta).unsqueeze(1)
+        e = _budget_vector(eps, delta).unsqueeze(1)
         abs_v = flat.abs()
         inside = abs_v.sum(dim=1, keepdim=True) <= e
         mu, _ = abs_v.sort(dim=1, descending=True)
@@ -150,7 +147,7 @@ def project_lp_box(
         return torch.minimum(torch.maximum(boxed, -eps), eps).clamp(min=a, max=b)
     if norm not in ("1", "2"):
         raise ValueError(f"unknown norm {norm!r}")
-    eps_v = _per_sample(eps, delta)
+    eps_v = _budget_vector(eps, delta)
     outside = lp_norm(boxed, norm) > eps_v
     if not bool(outside.any()):
         return boxed

@@ -4,12 +4,15 @@ in the L1 ball intersected with the box."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Any, ClassVar
 
 import torch
 
 from bastion._validation import Constraint, Interval, Options, invalid_parameter
+from bastion.attacks._batch import per_sample as _view
+from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import (
     canonical_norm,
     lp_norm,
@@ -18,6 +21,7 @@ from bastion.attacks._lp import (
     random_in_ball,
     steepest_direction,
 )
+from bastion.attacks._restarts import Best, Outcome, best_of_restarts
 from bastion.attacks.base import (
     BATCH_SIZE,
     BUDGET,
@@ -26,6 +30,7 @@ from bastion.attacks.base import (
     TARGETED,
     VERBOSE,
     FixedBudgetAttack,
+    is_adversarial,
 )
 from bastion.estimators.base import require_capabilities
 
@@ -251,10 +256,6 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
             return est.objective_gradient_tensor(x, lambda z: _dlr_loss(z, source, y))
         return est.objective_gradient_tensor(x, lambda z: _dlr_loss(z, y, None))
 
-    def _is_adversarial(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pred = logits.argmax(dim=1)
-        return pred == y if self.targeted else pred != y
-
     # ------------------------------------------------------------------ one run
 
     def _start(
@@ -265,6 +266,8 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
         eps: torch.Tensor,
         norm: str,
     ) -> torch.Tensor:
+        """The first iterate: ``x`` itself (``num_random_init=0``), a uniform point of the ball
+        (Linf, L2), or a Gaussian sample projected onto the L1 ball and the box (sparse)."""
         clip = self.estimator.clip_values
         if self.num_random_init == 0:
             return x.clone()
@@ -278,6 +281,67 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
             delta = delta * mask
         return project_point(x + delta, x, eps, norm, clip)
 
+    def _initial_state(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        eps: torch.Tensor,
+        source: torch.Tensor | None,
+        x0: torch.Tensor,
+        grad: torch.Tensor,
+        loss: torch.Tensor,
+        norm: str,
+    ) -> _State:
+        """The state at the start ``x0``: step size ``eps`` (L1) or ``2 eps``, no progress yet,
+        ``k`` the first steps' number of coordinates (L1)."""
+        nb, d = x.shape[0], x[0].numel()
+        k0 = min(d, max(1, math.ceil((1 - self.l1_sparsity) * d)))
+        return _State(
+            idx=torch.arange(nb, device=x.device),
+            x=x,
+            y=y,
+            eps=eps,
+            eta=eps.clone() if norm == "1" else 2 * eps.clone(),
+            x_cur=x0,
+            x_prev=x0,
+            grad=grad,
+            loss=loss,
+            x_best=x0,
+            grad_best=grad,
+            loss_best=loss,
+            n_up=torch.zeros(nb, device=x.device, dtype=torch.long),
+            last_best=loss,
+            last_reduced=torch.zeros(nb, device=x.device, dtype=torch.bool),
+            k=torch.full((nb,), k0, device=x.device, dtype=torch.long),
+            last_l0=torch.full((nb,), float(d), device=x.device, dtype=x.dtype),
+            source=source,
+            mask=mask,
+        )
+
+    def _checks(self, norm: str) -> set[int]:
+        """The iterations after which the step size is reconsidered."""
+        if norm == "1":
+            period = max(1, math.floor(_L1_PERIOD * self.max_iter))
+            return set(range(period, self.max_iter + 1, period))
+        return set(_checkpoints(self.max_iter))
+
+    def _step(self, s: _State, t: int, norm: str) -> torch.Tensor:
+        """The next iterate: a projected steepest-ascent step of size ``eta``, then (Linf, L2,
+        after the first step) the momentum combination with the previous iterate."""
+        clip = self.estimator.clip_values
+        g = s.grad if s.mask is None else s.grad * s.mask
+        if norm == "1":
+            step = _sparse_l1_direction(g, s.x_cur, clip, s.k)
+        else:
+            step = steepest_direction(g, norm)
+        z = project_point(s.x_cur + s.eta * step, s.x, s.eps, norm, clip)
+        if t == 0 or self.alpha == 1 or norm == "1":  # l1-APGD steps without momentum
+            return z
+        a = self.alpha
+        moved = s.x_cur + a * (z - s.x_cur) + (1 - a) * (s.x_cur - s.x_prev)
+        return project_point(moved, s.x, s.eps, norm, clip)
+
     def _run(
         self,
         x: torch.Tensor,
@@ -287,121 +351,64 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
         eps: torch.Tensor,
         source: torch.Tensor | None,
         trace: list[torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One APGD run. Returns the result per sample (its first adversarial iterate, else its
-        point of highest loss), the success flags and the best losses. ``trace``, when given,
-        receives the step sizes of the active samples before each step (for tests)."""
+    ) -> Outcome:
+        """One APGD run: per sample, its first adversarial iterate, else its point of highest
+        loss, with the success flags and the negated best losses (lower is better). ``trace``,
+        when given, receives the step sizes of the running samples before each step (tests)."""
         norm = canonical_norm(self.norm)
-        clip = self.estimator.clip_values
-        n_iter = self.max_iter
         x0 = self._start(x, mask, generator, eps, norm)
         grad, loss, logits = self._objective(x0, y, source)
         out, best_loss = x0.clone(), loss.clone()
-        success = self._is_adversarial(logits, y)
-
-        d = x[0].numel()
-        if norm == "1":
-            period = max(1, math.floor(_L1_PERIOD * n_iter))
-            checks = set(range(period, n_iter + 1, period))
-            eta = eps.clone()
-        else:
-            checks = set(_checkpoints(n_iter))
-            eta = 2 * eps.clone()
-        nb = x.shape[0]
-        k0 = min(d, max(1, math.ceil((1 - self.l1_sparsity) * d)))
-        # Per-sample state of the samples still running; dropped together when they succeed.
-        s: dict[str, torch.Tensor] = {
-            "idx": torch.arange(nb, device=x.device),
-            "x": x,
-            "y": y,
-            "eps": eps,
-            "eta": eta,
-            "x_cur": x0,
-            "x_prev": x0,
-            "grad": grad,
-            "loss": loss,
-            "x_best": x0,
-            "grad_best": grad,
-            "loss_best": loss,
-            "n_up": torch.zeros(nb, device=x.device, dtype=torch.long),
-            "last_best": loss,
-            "last_reduced": torch.zeros(nb, device=x.device, dtype=torch.bool),
-            "k": torch.full((nb,), k0, device=x.device, dtype=torch.long),
-            "last_l0": torch.full((nb,), float(d), device=x.device, dtype=x.dtype),
-        }
-        if source is not None:
-            s["source"] = source
-        if mask is not None and mask.shape[0] > 1:
-            s["mask"] = mask
+        success = is_adversarial(logits, y, self.targeted)
+        s = self._initial_state(x, y, mask, eps, source, x0, grad, loss, norm)
         if bool(success.any()):
-            s = {key: v[~success] for key, v in s.items()}
-        last_check = 0
-        for t in range(n_iter):
-            if s["idx"].numel() == 0:
+            s = s.keep(~success)
+        checks, last_check, d = self._checks(norm), 0, x[0].numel()
+        for t in range(self.max_iter):
+            if s.idx.numel() == 0:
                 break
             if trace is not None:
-                trace.append(s["eta"].flatten().clone())
-            m = s.get("mask", mask)
-            g = s["grad"] if m is None else s["grad"] * m
-            x_cur = s["x_cur"]
-            if norm == "1":
-                step = _sparse_l1_direction(g, x_cur, clip, s["k"])
-            else:
-                step = steepest_direction(g, norm)
-            z = project_point(x_cur + s["eta"] * step, s["x"], s["eps"], norm, clip)
-            if t == 0 or self.alpha == 1 or norm == "1":  # l1-APGD steps without momentum
-                x_new = z
-            else:
-                a = self.alpha
-                moved = x_cur + a * (z - x_cur) + (1 - a) * (x_cur - s["x_prev"])
-                x_new = project_point(moved, s["x"], s["eps"], norm, clip)
-            grad, loss, logits = self._objective(x_new, s["y"], s.get("source"))
-            s["n_up"] = s["n_up"] + (loss > s["loss"]).long()
-            s["x_prev"], s["x_cur"], s["grad"], s["loss"] = x_cur, x_new, grad, loss
-            better = _col(loss > s["loss_best"], x_new)
-            s["x_best"] = torch.where(better, x_new, s["x_best"])
-            s["grad_best"] = torch.where(better, grad, s["grad_best"])
-            s["loss_best"] = torch.maximum(loss, s["loss_best"])
-
-            done = self._is_adversarial(logits, s["y"])
+                trace.append(s.eta.flatten().clone())
+            x_new = self._step(s, t, norm)
+            grad, loss, logits = self._objective(x_new, s.y, s.source)
+            s.advance(x_new, grad, loss)
+            # A sample is done, and leaves, at its first adversarial iterate.
+            done = is_adversarial(logits, s.y, self.targeted)
             if bool(done.any()):
-                i = s["idx"][done]
+                i = s.idx[done]
                 out[i], success[i], best_loss[i] = x_new[done], True, loss[done]
-                s = {key: v[~done] for key, v in s.items()}
-            if t + 1 in checks and s["idx"].numel() > 0:
+                s = s.keep(~done)
+            if t + 1 in checks and s.idx.numel() > 0:
                 if norm == "1":
                     restart = self._l1_checkpoint(s, d)
                 else:
                     restart = self._checkpoint(s, t + 1 - last_check)
                 last_check = t + 1
-                r = _col(restart, s["x_cur"])
-                s["x_cur"] = torch.where(r, s["x_best"], s["x_cur"])
-                s["grad"] = torch.where(r, s["grad_best"], s["grad"])
-                s["loss"] = torch.where(restart, s["loss_best"], s["loss"])
-        out[s["idx"]] = s["x_best"]
-        best_loss[s["idx"]] = s["loss_best"]
-        return out, success, best_loss
+                s.restart_from_best(restart)
+        out[s.idx] = s.x_best
+        best_loss[s.idx] = s.loss_best
+        return Outcome(out, success, -best_loss)
 
-    def _checkpoint(self, s: dict[str, torch.Tensor], window: int) -> torch.Tensor:
+    def _checkpoint(self, s: _State, window: int) -> torch.Tensor:
         """APGD's two conditions; halves the step size where one holds. Returns which samples
         restart from their best point."""
-        cond1 = s["n_up"].to(s["loss"].dtype) < self.rho * window
-        cond2 = ~s["last_reduced"] & (s["loss_best"] <= s["last_best"])
+        cond1 = s.n_up.to(s.loss.dtype) < self.rho * window
+        cond2 = ~s.last_reduced & (s.loss_best <= s.last_best)
         reduce = cond1 | cond2
-        s["eta"] = torch.where(_col(reduce, s["eta"]), s["eta"] / 2, s["eta"])
-        s["last_reduced"], s["last_best"] = reduce, s["loss_best"]
-        s["n_up"] = torch.zeros_like(s["n_up"])
+        s.eta = torch.where(_view(reduce, s.eta), s.eta / 2, s.eta)
+        s.last_reduced, s.last_best = reduce, s.loss_best
+        s.n_up = torch.zeros_like(s.n_up)
         return reduce
 
-    def _l1_checkpoint(self, s: dict[str, torch.Tensor], d: int) -> torch.Tensor:
+    def _l1_checkpoint(self, s: _State, d: int) -> torch.Tensor:
         """l1-APGD: the update sparsity follows the best point; the step size shrinks unless the
         best point became sparser, which resets it. Returns which samples restart."""
-        l0 = lp_norm(s["x_best"] - s["x"], "0")
-        sparser = l0 < _L1_SPARSER * s["last_l0"]
-        s["k"] = torch.ceil(l0 / _L1_SHRINK).long().clamp(1, d)
-        shrunk = torch.maximum(s["eta"] / _L1_SHRINK, _L1_MIN_STEP * s["eps"])
-        s["eta"] = torch.where(_col(sparser, s["eta"]), s["eps"], shrunk)
-        s["last_l0"] = l0
+        l0 = lp_norm(s.x_best - s.x, "0")
+        sparser = l0 < _L1_SPARSER * s.last_l0
+        s.k = torch.ceil(l0 / _L1_SHRINK).long().clamp(1, d)
+        shrunk = torch.maximum(s.eta / _L1_SHRINK, _L1_MIN_STEP * s.eps)
+        s.eta = torch.where(_view(sparser, s.eta), s.eps, shrunk)
+        s.last_l0 = l0
         return sparser
 
     # ------------------------------------------------------------------ restarts
@@ -420,23 +427,69 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
             # The targeted DLR loss moves away from the class predicted on the clean input.
             with torch.no_grad():
                 source = self.estimator.predict_tensor(x).argmax(dim=1)
-        best, success, best_loss = self._run(x, y, mask, generator, eps, source)
-        for _restart in range(self.num_random_init - 1):
-            todo = (~success).nonzero().squeeze(1)
-            if todo.numel() == 0:
-                break
-            m = mask if mask is None or mask.shape[0] == 1 else mask[todo]
-            src = None if source is None else source[todo]
-            cand, ok, loss = self._run(x[todo], y[todo], m, generator, eps[todo], src)
-            better = ok | (loss > best_loss[todo])
-            keep = todo[better]
-            best[keep], success[keep], best_loss[keep] = cand[better], ok[better], loss[better]
-        return best
+
+        def run(r: int, idx: torch.Tensor | None, best: Best) -> Outcome:
+            return self._run(
+                _rows(x, idx),
+                _rows(y, idx),
+                _rows(mask, idx),
+                generator,
+                _rows(eps, idx),
+                _rows(source, idx),
+            )
+
+        return best_of_restarts(run, x, max(1, self.num_random_init)).x
 
 
-def _col(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-sample flags ``(B,)`` shaped to broadcast against ``like``."""
-    return flags.view((-1,) + (1,) * (like.ndim - 1))
+@dataclass
+class _State:
+    """The per-sample state of one APGD run, one row per sample still running; the rows of
+    samples that succeed leave together (:meth:`keep`)."""
+
+    idx: torch.Tensor  # each row's position in the batch
+    x: torch.Tensor  # clean inputs
+    y: torch.Tensor
+    eps: torch.Tensor  # budgets, (n, 1, ..., 1)
+    eta: torch.Tensor  # step sizes, (n, 1, ..., 1)
+    x_cur: torch.Tensor  # the iterate, with its gradient and loss
+    x_prev: torch.Tensor
+    grad: torch.Tensor
+    loss: torch.Tensor
+    x_best: torch.Tensor  # the point of highest loss so far, with its gradient and loss
+    grad_best: torch.Tensor
+    loss_best: torch.Tensor
+    n_up: torch.Tensor  # steps that raised the loss since the last checkpoint
+    last_best: torch.Tensor  # loss_best at the last checkpoint
+    last_reduced: torch.Tensor  # whether the step size was halved at the last checkpoint
+    k: torch.Tensor  # L1: coordinates changed per step
+    last_l0: torch.Tensor  # L1: sparsity of the best point at the last checkpoint
+    source: torch.Tensor | None  # targeted DLR: the class predicted on the clean input
+    mask: torch.Tensor | None  # one row per sample, or one row shared by all
+
+    def keep(self, which: torch.Tensor) -> _State:
+        """The rows where the bool vector ``which`` holds (a shared mask row stays)."""
+        kept: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            shared = f.name == "mask" and v is not None and v.shape[0] == 1
+            kept[f.name] = v if v is None or shared else v[which]
+        return _State(**kept)
+
+    def advance(self, x_new: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> None:
+        """Move to ``x_new``, counting a rise of the loss and keeping the best point."""
+        self.n_up = self.n_up + (loss > self.loss).long()
+        self.x_prev, self.x_cur, self.grad, self.loss = self.x_cur, x_new, grad, loss
+        better = _view(loss > self.loss_best, x_new)
+        self.x_best = torch.where(better, x_new, self.x_best)
+        self.grad_best = torch.where(better, grad, self.grad_best)
+        self.loss_best = torch.maximum(loss, self.loss_best)
+
+    def restart_from_best(self, restart: torch.Tensor) -> None:
+        """Samples where ``restart`` holds go back to their best point."""
+        r = _view(restart, self.x_cur)
+        self.x_cur = torch.where(r, self.x_best, self.x_cur)
+        self.grad = torch.where(r, self.grad_best, self.grad)
+        self.loss = torch.where(restart, self.loss_best, self.loss)
 
 
 APGD = AutoProjectedGradientDescent

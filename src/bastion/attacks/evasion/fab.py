@@ -9,6 +9,7 @@ import torch
 
 from bastion._validation import NONE, Constraint, Interval, Options
 from bastion.attacks._lp import canonical_norm, lp_norm
+from bastion.attacks._restarts import Best, Outcome, best_of_restarts
 from bastion.attacks.base import (
     BATCH_SIZE,
     RANDOM_STATE,
@@ -272,19 +273,21 @@ class FAB(MinimumNormAttack):
         else:
             runs = [(None, None)]
 
-        best = x0.clone()
-        best_norm = torch.full((x0.shape[0],), math.inf, device=x.device, dtype=x.dtype)
         eps = _DEFAULT_EPS[norm] if self.eps is None else float(self.eps)
-        for cls, other in runs:
-            for restart in range(self.n_restarts):
-                start = x0
-                if restart > 0:
-                    radius = best_norm.clamp_max(eps) / 2
-                    start = x0 + self._random_offset(x0, radius, norm, m0, generator)
-                    if est.clip_values is not None:
-                        start = start.clamp(*est.clip_values)
-                self._run(x0, y0, start, cls, other, m0, norm, best, best_norm)
-        out[todo] = best.reshape(out[todo].shape)
+
+        def run(r: int, idx: torch.Tensor | None, best: Best) -> Outcome:
+            cls, other = runs[r // self.n_restarts]
+            start = x0
+            if r % self.n_restarts > 0:
+                # Around x0, at half the smallest perturbation found so far (at most eps).
+                radius = best.score.clamp_max(eps) / 2
+                start = x0 + self._random_offset(x0, radius, norm, m0, generator)
+                if est.clip_values is not None:
+                    start = start.clamp(*est.clip_values)
+            return self._run(x0, y0, start, cls, other, m0, norm)
+
+        best = best_of_restarts(run, x0, len(runs) * self.n_restarts, minimum_norm=True)
+        out[todo] = best.x.reshape(out[todo].shape)
         return out
 
     @staticmethod
@@ -312,15 +315,16 @@ class FAB(MinimumNormAttack):
         other: torch.Tensor | None,
         mask: torch.Tensor | None,
         norm: str,
-        best: torch.Tensor,
-        best_norm: torch.Tensor,
-    ) -> None:
-        """One FAB run from ``start`` (flat, like ``x0``); updates ``best`` and ``best_norm``."""
+    ) -> Outcome:
+        """One FAB run from ``start`` (flat, like ``x0``): per sample, its adversarial iterate
+        nearest to ``x0`` (and its norm), where one was found."""
         est = self.estimator
         shape = (-1, *est.input_shape)
         n = x0.shape[0]
         rows = torch.arange(n, device=x0.device)
         lo, hi = est.clip_values if est.clip_values is not None else (-math.inf, math.inf)
+        best = x0.clone()
+        best_norm = torch.full((n,), math.inf, device=x0.device, dtype=x0.dtype)
         x1 = start.clone()
         # Targeted FAB picks, at each step, the strongest class other than the target: it needs
         # the logits at x1 before the Jacobian call. The other variants take them from it.
@@ -370,8 +374,8 @@ class FAB(MinimumNormAttack):
                 continue
             dist_now = lp_norm(x1 - x0, norm)
             better = adv & (dist_now < best_norm)
-            best.copy_(torch.where(better.unsqueeze(1), x1, best))
-            best_norm.copy_(torch.where(better, dist_now, best_norm))
+            best = torch.where(better.unsqueeze(1), x1, best)
+            best_norm = torch.where(better, dist_now, best_norm)
             if it == self.max_iter - 1:
                 break
             # Step back toward x0 (the next Jacobian call gives the logits there, except for
@@ -381,3 +385,4 @@ class FAB(MinimumNormAttack):
             if pick_other:
                 with torch.no_grad():
                     logits[idx] = est.logits_tensor(x1[idx].reshape(shape))
+        return Outcome(best, best_norm < math.inf, best_norm)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from bastion._validation import NONE, Constraint, Interval, Options, Satisfies
+from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._lp import canonical_norm, lp_norm, project_lp_box
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
 from bastion.exceptions import InputError
@@ -180,17 +181,16 @@ class FastMinimumNorm(MinimumNormAttack):
         delta = start - x
         if mask is not None:
             delta = delta * mask
-        shape = (-1,) + (1,) * (x.ndim - 1)
         with torch.no_grad():
             ok = self._margin(self.estimator.logits_tensor(x + delta), y) < 0
             lo = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
             hi = torch.ones_like(lo)
             for _ in range(self.binary_search_steps):
                 mid = (lo + hi) / 2
-                adv = self._margin(self.estimator.logits_tensor(x + mid.view(shape) * delta), y) < 0
+                adv = self._margin(self.estimator.logits_tensor(x + _view(mid, x) * delta), y) < 0
                 hi = torch.where(adv, mid, hi)
                 lo = torch.where(adv, lo, mid)
-        return torch.where(ok.view(shape), hi.view(shape) * delta, torch.zeros_like(delta))
+        return torch.where(_view(ok, x), _view(hi, x) * delta, torch.zeros_like(delta))
 
     def _attack(
         self,
@@ -205,7 +205,6 @@ class FastMinimumNorm(MinimumNormAttack):
         dual = _DUAL[norm]
         clip = est.clip_values
         n = x.shape[0]
-        shape = (-1,) + (1,) * (x.ndim - 1)
         alpha_final = self.alpha_init / 100 if self.alpha_final is None else self.alpha_final
 
         def objective(z: torch.Tensor) -> torch.Tensor:
@@ -235,7 +234,7 @@ class FastMinimumNorm(MinimumNormAttack):
             # (which decides success in the template) may round the other way.
             adv = loss < -_TOL * (1 + z.abs().amax(dim=1))
             better = adv & (d_norm < best_norm)
-            best = torch.where(better.view(shape), delta, best)
+            best = torch.where(_view(better, x), delta, best)
             best_norm = torch.where(better, d_norm, best_norm)
             found = found | adv
             if k == self.max_iter:
@@ -264,7 +263,7 @@ class FastMinimumNorm(MinimumNormAttack):
                 )
             eps = eps.clamp_min(0)
 
-            step = grad / g_flat.norm(dim=1).clamp_min(1e-12).view(shape)
+            step = grad / _view(g_flat.norm(dim=1).clamp_min(1e-12), grad)
             # Gradient ascent on -L, i.e. descent on the margin.
             candidate = delta - alpha * step
             if norm == "0":
@@ -272,7 +271,7 @@ class FastMinimumNorm(MinimumNormAttack):
                 if clip is not None:
                     delta = (x + delta).clamp(*clip) - x
             else:
-                delta = project_lp_box(candidate, x, eps.view(shape), norm, clip)
+                delta = project_lp_box(candidate, x, _view(eps, x), norm, clip)
         return x + best
 
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._validation import Constraint, Interval, Options
+from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._lp import canonical_norm, project_point, steepest_direction
 from bastion.attacks.base import (
     BATCH_SIZE,
@@ -208,7 +209,6 @@ class MomentumIterativeMethod(FixedBudgetAttack):
         est = self.estimator
         eps_step = per_sample["eps_step"]
         norm = canonical_norm(self.norm)
-        per_sample_shape = (-1,) + (1,) * (x.ndim - 1)
         x_adv = x
         momentum = torch.zeros_like(x)
         for _ in range(self.max_iter):
@@ -217,7 +217,7 @@ class MomentumIterativeMethod(FixedBudgetAttack):
                 grad = -grad
             if mask is not None:
                 grad = grad * mask
-            l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-30).reshape(per_sample_shape)
+            l1 = _view(grad.abs().flatten(1).sum(dim=1).clamp_min(1e-30), grad)
             momentum = self.decay * momentum + grad / l1
             step = steepest_direction(momentum, norm)
             x_adv = project_point(x_adv + eps_step * step, x, eps, norm, est.clip_values)

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._validation import Constraint, Interval
+from bastion.attacks._batch import per_sample as _view
 from bastion.attacks.base import BATCH_SIZE, VERBOSE, MinimumNormAttack
 
 __all__ = ["NewtonFool"]
@@ -87,7 +88,6 @@ class NewtonFool(MinimumNormAttack):
         est = self.estimator
         clip = est.clip_values
         inv_k = 1.0 / est.nb_classes
-        shape = (-1,) + (1,) * (x.ndim - 1)
         x_norm = x.flatten(1).norm(dim=1)
         x_adv = x.clone()
         active = torch.arange(x.shape[0], device=x.device)
@@ -108,7 +108,7 @@ class NewtonFool(MinimumNormAttack):
                 grad = grad * (mask[active] if mask.shape[0] > 1 else mask)
             g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
             delta = torch.minimum(self.eta * x_norm[active] * g_norm, (p - inv_k).clamp_min(0))
-            step = -(delta / g_norm**2).reshape(shape) * grad
+            step = -_view(delta / g_norm**2, grad) * grad
             x_new = xa + step
             if clip is not None:
                 x_new = x_new.clamp(*clip)

@@ -7,12 +7,14 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._validation import Constraint, Interval
+from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import (
     canonical_norm,
     project_point,
     random_in_ball,
     steepest_direction,
 )
+from bastion.attacks._restarts import Best, Outcome, best_of_restarts
 from bastion.attacks.base import (
     BATCH_SIZE,
     BUDGET,
@@ -21,6 +23,7 @@ from bastion.attacks.base import (
     TARGETED,
     VERBOSE,
     FixedBudgetAttack,
+    is_adversarial,
 )
 
 __all__ = ["PGD", "ProjectedGradientDescent"]
@@ -163,35 +166,31 @@ class ProjectedGradientDescent(FixedBudgetAttack):
     ) -> torch.Tensor:
         eps_step = per_sample["eps_step"]
         runs = max(1, self.num_random_init)
-        best = self._run(x, y, mask, generator, eps, eps_step)
         if runs == 1:
-            return best
-        best_success, best_loss = self._score(best, y)
-        for _ in range(runs - 1):
-            todo = (~best_success).nonzero().squeeze(1)
-            if todo.numel() == 0:
-                break
-            m = None if mask is None or mask.shape[0] == 1 else mask[todo]
+            # One run needs no scores: no extra prediction.
+            return self._run(x, y, mask, generator, eps, eps_step)
+
+        def run(r: int, idx: torch.Tensor | None, best: Best) -> Outcome:
+            y_r = _rows(y, idx)
             cand = self._run(
-                x[todo], y[todo], mask if m is None else m, generator, eps[todo], eps_step[todo]
+                _rows(x, idx),
+                y_r,
+                _rows(mask, idx),
+                generator,
+                _rows(eps, idx),
+                _rows(eps_step, idx),
             )
-            success, loss = self._score(cand, y[todo])
-            better = success | (loss > best_loss[todo])
-            keep = todo[better]
-            best[keep] = cand[better]
-            best_success[keep] = success[better]
-            best_loss[keep] = loss[better]
-        return best
+            return Outcome(cand, *self._score(cand, y_r))
+
+        return best_of_restarts(run, x, runs).x
 
     def _score(self, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Success flags and the attack's objective (higher is better for the attacker)."""
+        """Success flags and the loss the attacker minimises (``log p_y`` untargeted,
+        ``-log p_t`` targeted), from one prediction."""
         with torch.no_grad():
             probs = self.estimator.predict_tensor(x_adv)
-        pred = probs.argmax(dim=1)
         log_p = probs.gather(1, y.view(-1, 1)).squeeze(1).clamp_min(1e-30).log()
-        if self.targeted:
-            return pred == y, log_p
-        return pred != y, -log_p
+        return is_adversarial(probs, y, self.targeted), -log_p if self.targeted else log_p
 
 
 PGD = ProjectedGradientDescent

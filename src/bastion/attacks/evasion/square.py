@@ -8,7 +8,9 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._validation import NONE, Constraint, Interval, Options
+from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import canonical_norm
+from bastion.attacks._restarts import Best, Outcome, best_of_restarts
 from bastion.attacks.base import (
     BATCH_SIZE,
     BUDGET,
@@ -18,6 +20,7 @@ from bastion.attacks.base import (
     VERBOSE,
     FixedBudgetAttack,
     QueryAttack,
+    is_adversarial,
 )
 
 __all__ = ["SquareAttack", "p_schedule"]
@@ -246,36 +249,36 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
         **per_sample: torch.Tensor,
     ) -> torch.Tensor:
         index = per_sample["index"]
-        best = x.clone()
-        best_loss = torch.full((x.shape[0],), math.inf, device=x.device, dtype=x.dtype)
-        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         n_iters = max(1, self.max_queries // self.n_restarts)
-        for _ in range(self.n_restarts):
-            todo = (~fooled & self._counter.has_budget(index)).nonzero().squeeze(1)
-            if todo.numel() == 0:
-                break
-            m = mask if mask is None or mask.shape[0] == 1 else mask[todo]
-            x_r, loss_r, fooled_r = self._run(
-                x[todo], y[todo], m, generator, eps[todo], index[todo], n_iters
+
+        def run(r: int, idx: torch.Tensor | None, best: Best) -> Outcome:
+            return self._random_search(
+                _rows(x, idx),
+                _rows(y, idx),
+                _rows(mask, idx),
+                generator,
+                _rows(eps, idx),
+                _rows(index, idx),
+                n_iters,
             )
-            better = fooled_r | (loss_r < best_loss[todo])
-            keep = todo[better]
-            best[keep] = x_r[better]
-            best_loss[keep] = loss_r[better]
-            fooled[keep] = fooled_r[better]
-        return best
+
+        # Samples with no queries left do not run again.
+        best = best_of_restarts(
+            run, x, self.n_restarts, eligible=lambda: self._counter.has_budget(index)
+        )
+        return best.x
 
     def _objective(self, probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The loss to minimise (margin, or the target's cross-entropy) and success flags."""
         log_p = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
         own = log_p.gather(1, y[:, None]).squeeze(1)
-        pred = probs.argmax(dim=1)
+        success = is_adversarial(probs, y, self.targeted)
         if self.targeted:
-            return -own, pred == y
+            return -own, success
         other = log_p.scatter(1, y[:, None], -math.inf).amax(dim=1)
-        return own - other, pred != y
+        return own - other, success
 
-    def _run(
+    def _random_search(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
@@ -284,8 +287,9 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
         eps: torch.Tensor,
         index: torch.Tensor,
         n_iters: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One run from a fresh initialisation: best points, their losses and success flags."""
+    ) -> Outcome:
+        """One run from a fresh initialisation: per sample its best point, whether it is
+        adversarial, and its loss."""
         norm = canonical_norm(self.norm)
         p_init = _P_INIT[norm] if self.p_init is None else float(self.p_init)
         clip = self.estimator.clip_values
@@ -333,7 +337,7 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
             x_best[acc] = cand[accept]
             loss_min[acc] = loss[accept]
             fooled[acc] = success[accept]
-        return x_best.reshape(x.shape), loss_min, fooled
+        return Outcome(x_best.reshape(x.shape), fooled, loss_min)
 
     def _linf_candidates(
         self,

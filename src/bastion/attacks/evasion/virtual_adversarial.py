@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._validation import Constraint, Interval
+from bastion.attacks._batch import per_sample as _view
 from bastion.attacks.base import BATCH_SIZE, BUDGET, RANDOM_STATE, VERBOSE, FixedBudgetAttack
 
 __all__ = ["VirtualAdversarialMethod"]
@@ -14,7 +15,7 @@ __all__ = ["VirtualAdversarialMethod"]
 
 def _unit(v: torch.Tensor) -> torch.Tensor:
     n = v.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return v / n.reshape((-1,) + (1,) * (v.ndim - 1))
+    return v / _view(n, v)
 
 
 class VirtualAdversarialMethod(FixedBudgetAttack):

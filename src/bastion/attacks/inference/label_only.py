@@ -181,7 +181,8 @@ class LabelOnly(MembershipInferenceAttack):
         span = (clip[1] - clip[0]) if clip is not None else float(d.max().clamp_min(1.0)) * 2
         diameter = span if linf else span * math.sqrt(delta.shape[1])
         # No adversarial point found: the sample is at least as robust as any other.
-        dist[idx] = torch.where(d > 0, d, torch.full_like(d, diameter))
+        found = torch.as_tensor(hsj.success_, device=d.device)
+        dist[idx] = torch.where(found, d, torch.full_like(d, diameter))
         return dist
 
     def _augmentation(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
