@@ -89,6 +89,26 @@ def test_knockoff_adaptive_policy_prefers_rewarding_actions():
     assert counts[0] > 2 * counts[1]
 
 
+def test_knockoff_actions_are_the_pools_clusters():
+    """Without coarse labels, the actions are k-means clusters of the pool (the library's
+    seeded k-means++ / Lloyd): four far-apart groups of pool samples are four actions."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    group = torch.arange(200) % 4
+    x_pool = centres[group] + 0.3 * torch.randn(200, 2, generator=g)
+    victim, thief = (
+        TorchClassifier(torch.nn.Linear(2, 3), input_shape=(2,), nb_classes=3, clip_values=None)
+        for _ in range(2)
+    )
+    attack = KnockoffNets(
+        victim, thief=thief, nb_queries=120, sampling="adaptive", nb_actions=4, random_state=0
+    )
+    attack.extract(x_pool)
+    queried = torch.cdist(attack.x_queried_, centres).argmin(1)  # group of each query
+    pairs = set(zip(attack.actions_.tolist(), queried.tolist(), strict=True))
+    assert len(pairs) == 4 and len({a for a, _ in pairs}) == 4  # action <-> group, 1 to 1
+
+
 def test_extraction_against_a_labels_only_api(digits_cnn, digits28):
     (x_pool, _), (x_te, _) = digits28
     api = PostprocessedClassifier(digits_cnn, postprocessors=[LabelsOnly()])

@@ -185,6 +185,59 @@ def test_planted_cluster_known_answer(analysis):
     np.testing.assert_allclose(result.scores[truth], 0.8)
 
 
+def test_report_silhouettes_are_scikit_learns():
+    """The silhouettes of every class are computed together; each is scikit-learn's score
+    of that class's embedding and clusters."""
+    from sklearn.metrics import silhouette_score
+
+    x, y, _ = _blobs()
+    x = torch.cat([x, x[:60] + torch.tensor([0.0, 9.0])])  # a third class, 60 samples
+    y = torch.cat([y, torch.full((60,), 2)])
+    clf = _identity_classifier(nb_classes=3)
+    result = ActivationClustering(clf, layer="feat", nb_dims=2, random_state=0).detect(x, y)
+    for c in range(3):
+        sel = result.labels == c
+        ref = silhouette_score(result.embeddings[c], result.clusters[sel])
+        assert result.report[c]["silhouette"] == pytest.approx(ref, abs=1e-6)
+
+
+def test_default_retraining_is_a_reinitialised_clone():
+    """Exclusionary reclassification retrains ``estimator.clone(reinitialize=True)``: the
+    user's model keeps its weights, the retrained one is another estimator; an estimator that
+    cannot clone gets a clear error that points at ``train_fn``."""
+    x, y, truth = _blobs()
+    clf = _identity_classifier()
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    ac = ActivationClustering(clf, layer="feat", nb_dims=2, random_state=0)
+    flagged = ac.detect(x, y)
+    confirmed = ac.exclusionary_reclassification(x, y, flagged, epochs=30)
+    for k, v in clf.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert ac.reclassifier_ is not clf
+    # the planted cluster sits on class 1: the retrained model calls it 1, so it is confirmed
+    np.testing.assert_array_equal(confirmed.is_poison, truth)
+    assert confirmed.report[0]["proposed_source"] == 1
+    again = ActivationClustering(clf, layer="feat", nb_dims=2, random_state=0)
+    again.exclusionary_reclassification(x, y, again.detect(x, y), epochs=30)
+    for p, q in zip(
+        ac.reclassifier_.model.parameters(), again.reclassifier_.model.parameters(), strict=True
+    ):
+        assert torch.equal(p, q)  # seeded: the same fresh weights and training
+
+    class NoClone(TorchClassifier):
+        capabilities = TorchClassifier.capabilities - {"clone"}
+
+    net = torch.nn.Sequential(OrderedDict(feat=torch.nn.Identity(), out=torch.nn.Linear(2, 2)))
+    stuck = ActivationClustering(
+        NoClone(net, input_shape=(2,), nb_classes=2, clip_values=None),
+        layer="feat",
+        nb_dims=2,
+        random_state=0,
+    )
+    with pytest.raises(EstimatorError, match=r"'clone'.*train_fn"):
+        stuck.exclusionary_reclassification(x, y, stuck.detect(x, y))
+
+
 def test_activations_are_streamed_batch_by_batch(monkeypatch):
     """20,000 samples: the activations are computed in ceil(N / batch_size) calls of at most
     batch_size samples, into one array; the verdict does not depend on the batch size."""

@@ -1,75 +1,14 @@
-"""The numerical kernels of activation clustering against scikit-learn and NumPy."""
+"""The numerical kernels of activation clustering against scikit-learn and NumPy (its
+k-means is the library's, tested in ``tests/test_clustering.py``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_rand_score, silhouette_score
+from sklearn.metrics import silhouette_score
 
 from bastion.defenses.poisoning import _clustering
-from bastion.defenses.poisoning._clustering import _centred_svd, kmeans, kmeans_batch, silhouette
-
-
-def _inertia(points: np.ndarray, labels: np.ndarray) -> float:
-    return float(
-        sum(((points[labels == j] - points[labels == j].mean(0)) ** 2).sum() for j in set(labels))
-    )
-
-
-def _blobs(rng: np.random.Generator, sizes: list[int], dim: int, spread: float) -> tuple:
-    centres = rng.normal(size=(len(sizes), dim))
-    centres[:, 0] += spread * np.arange(len(sizes))  # unit-variance blobs, far apart
-    x = np.concatenate([c + rng.normal(size=(m, dim)) for c, m in zip(centres, sizes, strict=True)])
-    y = np.repeat(np.arange(len(sizes)), sizes)
-    return x, y
-
-
-@pytest.mark.parametrize("k", [2, 3, 5])
-def test_kmeans_batch_recovers_separated_blobs_of_ragged_sets(k):
-    rng = np.random.default_rng(k)
-    sets, truth = [], []
-    for n0, dim in [(40, 3), (97, 10), (15, 1), (250, 6)]:  # sizes and dimensions differ
-        x, y = _blobs(rng, [n0] + [max(3, n0 // 4)] * (k - 1), dim, spread=40.0)
-        sets.append(x)
-        truth.append(y)
-    labels = kmeans_batch(sets, k, 16, seed=0)
-    for x, y, lab in zip(sets, truth, labels, strict=True):
-        assert lab.shape == (x.shape[0],) and lab.dtype == np.int64
-        assert adjusted_rand_score(y, lab) == 1.0
-
-
-@pytest.mark.parametrize("k", [2, 4])
-def test_kmeans_reaches_scikit_learns_best_inertia(k):
-    """No structure to find: the best of many starts matches scikit-learn's best of 50."""
-    rng = np.random.default_rng(1)
-    sets = [rng.normal(size=(n, d)) for n, d in [(120, 10), (80, 4), (150, 7)]]
-    for x, lab in zip(sets, kmeans_batch(sets, k, 64, seed=3), strict=True):
-        ref = KMeans(k, n_init=50, random_state=0).fit(x)
-        assert _inertia(x, lab) <= ref.inertia_ * (1 + 1e-3)
-
-
-def test_kmeans_is_seeded_and_groups_do_not_change_the_optimum(monkeypatch):
-    rng = np.random.default_rng(2)
-    sets = [rng.normal(size=(n, 5)) for n in (60, 90, 75)]
-    a = kmeans_batch(sets, 2, 32, seed=4)
-    b = kmeans_batch(sets, 2, 32, seed=4)
-    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
-    monkeypatch.setattr(_clustering, "_KMEANS_BUDGET", 1)  # one set per group
-    c = kmeans_batch(sets, 2, 32, seed=4)
-    for x, p, q in zip(sets, a, c, strict=True):
-        assert _inertia(x, q) == pytest.approx(_inertia(x, p), rel=1e-3)
-    single = kmeans(sets[0], 2, 32, seed=4)
-    assert _inertia(sets[0], single) == pytest.approx(_inertia(sets[0], a[0]), rel=1e-3)
-
-
-def test_kmeans_of_duplicate_points_and_too_few_points():
-    same = np.ones((6, 3))  # no distance to split on: any labelling, but a valid one
-    lab = kmeans(same, 2, 8, seed=0)
-    assert lab.shape == (6,) and set(lab.tolist()) <= {0, 1}
-    two = np.array([[0.0, 0.0], [5.0, 5.0]])
-    lab = kmeans(two, 2, 8, seed=0)
-    assert lab[0] != lab[1]
+from bastion.defenses.poisoning._clustering import _centred_svd, reduce, silhouette, silhouettes
 
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -79,6 +18,23 @@ def test_silhouette_equals_scikit_learn(k):
     lab = rng.integers(0, k, size=90)
     lab[0] = k  # a singleton cluster scores 0
     assert silhouette(x, lab, seed=0) == pytest.approx(silhouette_score(x, lab), abs=1e-10)
+
+
+def test_silhouettes_of_ragged_sets_at_once_equal_scikit_learn(monkeypatch):
+    """Sets of different sizes, dimensions and cluster counts (one with an empty cluster
+    index, one too small to score) computed together: each equals its own score."""
+    rng = np.random.default_rng(4)
+    points, labels = [], []
+    for n, d, k in [(90, 4, 2), (40, 10, 3), (130, 2, 2), (3, 2, 3), (60, 5, 1)]:
+        points.append(rng.normal(size=(n, d)) + 3 * rng.integers(0, 2, size=(n, 1)))
+        labels.append(rng.integers(0, k, size=n) * 2)  # labels 0, 2, 4: not 0..k-1
+    labels[3] = np.array([0, 2, 4])
+    got = silhouettes(points, labels, [0] * 5)
+    for p, lab, s in zip(points[:3], labels[:3], got[:3], strict=True):
+        assert s == pytest.approx(silhouette_score(p, lab), abs=1e-10)
+    assert np.isnan(got[3]) and np.isnan(got[4])  # every point alone / one cluster
+    monkeypatch.setattr(_clustering, "_SILHOUETTE_BUDGET", 1)  # one set per group
+    np.testing.assert_allclose(silhouettes(points, labels, [0] * 5), got, atol=1e-12)
 
 
 def test_silhouette_samples_like_scikit_learn_and_is_nan_when_undefined():
@@ -111,3 +67,20 @@ def test_centred_svd_drops_directions_without_variance():
     assert u.shape == (50, 3) and s.shape == (3,)
     u, s = _centred_svd(np.ones((8, 5)), 4)  # no variance at all: one zero direction
     assert u.shape == (8, 1) and np.all(u == 0) and s[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_dead_columns_are_dropped_before_the_eigenproblem():
+    """Constant columns add zero eigenvalues only: the reduction of a class with 100 dead
+    units is that of its live columns (the whitened distances, hence clusters, are equal)."""
+    rng = np.random.default_rng(1)
+    live = rng.normal(size=(60, 12)) @ np.diag(np.linspace(1, 4, 12))
+    padded = np.zeros((60, 112))
+    padded[:, ::9][:, :12] = live
+    padded[:, 5] = 3.0  # constant but not zero
+    for method in ("whiten", "pca"):
+        a, b = reduce(live, method, 8, 0), reduce(padded, method, 8, 0)
+        np.testing.assert_allclose(np.abs(a.T @ b), np.abs(a.T @ a), atol=1e-8)
+        dist = lambda e: np.linalg.norm(e[:, None] - e[None], axis=2)  # noqa: E731
+        np.testing.assert_allclose(dist(a), dist(b), atol=1e-8)
+    white = reduce(padded, "whiten", 8, 0)
+    np.testing.assert_allclose(white.std(axis=0, ddof=1), 1.0, rtol=1e-10)

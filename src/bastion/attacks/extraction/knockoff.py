@@ -8,36 +8,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from bastion._clustering import kmeans
 from bastion._tensor import to_tensor
 from bastion._validation import Boolean, Constraint, Interval, Options
 from bastion.attacks.extraction._base import THIEF_CONSTRAINTS, ExtractionAttack
 from bastion.exceptions import InputError
 
 __all__ = ["KnockoffNets"]
-
-
-def _kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iters: int = 25) -> torch.Tensor:
-    """Cluster labels of the rows of ``x`` (k-means++ seeding, Lloyd iterations)."""
-    n = x.shape[0]
-    first = int(torch.randint(n, (1,), generator=generator))
-    centres = [x[first]]
-    d2 = ((x - centres[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / n)
-        nxt = int(torch.multinomial(probs.cpu(), 1, generator=generator))
-        centres.append(x[nxt])
-        d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(1))
-    c = torch.stack(centres)
-    labels = torch.cdist(x, c).argmin(1)
-    for _ in range(iters):
-        counts = torch.bincount(labels, minlength=k).clamp_min(1).unsqueeze(1).to(x.dtype)
-        c_new = torch.zeros_like(c).index_add_(0, labels, x) / counts
-        c = torch.where(torch.bincount(labels, minlength=k).unsqueeze(1) > 0, c_new, c)
-        new = torch.cdist(x, c).argmin(1)
-        if bool((new == labels).all()):
-            break
-        labels = new
-    return labels
 
 
 class KnockoffNets(ExtractionAttack):
@@ -120,6 +97,8 @@ class KnockoffNets(ExtractionAttack):
     40
     """
 
+    #: The adaptive strategy scores each query batch with the thief's logits.
+    _thief_requirements: ClassVar[tuple[str, ...]] = ("predict", "logits", "fit")
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         **THIEF_CONSTRAINTS,
         "sampling": [Options(["random", "adaptive"])],
@@ -215,9 +194,11 @@ class KnockoffNets(ExtractionAttack):
                 )
             _, labels = torch.unique(yt, return_inverse=True)
             return labels.to(x_pool.device)
-        flat = x_pool.reshape(x_pool.shape[0], -1).float()
+        flat = x_pool.detach().reshape(x_pool.shape[0], -1).to("cpu", torch.float32)
         k = min(self.nb_actions, x_pool.shape[0])
-        return _kmeans(flat.cpu(), k, generator).to(x_pool.device)
+        # one k-means++ start, at most 25 Lloyd iterations: coarse actions are enough
+        labels = kmeans(flat.numpy(), k, generator=generator, n_init=1, max_iter=25)
+        return torch.from_numpy(labels).to(x_pool.device)
 
     def _adaptive(
         self, x_pool: torch.Tensor, n: int, y_pool: Any, generator: torch.Generator
@@ -237,7 +218,6 @@ class KnockoffNets(ExtractionAttack):
         stats_sum = torch.zeros(3, device=dev)
         stats_sq = torch.zeros(3, device=dev)
         y_mean = torch.zeros(self.victim.nb_classes, device=dev)
-        opt: torch.optim.Optimizer | None = None
         xs, ps, acts = [], [], []
         done = 0
         bar = tqdm(total=n, desc="KnockoffNets", disable=not self.verbose)
@@ -276,14 +256,14 @@ class KnockoffNets(ExtractionAttack):
             baseline = baseline + (r.sum() - r.shape[0] * baseline) / (done + r.shape[0])
             # one online training step of the thief on the new samples (as in the paper)
             target = pb if self.use_probabilities else pb.argmax(1)
-            opt = self._train_thief(
+            self._train_thief(
                 xb,
                 target,
                 epochs=1,
                 batch_size=xb.shape[0],
                 lr=self.lr,
                 generator=generator,
-                optimizer=opt,
+                warm_start=done > 0,
             )
             xs.append(xb)
             ps.append(pb)

@@ -7,17 +7,15 @@ silhouettes of FastICA are those of the whitened PCA components, obtained withou
 iterations (10 to 20 times faster on the digits). Whitening is what matters: it puts every
 retained direction on the same scale, so a class of clean samples looks like one round
 blob (low silhouette) and a trigger's tight cluster stands out (high silhouette).
+
+The k-means itself is the library's one implementation, :mod:`bastion._clustering`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
 
 #: Silhouette scores are computed on at most this many samples of a class (O(n^2) otherwise).
 SILHOUETTE_SAMPLES = 2000
@@ -37,6 +35,11 @@ def _centred_svd(a: np.ndarray, nb_dims: int) -> tuple[np.ndarray, np.ndarray]:
     """
     from scipy.linalg import eigh
 
+    # Constant columns (dead ReLU units: a third or more of a small CNN's penultimate layer)
+    # are zero once centred and add only zero eigenvalues: dropping them first leaves the
+    # leading pairs unchanged and shrinks the eigenproblem, whose cost grows as d**3.
+    live = a.max(axis=0) > a.min(axis=0) if a.shape[0] else np.ones(a.shape[1], dtype=bool)
+    a = a[:, live] if live.any() else a[:, :1]
     a = a.astype(np.float64, copy=False)
     centred = a - a.mean(axis=0)
     n, d = centred.shape
@@ -94,37 +97,77 @@ def reduce(a: np.ndarray, method: str, nb_dims: int, seed: int) -> np.ndarray:
 
 
 def silhouette(points: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    """Mean silhouette score of a clustering (NaN when undefined).
+    """Mean silhouette score of one clustering (NaN when undefined); see :func:`silhouettes`."""
+    return silhouettes([points], [labels], [seed])[0]
+
+
+#: Elements of the largest (sets x samples x samples) distance array computed at once.
+_SILHOUETTE_BUDGET = 1 << 21
+
+
+def silhouettes(
+    point_sets: list[np.ndarray], label_sets: list[np.ndarray], seeds: list[int]
+) -> list[float]:
+    """Mean silhouette score of the clustering of each point set (NaN when undefined).
 
     Rousseeuw's silhouette with Euclidean distances, as scikit-learn's ``silhouette_score``
-    computes it (same sampling of ``SILHOUETTE_SAMPLES`` points drawn with ``seed``; a
-    point alone in its cluster scores 0), without its per-call overhead: one distance
-    matrix and one matrix product per class.
+    computes it (same sampling of ``SILHOUETTE_SAMPLES`` points drawn with each set's seed;
+    a point alone in its cluster scores 0), without its per-call overhead: the sets are
+    zero-padded to one size and their distance matrices computed together (float64), a
+    group of sets at a time.
     """
-    import torch
+    sets: list[tuple[np.ndarray, np.ndarray]] = []
+    for points, labels, seed in zip(point_sets, label_sets, seeds, strict=True):
+        n = points.shape[0]
+        if n > SILHOUETTE_SAMPLES:
+            keep = np.random.RandomState(seed).permutation(n)[:SILHOUETTE_SAMPLES]
+            points, labels = points[keep], labels[keep]
+        sets.append((points, np.unique(labels, return_inverse=True)[1].reshape(-1)))
+    out: list[float] = []
+    start = 0
+    while start < len(sets):
+        stop, n = start + 1, sets[start][0].shape[0]
+        while stop < len(sets):
+            n2 = max(n, sets[stop][0].shape[0])
+            if (stop - start + 1) * n2 * n2 > _SILHOUETTE_BUDGET:
+                break
+            n, stop = n2, stop + 1
+        out.extend(_silhouette_group(sets[start:stop]))
+        start = stop
+    return out
 
-    n = points.shape[0]
-    if n > SILHOUETTE_SAMPLES:
-        keep = np.random.RandomState(seed).permutation(n)[:SILHOUETTE_SAMPLES]
-        points, labels = points[keep], labels[keep]
-        n = SILHOUETTE_SAMPLES
-    _, lab = np.unique(labels, return_inverse=True)
-    k = int(lab.max()) + 1 if n else 0
-    if k < 2 or k >= n:
-        return float("nan")
-    x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float64))
-    cl = torch.from_numpy(lab.reshape(-1))
-    onehot = torch.nn.functional.one_hot(cl, k).to(torch.float64)
-    sums = torch.cdist(x, x) @ onehot  # (n, k): summed distance to each cluster
-    freq = onehot.sum(dim=0)
-    own = freq[cl]
-    rows = torch.arange(n)
-    a = sums[rows, cl] / (own - 1).clamp_min(1)
-    means = sums / freq
-    means[rows, cl] = torch.inf
-    b = means.amin(dim=1)
-    s = torch.nan_to_num((b - a) / torch.maximum(a, b))
-    return float(torch.where(own > 1, s, 0.0).mean())
+
+def _silhouette_group(sets: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    c = len(sets)
+    n = max(p.shape[0] for p, _ in sets)
+    d = max(p.shape[1] for p, _ in sets)
+    k = max(int(lab.max()) + 1 if lab.size else 0 for _, lab in sets)
+    x = np.zeros((c, n, d))
+    onehot = np.zeros((c, n, max(k, 1)))  # padding rows belong to no cluster
+    for i, (p, lab) in enumerate(sets):
+        x[i, : p.shape[0], : p.shape[1]] = p
+        onehot[i, np.arange(lab.size), lab] = 1.0
+    sq = np.einsum("cnd,cnd->cn", x, x)
+    dist = sq[:, :, None] + sq[:, None, :] - 2 * (x @ x.transpose(0, 2, 1))
+    np.sqrt(np.maximum(dist, 0, out=dist), out=dist)
+    dist[:, np.arange(n), np.arange(n)] = 0.0  # exact zeros, as scikit-learn sets them
+    sums = dist @ onehot  # (c, n, k): summed distance of each point to each cluster
+    freq = onehot.sum(axis=1)  # (c, k)
+    own = (onehot * freq[:, None, :]).sum(axis=2)  # size of each point's cluster
+    a = (sums * onehot).sum(axis=2) / np.maximum(own - 1, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means = sums / freq[:, None, :]
+    means[(onehot > 0) | (freq[:, None, :] == 0)] = np.inf  # own and empty clusters
+    b = means.min(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.nan_to_num((b - a) / np.maximum(a, b))
+    s = np.where(own > 1, s, 0.0)
+    out = []
+    for i, (p, lab) in enumerate(sets):
+        m = p.shape[0]
+        clusters = int(lab.max()) + 1 if m else 0
+        out.append(float(s[i, :m].mean()) if 2 <= clusters < m else float("nan"))
+    return out
 
 
 def mosaic(images: np.ndarray, max_images: int) -> np.ndarray:
@@ -139,128 +182,3 @@ def mosaic(images: np.ndarray, max_images: int) -> np.ndarray:
     grid[:m] = images
     grid = grid.reshape(rows, side, ch, h, w).transpose(0, 3, 1, 4, 2)
     return grid.reshape(rows * h, side * w, ch)
-
-
-#: Elements of the largest (classes x starts x samples x max(clusters, dims)) tensor that
-#: :func:`kmeans_batch` runs at once; more classes are split into groups.
-_KMEANS_BUDGET = 1 << 22
-
-
-def kmeans(
-    points: np.ndarray, nb_clusters: int, n_init: int, seed: int, max_iter: int = 300
-) -> np.ndarray:
-    """k-means of one point set (see :func:`kmeans_batch`)."""
-    return kmeans_batch([points], nb_clusters, n_init, seed, max_iter)[0]
-
-
-def kmeans_batch(
-    sets: list[np.ndarray], nb_clusters: int, n_init: int, seed: int, max_iter: int = 300
-) -> list[np.ndarray]:
-    """Lloyd's k-means of several point sets, ``n_init`` k-means++ starts each, all run side
-    by side; for each set, the labels of its start with the lowest inertia.
-
-    Small, whitened classes have many local optima (30 starts of scikit-learn's k-means on a
-    class of 150 digits give 30 different splits), so the poison's split is found reliably
-    only with many starts. The sets (classes) are zero-padded to a common size and every
-    start of every class advances in the same tensor operations, so 64 starts of 10 classes
-    cost about as many Python-level steps as one start of one class. A class stops moving
-    once its labels are stable or its centres move less than scikit-learn's tolerance.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    out: list[np.ndarray] = []
-    start = 0
-    while start < len(sets):
-        stop, n, d = start + 1, sets[start].shape[0], sets[start].shape[1]
-        while stop < len(sets):
-            n2, d2 = max(n, sets[stop].shape[0]), max(d, sets[stop].shape[1])
-            if (stop - start + 1) * n_init * n2 * max(nb_clusters, d2) > _KMEANS_BUDGET:
-                break
-            n, d, stop = n2, d2, stop + 1
-        out.extend(_kmeans_group(sets[start:stop], nb_clusters, n_init, gen, max_iter))
-        start = stop
-    return out
-
-
-def _kmeans_group(
-    sets: list[np.ndarray], k: int, n_init: int, gen: torch.Generator, max_iter: int
-) -> list[np.ndarray]:
-    import torch
-
-    dt = torch.float32  # ample for k-means; halves the memory traffic of every step
-    sizes = torch.tensor([s.shape[0] for s in sets])
-    c, n, d = len(sets), int(sizes.max()), max(s.shape[1] for s in sets)
-    x = torch.zeros(c, n, d, dtype=dt)
-    tol = torch.zeros(c, dtype=dt)
-    for i, s in enumerate(sets):
-        pts = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float64))
-        x[i, : s.shape[0], : s.shape[1]] = pts
-        if s.shape[0] > 1:  # scikit-learn's tolerance: 1e-4 x the mean feature variance
-            tol[i] = 1e-4 * pts.var(dim=0, unbiased=False).mean()
-    w = (torch.arange(n) < sizes[:, None]).to(dt)  # (c, n): 1 on real points, 0 on padding
-    sq = x.square().sum(dim=2)[:, None, None, :]
-    xt = x.transpose(1, 2)  # (c, d, n)
-    cols = torch.arange(c)[:, None]
-
-    def dist2(centres: torch.Tensor) -> torch.Tensor:  # (c, B, k', d) -> (c, B, k', n)
-        kk = centres.shape[2]
-        cross = torch.bmm(centres.reshape(c, n_init * kk, d), xt).view(c, n_init, kk, n)
-        return (sq - 2 * cross + centres.square().sum(dim=3, keepdim=True)).clamp_min(0)
-
-    def nearest(d2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # (c, B, k', n) -> distance to and index of the nearest centre (first on ties); a
-        # loop over the few centres beats argmin over a middle dimension by far
-        best, lab = d2[:, :, 0], torch.zeros(d2.shape[:2] + d2.shape[3:], dtype=torch.long)
-        for j in range(1, d2.shape[2]):
-            closer = d2[:, :, j] < best
-            best = torch.where(closer, d2[:, :, j], best)
-            lab = lab.masked_fill(closer, j)
-        return best, lab
-
-    # k-means++ seeding, every start of every set at once.
-    first = (torch.rand(c, n_init, generator=gen) * sizes[:, None]).long()
-    centres = x[cols, first.clamp_max(sizes[:, None] - 1)].unsqueeze(2)
-    for _ in range(1, k):
-        p = nearest(dist2(centres))[0] * w[:, None, :]
-        p = torch.where(p.sum(dim=2, keepdim=True) > 0, p, w[:, None, :].expand_as(p))
-        cdf = p.cumsum(dim=2)  # draw one point per row with probability p (inverse CDF)
-        u = torch.rand(c, n_init, 1, generator=gen, dtype=cdf.dtype) * cdf[:, :, -1:]
-        nxt = torch.searchsorted(cdf, u, right=True).squeeze(2).clamp_max(sizes[:, None] - 1)
-        centres = torch.cat([centres, x[cols, nxt].unsqueeze(2)], dim=2)
-    sizes_f = sizes.to(dt)[:, None, None]
-    total = x.sum(dim=1)[:, None, :]  # (c, 1, d): padding rows are zero
-
-    def assign(centres: torch.Tensor) -> torch.Tensor:  # (c, B, k, d) -> labels (c, B, n)
-        if k == 2:  # nearer to centre 1 <=> the projection on c1 - c0 passes the midpoint
-            sqn = centres.square().sum(dim=3)
-            proj = torch.bmm(centres[:, :, 1] - centres[:, :, 0], xt)
-            return (proj > 0.5 * (sqn[:, :, 1:] - sqn[:, :, :1])).long()
-        return nearest(dist2(centres))[1]
-
-    def means(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # sums, counts
-        if k == 2:
-            member = labels.to(dt) * w[:, None, :]
-            s1, n1 = torch.bmm(member, x), member.sum(dim=2, keepdim=True)
-            return torch.stack([total - s1, s1], dim=2), torch.stack([sizes_f - n1, n1], dim=2)
-        member = (labels.unsqueeze(2) == torch.arange(k).view(1, 1, k, 1)).to(dt)
-        member = member * w[:, None, None, :]
-        sums = torch.bmm(member.view(c, n_init * k, n), x).view(c, n_init, k, d)
-        return sums, member.sum(dim=3, keepdim=True)
-
-    labels = assign(centres)
-    done = torch.zeros(c, dtype=torch.bool)
-    for _ in range(max_iter):
-        sums, counts = means(labels)
-        new = torch.where(counts > 0, sums / counts.clamp_min(1), centres)  # emptied: stays
-        new = torch.where(done[:, None, None, None], centres, new)  # converged sets stay put
-        new_labels = assign(new)
-        shift = (new - centres).square().sum(dim=(2, 3)).amax(dim=1)
-        same = ((new_labels == labels) | (w[:, None, :] == 0)).flatten(1).all(dim=1)
-        centres, labels = new, new_labels
-        done |= same | (shift <= tol)
-        if bool(done.all()):
-            break
-    inertia = (nearest(dist2(centres))[0] * w[:, None, :]).sum(dim=2)  # (c, B)
-    best = inertia.argmin(dim=1)
-    return [labels[i, int(best[i]), : int(sizes[i])].numpy().astype(np.int64) for i in range(c)]

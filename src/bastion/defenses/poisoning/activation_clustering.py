@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from bastion._clustering import kmeans_batch
 from bastion._tensor import resolve_random_state, to_tensor
 from bastion._validation import (
     NONE,
@@ -22,9 +23,8 @@ from bastion._validation import (
     check_labels,
     validate_params,
 )
-from bastion.defenses.poisoning._clustering import kmeans_batch, mosaic, reduce, silhouette
-from bastion.defenses.poisoning._result import DetectionResult, PoisonDetector, _sklearn_seeds
-from bastion.estimators.base import require_capabilities
+from bastion.defenses.poisoning._clustering import mosaic, reduce, silhouettes
+from bastion.defenses.poisoning.base import DetectionResult, PoisonDetector, _sklearn_seeds
 from bastion.exceptions import EstimatorError, InputError
 
 __all__ = ["ActivationClustering"]
@@ -85,7 +85,8 @@ class ActivationClustering(PoisonDetector):
     ----------
     estimator : Classifier
         The model trained on the suspect data; needs the ``activations`` capability
-        (``fit`` too for :meth:`exclusionary_reclassification`).
+        (``clone`` and ``fit`` too for the default retraining of
+        :meth:`exclusionary_reclassification`).
     layer : str, int or None, default=None
         Layer name or index in ``estimator.layer_names``; ``None`` takes the penultimate one.
     nb_clusters : int, default=2
@@ -96,8 +97,8 @@ class ActivationClustering(PoisonDetector):
         Dimensionality reduction, fitted per class (see above).
     clustering : {"kmeans"}, default="kmeans"
         Clustering method: Lloyd's k-means with 64 k-means++ starts per class, the starts of
-        all classes run as one batched torch computation (float32), keeping each class's
-        split of lowest inertia.
+        all classes run side by side as one batched computation (float32; a start leaves
+        the batch when it converges), keeping each class's split of lowest inertia.
     analysis : {"silhouette", "smaller", "relative-size", "distance"}, default="silhouette"
         How clusters are judged (see above).
     size_threshold : float, default=0.35
@@ -206,9 +207,7 @@ class ActivationClustering(PoisonDetector):
             With ``clusters`` (cluster of each sample within its class) and ``embeddings``
             (reduced activations per class) filled in.
         """
-        self._validate()
-        xt, labels = self._inputs(x, y)
-        acts = self._activations(xt)
+        acts, labels = self._labelled_activations(x, y)
         gen = resolve_random_state(self.random_state, "cpu")
         k = self.estimator.nb_classes
         seeds = _sklearn_seeds(gen, 2 * k)
@@ -218,33 +217,45 @@ class ActivationClustering(PoisonDetector):
         clusters = np.full(n, -1, dtype=np.int64)
         embeddings: dict[int, np.ndarray] = {}
         report: dict[int, dict[str, Any]] = {}
-        present = [int(c) for c in np.unique(labels)]
-        centres = {c: acts[labels == c].mean(axis=0) for c in present}
+        # one stable sort groups the samples by class (a boolean mask per class costs N each)
+        order = np.argsort(labels, kind="stable")
+        present, first = np.unique(labels[order], return_index=True)
+        members = dict(zip(present.tolist(), np.split(order, first[1:]), strict=True))
 
         reduced: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for c in present:
-            idx = np.flatnonzero(labels == c)
+        for c, idx in members.items():
             entry: dict[str, Any] = {"size": int(idx.size), "n_flagged": 0}
             report[c] = entry
             if idx.size < max(self.nb_clusters, 2) + 1:
                 entry["skipped"] = f"too few samples ({idx.size}) to cluster"
                 continue
             reduced[c] = (idx, reduce(acts[idx], self.reduce, self.nb_dims, seeds[2 * c]))
-        # every class's k-means starts advance together (one set of tensor ops per step)
+        # every class's k-means starts advance together (one set of array operations per
+        # step), and so do the silhouettes
         cluster_labels = kmeans_batch(
-            [red for _, red in reduced.values()], self.nb_clusters, _KMEANS_STARTS, seeds[1]
+            [red for _, red in reduced.values()],
+            self.nb_clusters,
+            generator=torch.Generator().manual_seed(seeds[1]),
+            n_init=_KMEANS_STARTS,
         )
-        for (c, (idx, red)), lab in zip(reduced.items(), cluster_labels, strict=True):
+        sils = silhouettes(
+            [red for _, red in reduced.values()], cluster_labels, [seeds[2 * c] for c in reduced]
+        )
+        centres = (
+            {c: acts[idx].mean(axis=0) for c, idx in members.items()}
+            if self.analysis == "distance"
+            else {}
+        )
+        for (c, (idx, red)), lab, sil in zip(reduced.items(), cluster_labels, sils, strict=True):
             entry = report[c]
             sizes = np.bincount(lab, minlength=self.nb_clusters)
             rel = sizes / idx.size
-            sil = silhouette(red, lab, seeds[2 * c])
             entry.update(
                 cluster_sizes=sizes.tolist(),
                 relative_sizes=np.round(rel, 4).tolist(),
                 silhouette=sil,
             )
-            flagged = self._analyse(c, acts[idx], lab, rel, sil, centres, entry)
+            flagged = self._analyse(c, acts, idx, lab, rel, sil, centres, entry)
             entry["flagged_clusters"] = flagged
             in_flagged = np.isin(lab, flagged)
             is_poison[idx] = in_flagged
@@ -265,7 +276,8 @@ class ActivationClustering(PoisonDetector):
     def _analyse(
         self,
         c: int,
-        a: np.ndarray,
+        acts: np.ndarray,
+        idx: np.ndarray,
         lab: np.ndarray,
         rel: np.ndarray,
         sil: float,
@@ -282,7 +294,7 @@ class ActivationClustering(PoisonDetector):
             entry["suspicious"] = bool(sil > self.silhouette_threshold and small)
             return small if sil > self.silhouette_threshold else []
         # distance: compare each cluster's centre with every class centre (full space).
-        means = {j: a[lab == j].mean(axis=0) for j in nonempty}
+        means = {j: acts[idx[lab == j]].mean(axis=0) for j in nonempty}
         others = [k for k in centres if k != c]
         own = {j: float(np.linalg.norm(means[j] - centres[c])) for j in nonempty}
         to = {j: {k: float(np.linalg.norm(means[j] - centres[k])) for k in others} for j in means}
@@ -329,9 +341,9 @@ class ActivationClustering(PoisonDetector):
             What :meth:`detect` returned for ``(x, y)``.
         train_fn : callable, optional
             ``train_fn(x, y) -> estimator``: builds and trains a fresh model (any estimator
-            with ``predict``). Default: a copy of ``estimator`` with its parameters
-            re-initialised from ``random_state`` (for :class:`TorchClassifier` models built
-            from standard layers), trained with ``estimator.fit(x, y, epochs=epochs)``.
+            with ``predict``). Default: ``estimator.clone(reinitialize=True)`` (fresh weights
+            drawn from ``random_state``; the estimator needs the ``clone`` and ``fit``
+            capabilities) trained with ``fit(x, y, epochs=epochs)``.
         epochs : int, default=5
             Epochs of the default retraining.
         threshold : float, default=1.0
@@ -400,25 +412,16 @@ class ActivationClustering(PoisonDetector):
         return result.replace(is_poison=is_poison, report=report, proposed_labels=proposed)
 
     def _retrain(self, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> Any:
-        require_capabilities(self.estimator, ("fit",), type(self).__name__)
-        model = getattr(self.estimator, "model", None)
-        if not isinstance(model, torch.nn.Module):
-            raise EstimatorError(
-                f"{type(self).__name__} can only re-initialise torch models; pass "
-                "train_fn=lambda x, y: <a freshly trained estimator>."
-            )
-        from bastion.zoo._init import initialize
-
-        clone = copy.deepcopy(self.estimator)
+        """A fresh model like the estimator's (``clone(reinitialize=True)``) trained on
+        ``(x, y)``."""
         try:
-            initialize(clone.model, seed)
-        except TypeError as err:
+            self._require(("clone", "fit"), "exclusionary_reclassification")
+            fresh = self.estimator.clone(reinitialize=True, random_state=seed)
+        except EstimatorError as err:
             raise EstimatorError(
-                f"{type(self).__name__} cannot re-initialise this model ({err}); pass "
-                "train_fn=lambda x, y: <a freshly trained estimator>."
+                f"{err} Or pass train_fn=lambda x, y: <a freshly trained estimator>."
             ) from None
-        clone.model.to(clone.device)
-        return clone.fit(x, y, epochs=epochs, random_state=seed)
+        return fresh.fit(x, y, epochs=epochs, random_state=seed)
 
     def relabel(self, y: Any, result: DetectionResult) -> Any:
         """Labels with every confirmed poisonous sample relabelled to its proposed source.
