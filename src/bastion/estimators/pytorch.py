@@ -416,8 +416,19 @@ class TorchClassifier(Classifier):
         """The class name of each sub-module (``"Conv2d"``, ``"ReLU"``, ...), by layer name."""
         return {name: type(m).__name__ for name, m in self.model.named_modules() if name}
 
+    def resolve_layer(self, layer: Any) -> str:
+        # A name is looked up along its dotted path (no walk over the whole module tree, which
+        # costs ~0.2 ms per call on a small CNN); indices and unknown names use the full list.
+        if isinstance(layer, str) and layer:
+            try:
+                self.model.get_submodule(layer)
+                return layer
+            except AttributeError:
+                pass
+        return super().resolve_layer(layer)
+
     def _module(self, layer: str | int) -> nn.Module:
-        return dict(self.model.named_modules())[self.resolve_layer(layer)]
+        return self.model.get_submodule(self.resolve_layer(layer))
 
     def _activations(self, x: torch.Tensor, layer: str | int) -> torch.Tensor:
         module = self._module(layer)
@@ -522,7 +533,7 @@ class TorchClassifier(Classifier):
             The units to zero.
         """
         name = self.resolve_layer(layer)
-        module = dict(self.model.named_modules())[name]
+        module = self.model.get_submodule(name)
         idx, _ = to_tensor(units, device=self.device, dtype=None)
         idx = idx.reshape(-1).to(torch.int64) if idx.numel() else idx.reshape(0).long()
         mask = self._unit_masks.get(name)
