@@ -926,7 +926,7 @@ def attack_specs(ctx: Context) -> list[Spec]:
             norm="inf",
             max_iter=100,
             steps=100,
-            n_restarts=1,
+            num_random_init=0,
             alpha_max=0.1,
             eta=1.05,
             beta=0.9,

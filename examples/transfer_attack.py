@@ -43,7 +43,7 @@ def main(*, nb_seed: int = 150, nb_rounds: int = 3, eps: float = 0.25, nb_attack
         nb_classes=10,
     )
     steal = JacobianAugmentation(
-        victim, thief=substitute, nb_rounds=nb_rounds, lmbda=0.1, epochs=10, random_state=0
+        victim, thief=substitute, nb_rounds=nb_rounds, eps_step=0.1, epochs=10, random_state=0
     )
     steal.extract(x_seed)
 

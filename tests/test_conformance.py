@@ -286,3 +286,44 @@ def test_inference_checks_catch_a_broken_attack():
         check_seeded_determinism(Unseeded, default_inference_problem(Unseeded))
     with pytest.raises(AssertionError, match="AUC"):
         check_effective(Blind, problem)
+
+
+def _all_parametrized() -> list[type]:
+    """Every public class of bastion whose parameters come from its signature."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import bastion
+    from bastion._params import Parametrized
+
+    found: dict[str, type] = {}
+    for info in pkgutil.walk_packages(bastion.__path__, prefix="bastion."):
+        if any(part.startswith("_") for part in info.name.split(".")[1:]) or ".cli" in info.name:
+            continue
+        module = importlib.import_module(info.name)
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name, None)
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, Parametrized)
+                and obj.__init__ is not object.__init__  # templates without parameters
+            ):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return [found[k] for k in sorted(found)]
+
+
+def test_parameter_glossary():
+    """One spelling per idea across every public class (bastion._params.GLOSSARY): counts
+    'nb_', restarts 'num_random_init', learning rates 'learning_rate', input-space steps
+    'eps_step', starting points 'x_init'."""
+    from bastion._params import glossary_violations
+
+    classes = _all_parametrized()
+    assert len(classes) >= 60
+    bad = {
+        cls.__name__: glossary_violations(cls._param_names())
+        for cls in classes
+        if glossary_violations(cls._param_names())
+    }
+    assert not bad, bad

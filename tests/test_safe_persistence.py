@@ -215,7 +215,9 @@ def _mlp(random_state=0):
 def _train_torch(calls):
     def train(x, y, random_state):
         calls.append(random_state)
-        return _mlp(random_state).fit(x, y, epochs=30, batch_size=16, lr=0.02, random_state=0)
+        return _mlp(random_state).fit(
+            x, y, epochs=30, batch_size=16, learning_rate=0.02, random_state=0
+        )
 
     return train
 

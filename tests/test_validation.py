@@ -90,7 +90,7 @@ def test_renamed_parameters_keep_working_with_a_deprecation_warning():
     from bastion._params import Parametrized
 
     class Attack(Parametrized):
-        _renamed = {"n_restarts": "num_random_init"}
+        _renamed = {"n_restarts": "num_random_init"}  # noqa: RUF012
 
         def __init__(self, *, num_random_init: int = 1, eps: float = 0.1) -> None:
             self.num_random_init = num_random_init

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from bastion._validation import Constraint, validate_params
 from bastion.exceptions import InvalidParameterError
 
-__all__ = ["GLOSSARY", "Parametrized", "glossary_violations"]
+__all__ = ["GLOSSARY", "Parametrized", "glossary_violations", "renamed_keywords"]
 
 #: One spelling per idea. Each entry: a pattern that must not match a parameter name, and what
 #: to call it instead.
@@ -47,6 +47,45 @@ def glossary_violations(names: list[str]) -> list[str]:
     return out
 
 
+def _rename_keywords(owner: str, renames: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the deprecated names of ``renames`` replaced (one warning each)."""
+    if not any(k in renames for k in kwargs):
+        return kwargs
+    out = {}
+    for key, value in kwargs.items():
+        rule = renames.get(key)
+        if rule is None:
+            out[key] = value
+            continue
+        new, convert = rule if isinstance(rule, tuple) else (rule, None)
+        if new in kwargs:
+            raise InvalidParameterError(
+                f"{owner} got both {key!r} and its new name {new!r}; give {new!r} only."
+            )
+        warnings.warn(
+            f"The {key!r} parameter of {owner} is now called {new!r}; the old name will be "
+            "removed in a future release.",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        out[new] = value if convert is None else convert(value)
+    return out
+
+
+def renamed_keywords(**renames: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: a function or method also accepts the old names of renamed keyword
+    arguments (``@renamed_keywords(lr="learning_rate")``), with a ``DeprecationWarning``."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **_rename_keywords(fn.__qualname__, renames, kwargs))
+
+        return wrapper
+
+    return decorate
+
+
 def _accept_renamed(init: Callable[..., None]) -> Callable[..., None]:
     """Wrap ``__init__`` so that old keyword names still work, with a warning."""
 
@@ -67,9 +106,10 @@ class Parametrized:
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
     _not_params: ClassVar[tuple[str, ...]] = ()
-    #: Renamed parameters, ``{"old name": "new name"}``: the old keywords keep working (with a
-    #: ``DeprecationWarning``) in the constructor and in ``set_params``.
-    _renamed: ClassVar[dict[str, str]] = {}
+    #: Renamed parameters, ``{"old name": "new name"}`` or ``{"old name": ("new name",
+    #: convert)}`` where the meaning of the value changed too: the old keywords keep working
+    #: (with a ``DeprecationWarning``) in the constructor and in ``set_params``.
+    _renamed: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -79,26 +119,7 @@ class Parametrized:
     @classmethod
     def _translate(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``kwargs`` with deprecated names replaced by their new ones (warning once each)."""
-        if not cls._renamed or not any(k in cls._renamed for k in kwargs):
-            return kwargs
-        out = {}
-        for key, value in kwargs.items():
-            new = cls._renamed.get(key)
-            if new is None:
-                out[key] = value
-                continue
-            if new in kwargs:
-                raise InvalidParameterError(
-                    f"{cls.__name__} got both {key!r} and its new name {new!r}; give {new!r} only."
-                )
-            warnings.warn(
-                f"The {key!r} parameter of {cls.__name__} is now called {new!r}; the old name "
-                "will be removed in a future release.",
-                DeprecationWarning,
-                stacklevel=4,
-            )
-            out[new] = value
-        return out
+        return _rename_keywords(cls.__name__, cls._renamed, kwargs) if cls._renamed else kwargs
 
     @classmethod
     def _param_names(cls) -> list[str]:

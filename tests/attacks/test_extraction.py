@@ -79,7 +79,7 @@ def test_knockoff_adaptive_policy_prefers_rewarding_actions():
         nb_queries=200,
         sampling="adaptive",
         reward="cert",
-        policy_lr=0.5,
+        policy_learning_rate=0.5,
         epochs=1,
         random_state=0,
     )

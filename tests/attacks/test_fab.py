@@ -150,12 +150,12 @@ def multiclass_logistic():
     return SklearnClassifier(model, clip_values=None), xs, pred, model, exact
 
 
-@pytest.mark.parametrize("n_target_classes", [None, 9])
-def test_multiclass_linear_model_exact_l2_distance(multiclass_logistic, n_target_classes):
+@pytest.mark.parametrize("nb_target_classes", [None, 9])
+def test_multiclass_linear_model_exact_l2_distance(multiclass_logistic, nb_target_classes):
     """Untargeted FAB (nearest linearised boundary) and FAB-T over all 9 other classes both
     find the nearest of the 9 pairwise boundaries. Measured: ratios in [1.0052, 1.0053]."""
     clf, x, pred, model, exact = multiclass_logistic
-    attack = FAB(clf, norm=2, max_iter=20, n_target_classes=n_target_classes)
+    attack = FAB(clf, norm=2, max_iter=20, nb_target_classes=nb_target_classes)
     x_adv = attack.generate(x, pred)
     assert np.all(model.predict(x_adv) != pred)
     ratio = perturbation_norms(x, x_adv, 2) / exact
@@ -233,7 +233,7 @@ def test_restarts_only_improve():
     problem = torch_problem(40)
     x, y = problem.x, problem.y
     one = FAB(problem.estimator, norm=2, max_iter=10, random_state=0).generate(x, y)
-    three = FAB(problem.estimator, norm=2, max_iter=10, n_restarts=3, random_state=0)
+    three = FAB(problem.estimator, norm=2, max_iter=10, num_random_init=2, random_state=0)
     many = three.generate(x, y)
     n_one, n_many = perturbation_norms(x, one, 2), perturbation_norms(x, many, 2)
     fooled = _fooled(problem.estimator, one, y)

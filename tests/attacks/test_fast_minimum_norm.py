@@ -126,14 +126,14 @@ def test_starting_points_shrink_toward_x(digits_cnn, cnn_subset):
     pred = np.asarray(digits_cnn.predict(x)).argmax(1)
     donor = np.array([np.flatnonzero(pred != pred[i])[0] for i in range(len(x))])
     start = x[donor]
-    x_adv = FastMinimumNorm(digits_cnn, norm=2, starting_points=start, max_iter=50).generate(x, y)
+    x_adv = FastMinimumNorm(digits_cnn, norm=2, x_init=start, max_iter=50).generate(x, y)
     success = _success(digits_cnn, x_adv, y) & correct
     assert success.sum() == correct.sum()
     assert np.all(
         perturbation_norms(x, x_adv, 2)[success] < perturbation_norms(x, start, 2)[success]
     )
-    with pytest.raises(InputError, match="starting_points"):
-        FastMinimumNorm(digits_cnn, starting_points=start[:3]).generate(x, y)
+    with pytest.raises(InputError, match="x_init"):
+        FastMinimumNorm(digits_cnn, x_init=start[:3]).generate(x, y)
 
 
 def test_mask_is_respected(digits_cnn, cnn_subset):

@@ -37,7 +37,7 @@ def test_recovers_the_weights_of_a_random_relu_net(seed, h, m):
     d = 10
     W1, b1, W2, b2 = random_net(d, h, m, seed)
     f = lambda x: torch.relu(x @ W1.T + b1) @ W2.T + b2  # noqa: E731
-    fee = FunctionallyEquivalentExtraction(f, num_neurons=h, input_dim=d, random_state=seed)
+    fee = FunctionallyEquivalentExtraction(f, nb_neurons=h, input_dim=d, random_state=seed)
     model = fee.extract()
     e1, e2, e_all = aligned_errors(fee, W1, b1, W2, b2)
     assert e_all < 1e-3  # measured ~1e-9
@@ -52,7 +52,7 @@ def test_a_wrong_sign_would_be_caught():
     the sign step matters and the comparison above can fail."""
     W1, b1, W2, b2 = random_net(10, 6, 2, 5)
     f = lambda x: torch.relu(x @ W1.T + b1) @ W2.T + b2  # noqa: E731
-    fee = FunctionallyEquivalentExtraction(f, num_neurons=6, input_dim=10, random_state=0)
+    fee = FunctionallyEquivalentExtraction(f, nb_neurons=6, input_dim=10, random_state=0)
     fee.extract()
     fee.W1_[0] *= -1
     fee.b1_[0] *= -1
@@ -70,7 +70,7 @@ def test_estimator_victims_logits_and_probabilities():
         net[2].weight.copy_(W2)
         net[2].bias.copy_(b2)
     victim = TorchClassifier(net, input_shape=(d,), nb_classes=m, clip_values=None)
-    fee = FunctionallyEquivalentExtraction(victim, num_neurons=h, random_state=0)
+    fee = FunctionallyEquivalentExtraction(victim, nb_neurons=h, random_state=0)
     stolen = fee.extract()
     assert fee.queries_ == victim.query_count
     assert aligned_errors(fee, W1, b1, W2, b2)[2] < 1e-3
@@ -79,7 +79,7 @@ def test_estimator_victims_logits_and_probabilities():
 
     # predict-only: centred log-probabilities, i.e. the logits up to a per-sample shift
     api = PostprocessedClassifier(victim, postprocessors=[])
-    fee = FunctionallyEquivalentExtraction(api, num_neurons=h, random_state=0)
+    fee = FunctionallyEquivalentExtraction(api, nb_neurons=h, random_state=0)
     stolen = fee.extract()
     assert fee.queries_ == api.query_count
     W2c, b2c = W2 - W2.mean(0), b2 - b2.mean()
@@ -92,7 +92,7 @@ def test_rounded_outputs_defeat_it():
     net = torch.nn.Sequential(torch.nn.Linear(10, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
     victim = TorchClassifier(net.double(), input_shape=(10,), nb_classes=3, clip_values=None)
     api = PostprocessedClassifier(victim, postprocessors=[Rounding(decimals=2)])
-    fee = FunctionallyEquivalentExtraction(api, num_neurons=6, max_rounds=2, random_state=0)
+    fee = FunctionallyEquivalentExtraction(api, nb_neurons=6, max_rounds=2, random_state=0)
     with pytest.raises(RuntimeError, match="hidden units"):
         fee.extract()
 
@@ -100,8 +100,8 @@ def test_rounded_outputs_defeat_it():
 def test_errors():
     f = lambda x: x.sum(1)  # noqa: E731
     with pytest.raises(InvalidParameterError, match="input_dim"):
-        FunctionallyEquivalentExtraction(f, num_neurons=2).extract()
-    with pytest.raises(InvalidParameterError, match="num_neurons"):
-        FunctionallyEquivalentExtraction(f, num_neurons=5, input_dim=3).extract()
+        FunctionallyEquivalentExtraction(f, nb_neurons=2).extract()
+    with pytest.raises(InvalidParameterError, match="nb_neurons"):
+        FunctionallyEquivalentExtraction(f, nb_neurons=5, input_dim=3).extract()
     with pytest.raises(InvalidParameterError, match="grid_size"):
-        FunctionallyEquivalentExtraction(f, num_neurons=2, input_dim=3, grid_size=2).extract()
+        FunctionallyEquivalentExtraction(f, nb_neurons=2, input_dim=3, grid_size=2).extract()

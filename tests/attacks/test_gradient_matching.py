@@ -73,7 +73,7 @@ def test_restarts_keep_the_best_and_seeded(setup):
     a, b = make(random_state=0).poison(x, y), make(random_state=0).poison(x, y)
     np.testing.assert_allclose(a[0], b[0], atol=1e-6)
     np.testing.assert_array_equal(a[2], b[2])
-    one, three = make(random_state=0), make(random_state=0, restarts=3)
+    one, three = make(random_state=0), make(random_state=0, num_random_init=3)
     one.poison(x, y)
     three.poison(x, y)
     assert three.alignment_ >= one.alignment_ - 1e-6
@@ -91,7 +91,7 @@ def test_restarts_keep_the_best_and_seeded(setup):
         ({"budget": 0.0}, "budget"),
         ({"eps": 0.0}, "eps"),
         ({"learning_rate": -1.0}, "learning_rate"),
-        ({"restarts": 0}, "restarts"),
+        ({"num_random_init": 0}, "num_random_init"),
         ({"random_state": -1}, "random_state"),
         ({"target": np.zeros((1, 5, 5))}, "target"),
         ({"target": np.full((2, 1, 8, 8), -1.0)}, "target"),  # outside clip_values

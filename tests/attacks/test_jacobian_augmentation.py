@@ -24,13 +24,20 @@ def linear(w: torch.Tensor) -> TorchClassifier:
 
 def test_augmentation_steps_along_the_substitute_gradient_sign():
     """With lr tiny the substitute barely moves, so round 2's points are exactly
-    x + lmbda * sign(W_thief[victim_label]) (clipped): a closed form."""
+    x + eps_step * sign(W_thief[victim_label]) (clipped): a closed form."""
     w_victim = torch.tensor([[1.0, -1.0, 0.5], [-1.0, 1.0, -0.5]])
     w_thief = torch.tensor([[0.3, -0.2, 0.1], [-0.1, 0.4, -0.3]])
     victim, thief = linear(w_victim), linear(w_thief)
     x = torch.rand(8, 3, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
     attack = JacobianAugmentation(
-        victim, thief=thief, nb_rounds=3, lmbda=0.05, tau=1, epochs=1, lr=1e-12, random_state=0
+        victim,
+        thief=thief,
+        nb_rounds=3,
+        eps_step=0.05,
+        tau=1,
+        epochs=1,
+        learning_rate=1e-12,
+        random_state=0,
     )
     attack.extract(x)
     assert attack.queries_ == 8 * 4 and victim.query_count == 32
@@ -54,8 +61,8 @@ def test_errors():
     bb = BlackBoxClassifier(lambda x: x, input_shape=(3,), nb_classes=3)
     with pytest.raises(EstimatorError, match="class_gradient"):
         JacobianAugmentation(victim, thief=bb).extract(torch.rand(4, 3))
-    with pytest.raises(InvalidParameterError, match="lmbda"):
-        JacobianAugmentation(victim, thief=linear(torch.eye(3)), lmbda=0.0).extract(
+    with pytest.raises(InvalidParameterError, match="eps_step"):
+        JacobianAugmentation(victim, thief=linear(torch.eye(3)), eps_step=0.0).extract(
             torch.rand(4, 3)
         )
 

@@ -195,7 +195,7 @@ def test_bandits_budget_below_one_step_warns():
 
 
 def test_bandits_never_sends_nan_on_small_inputs():
-    """The paper's Linf prior rate (online_lr=100) on a 4-feature input: every query the
+    """The paper's Linf prior rate (online_learning_rate=100) on a 4-feature input: every query the
     model sees is finite (the query counter would refuse to send one that is not)."""
     seen = []
     clf = _softmax_api(seen)

@@ -250,13 +250,13 @@ def test_failure_while_predicting_the_labels():
 
 # The attacks on the template, with small settings for the 8x8 digits MLP.
 _BLACK_BOX = [
-    (HopSkipJump, {"max_queries": 150, "init_num_evals": 20}),
+    (HopSkipJump, {"max_queries": 150, "nb_init_evals": 20}),
     (BoundaryAttack, {"max_queries": 150}),
     (GeoDA, {"max_queries": 150}),
-    (SignOPT, {"max_queries": 150, "num_init_directions": 10, "num_grad_queries": 10}),
+    (SignOPT, {"max_queries": 150, "nb_init_directions": 10, "nb_grad_queries": 10}),
     (SimBA, {"max_queries": 100}),
     (NESAttack, {"max_queries": 110, "nb_samples": 10, "sigma": 0.01}),
-    (BanditsAttack, {"max_queries": 90, "tile_size": 2, "online_lr": 10.0}),
+    (BanditsAttack, {"max_queries": 90, "tile_size": 2, "online_learning_rate": 10.0}),
 ]
 
 
@@ -341,7 +341,7 @@ def test_sign_opt_budget_below_one_iteration_warns():
         SignOPT(problem.estimator, random_state=0, **{**params, "max_queries": 25}).generate(
             problem.x, problem.y
         )
-    assert _needed(record) >= 25 + params["num_grad_queries"] + 1  # a lower bound here
+    assert _needed(record) >= 25 + params["nb_grad_queries"] + 1  # a lower bound here
 
 
 # --------------------------------------------------------------------------- boundary searches

@@ -42,7 +42,7 @@ def test_digits_cnn_labels_only(digits_cnn, digits_problem):
     medians = []
     for budget in (400, 1000, 2000):
         bb = _labels_only(digits_cnn)
-        attack = SignOPT(bb, max_queries=budget, num_init_directions=30, random_state=0)
+        attack = SignOPT(bb, max_queries=budget, nb_init_directions=30, random_state=0)
         x_adv = attack.generate(x, y)
         assert attack.queries_.max() <= budget
         assert bb.query_count == attack.queries_.sum()
@@ -72,7 +72,7 @@ def test_targeted_from_starting_images(digits28, digits_cnn, digits_test):
     pool = x_tr[:60]
     bb = _labels_only(digits_cnn)
     attack = SignOPT(
-        bb, targeted=True, max_queries=700, num_init_directions=60, x_init=pool, random_state=0
+        bb, targeted=True, max_queries=700, nb_init_directions=60, x_init=pool, random_state=0
     )
     x_adv = attack.generate(x, target)
     assert np.all(np.asarray(digits_cnn.predict(x_adv)).argmax(1) == target)
@@ -142,7 +142,7 @@ def test_per_sample_starting_points_from_generate(linear):
     pick = np.r_[np.flatnonzero(y == 0)[:3], np.flatnonzero(y == 1)[:3]]
     xs, target = x[pick], 1 - y[pick]
     start = x[pick[::-1]]  # a sample of the other class, hence of the target
-    attack = SignOPT(bb, targeted=True, max_queries=300, num_init_directions=1, random_state=0)
+    attack = SignOPT(bb, targeted=True, max_queries=300, nb_init_directions=1, random_state=0)
     x_adv = attack.generate(xs, target, x_init=start)
     assert attack.success_.all()
     np.testing.assert_array_equal(model.predict(x_adv.astype(np.float64)), target)

@@ -43,7 +43,7 @@ def test_pixel_norm_is_eps_sqrt_steps(digits_cnn, correct):
     x = correct[0][:10] * 0.5 + 0.25
     y = np.asarray(digits_cnn.predict(x)).argmax(1)
     attack = SimBA(
-        _blackbox(digits_cnn), basis="pixel", epsilon=0.2, max_queries=300, random_state=0
+        _blackbox(digits_cnn), basis="pixel", eps_step=0.2, max_queries=300, random_state=0
     )
     x_adv = attack.generate(x, y)
     delta = (x_adv - x).reshape(len(x), -1)
@@ -59,7 +59,7 @@ def test_dct_norm_is_eps_sqrt_steps(digits_cnn, correct):
     y = np.asarray(digits_cnn.predict(x)).argmax(1)
     attack = SimBA(
         _blackbox(digits_cnn),
-        epsilon=0.3,
+        eps_step=0.3,
         order="strided",
         freq_dims=6,
         stride=3,
@@ -100,7 +100,7 @@ def test_targeted(digits_cnn, correct):
     target = (y + 1) % 10
     attack = SimBA(
         _blackbox(digits_cnn),
-        epsilon=0.5,
+        eps_step=0.5,
         order="strided",
         targeted=True,
         max_queries=1000,

@@ -153,7 +153,9 @@ def test_per_sample_stop_and_budget(blackbox, correct):
 
 def test_restarts_share_the_budget(blackbox, correct):
     x, y = correct[0][:10], correct[1][:10]
-    attack = SquareAttack(blackbox, norm=2, eps=0.5, max_queries=40, n_restarts=4, random_state=0)
+    attack = SquareAttack(
+        blackbox, norm=2, eps=0.5, max_queries=40, num_random_init=4, random_state=0
+    )
     attack.generate(x, y)
     assert attack.queries_.max() <= 40
     # samples that stay correct run all four restarts of 10 queries each
@@ -171,7 +173,7 @@ def margin(probs, y):
 def test_restarts_are_single_runs_on_the_samples_not_yet_fooled(blackbox, correct):
     x, y = correct[0][:12], correct[1][:12]
     kw = dict(eps=0.15, batch_size=len(x))
-    many = SquareAttack(blackbox, max_queries=30, n_restarts=3, random_state=0, **kw)
+    many = SquareAttack(blackbox, max_queries=30, num_random_init=3, random_state=0, **kw)
     x_many = many.generate(x, y)
     expected, fooled, first = replay_restarts(
         lambda gen: SquareAttack(blackbox, max_queries=10, random_state=gen, **kw),

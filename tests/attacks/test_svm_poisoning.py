@@ -82,7 +82,7 @@ def test_poisoning_beats_random_label_flips(sevens_ones, kernel, kw):
         x_val=x_val,
         y_val=y_val,
         nb_points=10,
-        step_size=0.5,
+        eps_step=0.5,
         max_iter=50,
         clip_values=(0.0, 1.0),
         random_state=0,
@@ -110,7 +110,7 @@ def test_reproducible_and_types(sevens_ones):
         x_val=x_val,
         y_val=y_val,
         nb_points=2,
-        step_size=0.5,
+        eps_step=0.5,
         max_iter=5,
         random_state=seed,
     )
@@ -130,7 +130,7 @@ def test_reproducible_and_types(sevens_ones):
     [
         ({"nb_points": 0}, "nb_points"),
         ({"nb_points": 1000}, "nb_points"),
-        ({"step_size": 0.0}, "step_size"),
+        ({"eps_step": 0.0}, "eps_step"),
         ({"max_iter": -1}, "max_iter"),
         ({"tol": -1.0}, "tol"),
         ({"clip_values": (1, 0)}, "clip_values"),

@@ -77,7 +77,9 @@ def test_dp_sgd_brings_membership_attack_to_the_random_line(canary_problem):
     tpr_base, auc_base = loss_threshold_audit(overfit, p)
     acc_base = clean_accuracy(overfit, p)
 
-    trainer = DPSGDTrainer(epsilon=4.0, epochs=15, batch_size=64, lr=0.5, random_state=0)
+    trainer = DPSGDTrainer(
+        target_epsilon=4.0, epochs=15, batch_size=64, learning_rate=0.5, random_state=0
+    )
     private = trainer.fit(MLP(64, 10, random_state=0), p["x_train"], p["y_train"])
     tpr_dp, auc_dp = loss_threshold_audit(private, p)
     acc_dp = clean_accuracy(private, p)
@@ -96,7 +98,7 @@ def test_epsilon_is_reported_and_noise_follows_the_budget(canary_problem):
     p = canary_problem
     noise = []
     for eps in (1.0, 8.0):
-        trainer = DPSGDTrainer(epsilon=eps, epochs=1, random_state=0)
+        trainer = DPSGDTrainer(target_epsilon=eps, epochs=1, random_state=0)
         trainer.fit(MLP(64, 10, hidden=(16,), random_state=0), p["x_train"], p["y_train"])
         assert 0.5 * eps <= trainer.epsilon_ <= eps + 1e-2
         assert trainer.steps_ > 0
@@ -107,7 +109,7 @@ def test_epsilon_is_reported_and_noise_follows_the_budget(canary_problem):
         MLP(64, 10, hidden=(16,), random_state=0),
         p["x_train"],
         p["y_train"],
-        epsilon=2.0,
+        target_epsilon=2.0,
         epochs=1,
         random_state=0,
     )
@@ -120,7 +122,7 @@ def test_seeded_runs_repeat_and_leave_no_hooks_or_global_rng(canary_problem):
     state = torch.get_rng_state()
     weights = []
     for _ in range(2):
-        model = DPSGDTrainer(epsilon=2.0, epochs=1, random_state=3).fit(
+        model = DPSGDTrainer(target_epsilon=2.0, epochs=1, random_state=3).fit(
             MLP(64, 10, hidden=(16,), random_state=0), p["x_train"], p["y_train"]
         )
         weights.append(torch.cat([q.detach().flatten() for q in model.parameters()]))
@@ -128,7 +130,7 @@ def test_seeded_runs_repeat_and_leave_no_hooks_or_global_rng(canary_problem):
         assert not model._forward_hooks and not model[1]._forward_hooks  # Opacus hooks removed
     assert torch.equal(weights[0], weights[1])
     assert torch.equal(state, torch.get_rng_state())
-    other = DPSGDTrainer(epsilon=2.0, epochs=1, random_state=4).fit(
+    other = DPSGDTrainer(target_epsilon=2.0, epochs=1, random_state=4).fit(
         MLP(64, 10, hidden=(16,), random_state=0), p["x_train"], p["y_train"]
     )
     other_weights = torch.cat([q.detach().flatten() for q in other.parameters()])
@@ -137,15 +139,17 @@ def test_seeded_runs_repeat_and_leave_no_hooks_or_global_rng(canary_problem):
 
 def test_bad_parameters_and_models_raise(canary_problem):
     p = canary_problem
-    with pytest.raises(InvalidParameterError, match="'epsilon' parameter of DPSGDTrainer"):
-        DPSGDTrainer(epsilon=-1.0).fit(MLP(64, 10, random_state=0), p["x_train"], p["y_train"])
-    with pytest.raises(InvalidParameterError, match="'delta'"):
-        DPSGDTrainer(delta=1.5).fit(MLP(64, 10, random_state=0), p["x_train"], p["y_train"])
+    with pytest.raises(InvalidParameterError, match="'target_epsilon' parameter of DPSGDTrainer"):
+        DPSGDTrainer(target_epsilon=-1.0).fit(
+            MLP(64, 10, random_state=0), p["x_train"], p["y_train"]
+        )
+    with pytest.raises(InvalidParameterError, match="'target_delta'"):
+        DPSGDTrainer(target_delta=1.5).fit(MLP(64, 10, random_state=0), p["x_train"], p["y_train"])
     nn = torch.nn
     bn = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
     with pytest.raises(EstimatorError, match="BatchNorm"):
         DPSGDTrainer(epochs=1).fit(bn, p["x_train"], p["y_train"])
-    assert "epsilon=1.0" in repr(DPSGDTrainer(epsilon=1.0))
+    assert "target_epsilon=1.0" in repr(DPSGDTrainer(target_epsilon=1.0))
 
 
 def test_label_smoothing_caps_training_confidence(canary_problem):

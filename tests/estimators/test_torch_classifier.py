@@ -111,7 +111,7 @@ def test_fit_learns_and_is_seeded(digits28):
     accs, weights = [], []
     for _ in range(2):
         clf = TorchClassifier(MLP(784, 10, random_state=0), input_shape=(1, 28, 28), nb_classes=10)
-        assert clf.fit(x_tr, y_tr, epochs=5, lr=3e-3, random_state=0) is clf
+        assert clf.fit(x_tr, y_tr, epochs=5, learning_rate=3e-3, random_state=0) is clf
         accs.append((clf.predict(x_te).argmax(1) == y_te).mean())
         weights.append(next(clf.model.parameters()).detach().clone())
     assert accs[0] > 0.9

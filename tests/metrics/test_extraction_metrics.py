@@ -45,11 +45,13 @@ def test_accuracy_vs_queries_grows_with_the_budget():
     y = (x[:, 0] > x[:, 1]).long() + (x.sum(1) > 1.2).long()
     net = torch.nn.Linear(2, 3)
     victim = TorchClassifier(net, input_shape=(2,), nb_classes=3)
-    victim.fit(x, y, epochs=60, lr=0.05, random_state=0)
+    victim.fit(x, y, epochs=60, learning_rate=0.05, random_state=0)
     thief_net = torch.nn.Linear(2, 3)
     thief = TorchClassifier(thief_net, input_shape=(2,), nb_classes=3)
     w0 = thief_net.weight.detach().clone()
-    attack = CopycatCNN(victim, thief=thief, nb_queries=1, epochs=20, lr=0.05, random_state=0)
+    attack = CopycatCNN(
+        victim, thief=thief, nb_queries=1, epochs=20, learning_rate=0.05, random_state=0
+    )
     before = victim.query_count
     curve = accuracy_vs_queries(attack, x[:400], x[400:], y[400:], budgets=[3, 300])
     assert curve["queries"] == [3, 300]

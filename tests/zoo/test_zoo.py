@@ -226,8 +226,8 @@ def test_train_input_validation(digits8):
         train_classifier(model, x, y, epochs=0)
     with pytest.raises(InvalidParameterError, match="'batch_size'"):
         train_classifier(model, x, y, batch_size=0)
-    with pytest.raises(InvalidParameterError, match="'lr'"):
-        train_classifier(model, x, y, lr=0.0)
+    with pytest.raises(InvalidParameterError, match="'learning_rate'"):
+        train_classifier(model, x, y, learning_rate=0.0)
     with pytest.raises(InvalidParameterError, match="'model'"):
         train_classifier(nn.ReLU(), x, y)
     with pytest.raises(InvalidParameterError, match="'device'"):

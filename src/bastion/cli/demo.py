@@ -157,7 +157,7 @@ def _get_model(
             y_train,
             epochs=epochs,
             batch_size=TRAIN_BATCH_SIZE,
-            lr=TRAIN_LR,
+            learning_rate=TRAIN_LR,
             random_state=seed,
             verbose=not console.quiet,
         )

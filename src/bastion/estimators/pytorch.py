@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from bastion._params import renamed_keywords
 from bastion._tensor import RandomStateLike, as_device, resolve_random_state, to_tensor
 from bastion._validation import (
     Boolean,
@@ -558,6 +559,7 @@ class TorchClassifier(Classifier):
 
     # ------------------------------------------------------------------ training
 
+    @renamed_keywords(lr="learning_rate")
     def fit(
         self,
         x: Any,
@@ -565,7 +567,7 @@ class TorchClassifier(Classifier):
         *,
         epochs: int = 1,
         batch_size: int = 128,
-        lr: float = 1e-3,
+        learning_rate: float = 1e-3,
         optimizer: torch.optim.Optimizer | None = None,
         warm_start: bool = False,
         random_state: RandomStateLike = None,
@@ -584,7 +586,7 @@ class TorchClassifier(Classifier):
             that distribution, e.g. a victim's outputs when training a stolen copy).
         epochs : int
         batch_size : int
-        lr : float
+        learning_rate : float
             Learning rate of the default Adam optimiser.
         optimizer : torch.optim.Optimizer, optional
             Used instead of Adam when given.
@@ -607,14 +609,14 @@ class TorchClassifier(Classifier):
             {
                 "epochs": epochs,
                 "batch_size": batch_size,
-                "lr": lr,
+                "learning_rate": learning_rate,
                 "warm_start": warm_start,
                 "random_state": random_state,
             },
             {
                 "epochs": [Interval(int, 1, None)],
                 "batch_size": [Interval(int, 1, None)],
-                "lr": [Interval(float, 0, None, closed="neither")],
+                "learning_rate": [Interval(float, 0, None, closed="neither")],
                 "warm_start": [Boolean()],
                 "random_state": [RandomState()],
             },
@@ -632,7 +634,7 @@ class TorchClassifier(Classifier):
         elif warm_start and self._optimizer is not None:
             opt = self._optimizer
         else:
-            opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+            opt = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self._optimizer = opt
         gen = resolve_random_state(random_state, "cpu")
         n = xt.shape[0]
@@ -654,7 +656,7 @@ class TorchClassifier(Classifier):
                     if not bool(torch.isfinite(loss)):
                         raise ModelError(
                             f"{owner}: the training loss became {float(loss)} (diverged: try a "
-                            "smaller lr)."
+                            "smaller learning_rate)."
                         )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()

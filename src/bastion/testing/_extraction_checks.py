@@ -49,7 +49,7 @@ _PROBLEMS: dict[str, Callable[[], ExtractionProblem]] = {
     "digits": extraction_problem,
     "relu": relu_extraction_problem,
 }
-_FAST = {"nb_queries": 100, "epochs": 3, "batch_size": 32, "lr": 1e-2}
+_FAST = {"nb_queries": 100, "epochs": 3, "batch_size": 32, "learning_rate": 1e-2}
 
 
 def extraction_params(cls: Any, **overrides: Any) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def _mlp(dtype: torch.dtype, seed: int) -> nn.Module:
 def _trained_torch(dtype: torch.dtype) -> TorchClassifier:
     x, y = _digits8()
     clf = TorchClassifier(_mlp(dtype, 0), input_shape=(1, 8, 8), nb_classes=10)
-    clf.fit(x[:1200], y[:1200], epochs=8, batch_size=64, lr=1e-2, random_state=0)
+    clf.fit(x[:1200], y[:1200], epochs=8, batch_size=64, learning_rate=1e-2, random_state=0)
     return clf
 
 
@@ -157,7 +157,7 @@ def poison_problem() -> PoisonProblem:
     attack = BackdoorAttack(PatchTrigger(size=2), target=0, fraction=0.05, random_state=0)
     x_p, y_p, mask = attack.poison(x[:600], y[:600])
     model = SmallCNN(input_size=8, random_state=0)
-    train_classifier(model, x_p, y_p, epochs=10, lr=3e-3, random_state=0)
+    train_classifier(model, x_p, y_p, epochs=10, learning_rate=3e-3, random_state=0)
     clf = TorchClassifier(model, input_shape=(1, 8, 8), nb_classes=10, clip_values=(0.0, 1.0))
     return PoisonProblem(
         estimator=clf,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import trange
 
+from bastion._params import renamed_keywords
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
     Boolean,
@@ -40,6 +41,7 @@ def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torc
         ) from exc
 
 
+@renamed_keywords(lr="learning_rate")
 def train_classifier(
     model: nn.Module,
     x: Any,
@@ -47,7 +49,7 @@ def train_classifier(
     *,
     epochs: int = 5,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    learning_rate: float = 1e-3,
     weight_decay: float = 0.0,
     random_state: RandomStateLike = None,
     device: str | torch.device | None = None,
@@ -71,7 +73,7 @@ def train_classifier(
         Passes over the data.
     batch_size : int, default=64
         Samples per optimisation step.
-    lr : float, default=1e-3
+    learning_rate : float, default=1e-3
         Adam's learning rate.
     weight_decay : float, default=0.0
         Adam's L2 penalty.
@@ -118,7 +120,7 @@ def train_classifier(
         {
             "epochs": epochs,
             "batch_size": batch_size,
-            "lr": lr,
+            "learning_rate": learning_rate,
             "weight_decay": weight_decay,
             "random_state": random_state,
             "verbose": verbose,
@@ -126,7 +128,7 @@ def train_classifier(
         {
             "epochs": [Interval(int, 1, None)],
             "batch_size": [Interval(int, 1, None)],
-            "lr": [Interval(float, 0, None, closed="neither")],
+            "learning_rate": [Interval(float, 0, None, closed="neither")],
             "weight_decay": [Interval(float, 0, None, closed="left")],
             "random_state": [RandomState()],
             "verbose": [Boolean()],
@@ -152,7 +154,7 @@ def train_classifier(
     y_t = check_labels(y_t, n=n, nb_classes=probe.shape[1])
 
     generator = resolve_random_state(random_state, "cpu")
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     model.train()
     bar = trange(epochs, desc="train_classifier", unit="epoch", disable=not verbose)
     for _ in bar:

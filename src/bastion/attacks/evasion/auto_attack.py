@@ -448,13 +448,14 @@ class AutoAttack(FixedBudgetAttack):
             ), True
         if name in ("fab", "fab-t"):
             eps = float(self.eps) if isinstance(self.eps, (int, float)) else None
-            fab_restarts = restarts if name == "fab" else 1
+            # AutoAttack's "n_restarts" runs of FAB count the first (from x) too.
+            fab_random_init = restarts - 1 if name == "fab" else 0
             return FAB(
                 est,
                 norm=norm_arg,
                 max_iter=self.max_iter,
                 eps=eps,
-                n_restarts=fab_restarts,
+                num_random_init=fab_random_init,
                 targeted=name == "fab-t",
                 **common,
             ), name == "fab-t"

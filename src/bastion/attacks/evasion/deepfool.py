@@ -51,7 +51,7 @@ class DeepFool(MinimumNormAttack):
     overshoot : float >= 0, default 0.02
         The final perturbation is ``1 + overshoot`` times the accumulated steps, to cross the
         boundary rather than land on it.
-    epsilon : float > 0, default 1e-8
+    tol : float > 0, default 1e-8
         Smallest value of a gradient norm in a denominator (guards against division by zero
         where the logits are flat).
     batch_size : int, default 128
@@ -75,12 +75,13 @@ class DeepFool(MinimumNormAttack):
     True
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"epsilon": "tol"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "norm": [Options(["inf", float("inf"), 2])],
         "max_iter": [Interval(int, 0, None)],
         "nb_grads": [Interval(int, 2, None)],
         "overshoot": [Interval(float, 0, None)],
-        "epsilon": [Interval(float, 0, None, closed="neither")],
+        "tol": [Interval(float, 0, None, closed="neither")],
         "batch_size": BATCH_SIZE,
         "verbose": VERBOSE,
     }
@@ -97,7 +98,7 @@ class DeepFool(MinimumNormAttack):
         max_iter: int = 50,
         nb_grads: int = 10,
         overshoot: float = 0.02,
-        epsilon: float = 1e-8,
+        tol: float = 1e-8,
         batch_size: int = 128,
         verbose: bool = False,
     ) -> None:
@@ -106,7 +107,7 @@ class DeepFool(MinimumNormAttack):
         self.max_iter = max_iter
         self.nb_grads = nb_grads
         self.overshoot = overshoot
-        self.epsilon = epsilon
+        self.tol = tol
         self.batch_size = batch_size
         self.verbose = verbose
 
@@ -154,7 +155,7 @@ class DeepFool(MinimumNormAttack):
                 # the box (clipping would undo them and the iteration could stall).
                 xf = xa.reshape(n, 1, -1)
                 w = w.masked_fill(((xf <= clip[0]) & (w < 0)) | ((xf >= clip[1]) & (w > 0)), 0.0)
-            w_norm = (w.abs().sum(dim=2) if linf else w.norm(dim=2)).clamp_min(self.epsilon)
+            w_norm = (w.abs().sum(dim=2) if linf else w.norm(dim=2)).clamp_min(self.tol)
             dist = f.abs() / w_norm  # Lp distance to each linearised boundary
             best = dist.argmin(dim=1, keepdim=True)  # (n, 1)
             w_best = w.gather(1, best.unsqueeze(2).expand(n, 1, w.shape[2])).squeeze(1)

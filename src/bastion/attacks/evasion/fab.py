@@ -122,15 +122,15 @@ class FAB(MinimumNormAttack):
     kept if it is the smallest so far for its sample, and the iterate moves back toward the
     original point, ``x_{i+1} = x_orig + beta (x_{i+1} - x_orig)``, so that the search
     continues from the clean side of the boundary. The first run starts at ``x_orig``; each of
-    the ``n_restarts - 1`` others at a random point at distance ``min(||delta_best||, eps) / 2``
+    the ``num_random_init`` others at a random point at distance ``min(||delta_best||, eps) / 2``
     from it (``eps`` when nothing is found yet). Only samples not already adversarial at
     ``x_orig`` are attacked.
 
-    With ``targeted=False`` and ``n_target_classes=k``, the attack is the FAB-T of AutoAttack:
+    With ``targeted=False`` and ``nb_target_classes=k``, the attack is the FAB-T of AutoAttack:
     for each of the ``k`` classes with the highest clean logits (other than ``y``), a run
     projects onto the linearised boundary between ``y`` and that class only; a point counts as
     soon as it is misclassified, and the smallest perturbation over all runs is returned.
-    With ``targeted=True`` the labels ``y`` are the targets and ``n_target_classes`` is not
+    With ``targeted=True`` the labels ``y`` are the targets and ``nb_target_classes`` is not
     used (the paper fixes the other class of the boundary to the clean class; here it is the
     strongest non-target class at the current point, which is the boundary to cross for the
     prediction to become the target).
@@ -153,10 +153,12 @@ class FAB(MinimumNormAttack):
         Extrapolation factor of the projection steps.
     beta : float in [0, 1], default 0.9
         Factor of the backward step toward the original point after an adversarial point.
-    n_restarts : int >= 1, default 1
-        Runs per target; all but the first start at a random point.
+    num_random_init : int >= 0, default 0
+        Runs per target after the first (which starts at ``x_orig``), each from a random
+        point. (Renamed from ``n_restarts``, which counted the first run too:
+        ``n_restarts=k`` is ``num_random_init=k - 1``.)
     targeted : bool, default False
-    n_target_classes : int >= 1, optional
+    nb_target_classes : int >= 1, optional
         Untargeted only: run FAB-T over this many candidate classes (see above) instead of
         choosing the nearest boundary at each step.
     batch_size : int, default 128
@@ -190,6 +192,10 @@ class FAB(MinimumNormAttack):
     True
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {
+        "n_restarts": ("num_random_init", lambda k: k - 1 if isinstance(k, int) else k),
+        "n_target_classes": "nb_target_classes",
+    }
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "norm": [Options(["inf", float("inf"), 2, 1])],
         "max_iter": [Interval(int, 1, None)],
@@ -197,9 +203,9 @@ class FAB(MinimumNormAttack):
         "alpha_max": [Interval(float, 0, 1, closed="left")],
         "eta": [Interval(float, 1, None)],
         "beta": [Interval(float, 0, 1)],
-        "n_restarts": [Interval(int, 1, None)],
+        "num_random_init": [Interval(int, 0, None)],
         "targeted": TARGETED,
-        "n_target_classes": [NONE, Interval(int, 1, None)],
+        "nb_target_classes": [NONE, Interval(int, 1, None)],
         "batch_size": BATCH_SIZE,
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
@@ -217,9 +223,9 @@ class FAB(MinimumNormAttack):
         alpha_max: float = 0.1,
         eta: float = 1.05,
         beta: float = 0.9,
-        n_restarts: int = 1,
+        num_random_init: int = 0,
         targeted: bool = False,
-        n_target_classes: int | None = None,
+        nb_target_classes: int | None = None,
         batch_size: int = 128,
         random_state: Any = None,
         verbose: bool = False,
@@ -231,9 +237,9 @@ class FAB(MinimumNormAttack):
         self.alpha_max = alpha_max
         self.eta = eta
         self.beta = beta
-        self.n_restarts = n_restarts
+        self.num_random_init = num_random_init
         self.targeted = targeted
-        self.n_target_classes = n_target_classes
+        self.nb_target_classes = nb_target_classes
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
@@ -266,8 +272,8 @@ class FAB(MinimumNormAttack):
         runs: list[tuple[torch.Tensor | None, torch.Tensor | None]]
         if self.targeted:
             runs = [(y0, None)]
-        elif self.n_target_classes is not None:
-            k = min(self.n_target_classes, est.nb_classes - 1)
+        elif self.nb_target_classes is not None:
+            k = min(self.nb_target_classes, est.nb_classes - 1)
             ranked = logits0.scatter(1, y0.view(-1, 1), -math.inf).topk(k, dim=1).indices
             runs = [(ranked[:, r], y0) for r in range(k)]
         else:
@@ -275,10 +281,12 @@ class FAB(MinimumNormAttack):
 
         eps = _DEFAULT_EPS[norm] if self.eps is None else float(self.eps)
 
+        per_target = 1 + self.num_random_init
+
         def run(r: int, idx: torch.Tensor | None, best: Best) -> Outcome:
-            cls, other = runs[r // self.n_restarts]
+            cls, other = runs[r // per_target]
             start = x0
-            if r % self.n_restarts > 0:
+            if r % per_target > 0:
                 # Around x0, at half the smallest perturbation found so far (at most eps).
                 radius = best.score.clamp_max(eps) / 2
                 start = x0 + self._random_offset(x0, radius, norm, m0, generator)
@@ -286,7 +294,7 @@ class FAB(MinimumNormAttack):
                     start = start.clamp(*est.clip_values)
             return self._run(x0, y0, start, cls, other, m0, norm)
 
-        best = best_of_restarts(run, x0, len(runs) * self.n_restarts, minimum_norm=True)
+        best = best_of_restarts(run, x0, len(runs) * per_target, minimum_norm=True)
         out[todo] = best.x.reshape(out[todo].shape)
         return out
 

@@ -63,7 +63,7 @@ class FastMinimumNorm(MinimumNormAttack):
     for which no step was adversarial come back unchanged. All ``max_iter`` steps run for every
     sample, as the schedules are global.
 
-    With ``starting_points`` (adversarial inputs, one per sample), the attack starts from the
+    With ``x_init`` (adversarial inputs, one per sample), the attack starts from the
     point of the segment between ``x`` and the starting point nearest to ``x`` that is still
     adversarial (``binary_search_steps`` bisection steps), with ``eps_0`` its norm. Samples
     whose starting point is not adversarial start from ``x``.
@@ -86,11 +86,11 @@ class FastMinimumNorm(MinimumNormAttack):
         Initial rate at which the radius shrinks (or grows).
     gamma_final : float in (0, 1), default 0.001
         Final rate.
-    starting_points : array-like or torch.Tensor, shape (N, *input_shape), optional
+    x_init : array-like or torch.Tensor, shape (N, *input_shape), optional
         Adversarial points to start from, one per sample of ``x`` in ``generate``.
     binary_search_steps : int, default 10
         Bisection steps toward ``x`` from each starting point (used only with
-        ``starting_points``).
+        ``x_init``).
     batch_size : int, default 128
     verbose : bool, default False
 
@@ -112,6 +112,7 @@ class FastMinimumNorm(MinimumNormAttack):
     True
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"starting_points": "x_init"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "norm": [Options(["inf", float("inf"), 2, 1, 0])],
         "targeted": TARGETED,
@@ -120,7 +121,7 @@ class FastMinimumNorm(MinimumNormAttack):
         "alpha_final": [NONE, Interval(float, 0, None, closed="neither")],
         "gamma_init": [Interval(float, 0, 1, closed="neither")],
         "gamma_final": [Interval(float, 0, 1, closed="neither")],
-        "starting_points": [NONE, Satisfies(lambda v: np.ndim(v) >= 2, "an array of inputs")],
+        "x_init": [NONE, Satisfies(lambda v: np.ndim(v) >= 2, "an array of inputs")],
         "binary_search_steps": [Interval(int, 0, None)],
         "batch_size": BATCH_SIZE,
         "verbose": VERBOSE,
@@ -139,7 +140,7 @@ class FastMinimumNorm(MinimumNormAttack):
         alpha_final: float | None = None,
         gamma_init: float = 0.05,
         gamma_final: float = 0.001,
-        starting_points: Any = None,
+        x_init: Any = None,
         binary_search_steps: int = 10,
         batch_size: int = 128,
         verbose: bool = False,
@@ -152,21 +153,21 @@ class FastMinimumNorm(MinimumNormAttack):
         self.alpha_final = alpha_final
         self.gamma_init = gamma_init
         self.gamma_final = gamma_final
-        self.starting_points = starting_points
+        self.x_init = x_init
         self.binary_search_steps = binary_search_steps
         self.batch_size = batch_size
         self.verbose = verbose
 
     def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        if self.starting_points is None:
+        if self.x_init is None:
             return {}
-        start = torch.as_tensor(self.starting_points, device=x.device).to(x.dtype)
+        start = torch.as_tensor(self.x_init, device=x.device).to(x.dtype)
         if start.shape != x.shape:
             raise InputError(
-                f"starting_points of shape {tuple(start.shape)} must have the shape of x "
+                f"x_init of shape {tuple(start.shape)} must have the shape of x "
                 f"{tuple(x.shape)} (one starting point per sample)."
             )
-        return {"starting_points": start}
+        return {"x_init": start}
 
     def _margin(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``z_y - max_{j != y} z_j`` (targeted: ``max_{j != t} z_j - z_t``); < 0 adversarial."""
@@ -210,7 +211,7 @@ class FastMinimumNorm(MinimumNormAttack):
         def objective(z: torch.Tensor) -> torch.Tensor:
             return self._margin(z, y)
 
-        start = per_sample.get("starting_points")
+        start = per_sample.get("x_init")
         delta = torch.zeros_like(x) if start is None else self._start(x, y, start, mask)
         eps = lp_norm(delta, norm)
         inf = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)

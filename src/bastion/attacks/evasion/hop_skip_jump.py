@@ -35,8 +35,8 @@ class HopSkipJump(DecisionBasedAttack):
        decision boundary, to precision ``theta = gamma / d^(3/2)`` (L2, on the segment) or
        ``theta = gamma / d^2`` (Linf, on the boxes ``clip(x_t, x - a, x + a)``), ``d`` the
        input dimension;
-    2. *gradient-direction estimate* at the boundary point from ``B_t = init_num_evals *
-       sqrt(t)`` (at most ``max_num_evals``) random unit probes ``u_b`` at radius
+    2. *gradient-direction estimate* at the boundary point from ``B_t = nb_init_evals *
+       sqrt(t)`` (at most ``max_nb_evals``) random unit probes ``u_b`` at radius
        ``delta_t = sqrt(d) * theta * dist_{t-1}`` (L2) or ``d * theta * dist_{t-1}`` (Linf)
        (``0.1`` times the input range at ``t = 1``): ``mean_b (phi_b - mean phi) u_b`` with
        ``phi_b = +1`` where the probe is adversarial and ``-1`` where it is not (the mean is
@@ -74,9 +74,9 @@ class HopSkipJump(DecisionBasedAttack):
         omitted, the search for a starting point, the binary searches and the probes).
     max_iter : int or None, default None
         Maximum number of iterations; None: until the budget is spent.
-    init_num_evals : int, default 100
+    nb_init_evals : int, default 100
         ``B_0``, probes of the first gradient estimate.
-    max_num_evals : int, default 10000
+    max_nb_evals : int, default 10000
         Most probes per gradient estimate.
     init_size : int, default 100
         Most uniform-noise draws per sample to find a starting point.
@@ -121,13 +121,17 @@ class HopSkipJump(DecisionBasedAttack):
     True
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {
+        "init_num_evals": "nb_init_evals",
+        "max_num_evals": "max_nb_evals",
+    }
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "norm": [Options(["inf", float("inf"), 2])],
         "targeted": TARGETED,
         "max_queries": MAX_QUERIES,
         "max_iter": [Interval(int, 0, None), NONE],
-        "init_num_evals": [Interval(int, 1, None)],
-        "max_num_evals": [Interval(int, 1, None)],
+        "nb_init_evals": [Interval(int, 1, None)],
+        "max_nb_evals": [Interval(int, 1, None)],
         "init_size": [Interval(int, 1, None)],
         "gamma": [Interval(float, 0, None, closed="neither")],
         "batch_size": BATCH_SIZE,
@@ -135,7 +139,7 @@ class HopSkipJump(DecisionBasedAttack):
         "verbose": VERBOSE,
     }
     _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 300, "init_num_evals": 20},
+        "params": {"max_queries": 300, "nb_init_evals": 20},
         "skip": {
             "check_batch_size_invariance": (
                 "the Monte-Carlo probes and noise starts are drawn for the whole batch at once, "
@@ -152,8 +156,8 @@ class HopSkipJump(DecisionBasedAttack):
         targeted: bool = False,
         max_queries: int = 5000,
         max_iter: int | None = None,
-        init_num_evals: int = 100,
-        max_num_evals: int = 10000,
+        nb_init_evals: int = 100,
+        max_nb_evals: int = 10000,
         init_size: int = 100,
         gamma: float = 1.0,
         batch_size: int = 128,
@@ -165,8 +169,8 @@ class HopSkipJump(DecisionBasedAttack):
         self.targeted = targeted
         self.max_queries = max_queries
         self.max_iter = max_iter
-        self.init_num_evals = init_num_evals
-        self.max_num_evals = max_num_evals
+        self.nb_init_evals = nb_init_evals
+        self.max_nb_evals = max_nb_evals
         self.init_size = init_size
         self.gamma = gamma
         self.batch_size = batch_size
@@ -200,7 +204,7 @@ class HopSkipJump(DecisionBasedAttack):
         while self.max_iter is None or t < self.max_iter:
             t += 1
             # Probes this iteration: B_t, less what the step search and binary search need.
-            wanted = min(int(self.init_num_evals * math.sqrt(t)), self.max_num_evals)
+            wanted = min(int(self.nb_init_evals * math.sqrt(t)), self.max_nb_evals)
             n_evals = (self._counter.remaining(index) - bisect_cost - 1).clamp(max=wanted)
             # A sample at distance 0 (its clean input is already adversarial) is done.
             live = found & (dist > 0)

@@ -299,7 +299,7 @@ def _eg_step(prior: torch.Tensor, grad: torch.Tensor, lr: float) -> torch.Tensor
 
 
 _BANDITS_DEFAULTS = {
-    # norm: (fd_eta, exploration, online_lr, eps_step), the paper's ImageNet settings
+    # norm: (fd_eta, exploration, online_learning_rate, eps_step), the paper's ImageNet settings
     "inf": (0.1, 1.0, 100.0, 0.01),
     "2": (0.01, 0.01, 0.1, 0.5),
 }
@@ -313,7 +313,7 @@ class BanditsAttack(_EstimatedGradientAttack):
     drawn at the prior's resolution: ``q_pm = up(v +- exploration * u)``, the objective ``L``
     (:func:`score_objective`) is queried at ``x_t + fd_eta * q_pm / ||q_pm||_2``, and
     ``Delta = (L+ - L-) / (fd_eta * exploration) * u`` estimates the gradient of ``<v, grad L>``.
-    The prior moves by ``online_lr * Delta``: an exponentiated-gradient step keeping
+    The prior moves by ``online_learning_rate * Delta``: an exponentiated-gradient step keeping
     ``v`` in ``[-1, 1]`` for Linf, a plain gradient step for L2. The image then takes a step of
     ``eps_step`` along ``sign(up(v))`` (Linf) or ``up(v) / ||up(v)||_2`` (L2), projected onto
     the eps-ball and ``clip_values``.
@@ -342,7 +342,7 @@ class BanditsAttack(_EstimatedGradientAttack):
         Finite-difference step ``delta``; default 0.1 (Linf) or 0.01 (L2).
     exploration : float, optional
         Exploration scale ``zeta``; default 1.0 (Linf) or 0.01 (L2).
-    online_lr : float, optional
+    online_learning_rate : float, optional
         Prior learning rate ``eta``; default 100 (Linf) or 0.1 (L2). The estimate of each
         prior coordinate grows as the prior gets smaller, so on low-dimensional priors (a few
         dozen values, against 7500 in the paper) a smaller rate such as 10 keeps the Linf prior
@@ -386,13 +386,14 @@ class BanditsAttack(_EstimatedGradientAttack):
     (0, 1)
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"online_lr": "online_learning_rate"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": BUDGET,
         "eps_step": [*BUDGET, NONE],
         "max_queries": MAX_QUERIES,
         "fd_eta": [Interval(float, 0, None, closed="neither"), NONE],
         "exploration": [Interval(float, 0, None, closed="neither"), NONE],
-        "online_lr": [Interval(float, 0, None, closed="neither"), NONE],
+        "online_learning_rate": [Interval(float, 0, None, closed="neither"), NONE],
         "tile_size": [Interval(int, 1, None)],
         "norm": [_NORM],
         "targeted": TARGETED,
@@ -402,7 +403,7 @@ class BanditsAttack(_EstimatedGradientAttack):
         "verbose": VERBOSE,
     }
     _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 300, "tile_size": 2, "online_lr": 10.0},
+        "params": {"max_queries": 300, "tile_size": 2, "online_learning_rate": 10.0},
         "skip": {
             "check_batch_size_invariance": "the exploration noise is drawn for the whole batch "
             "at once, so the draws (and the result) depend on the batch composition",
@@ -418,7 +419,7 @@ class BanditsAttack(_EstimatedGradientAttack):
         max_queries: int = 10000,
         fd_eta: float | None = None,
         exploration: float | None = None,
-        online_lr: float | None = None,
+        online_learning_rate: float | None = None,
         tile_size: int = 4,
         norm: Any = "inf",
         targeted: bool = False,
@@ -433,7 +434,7 @@ class BanditsAttack(_EstimatedGradientAttack):
         self.max_queries = max_queries
         self.fd_eta = fd_eta
         self.exploration = exploration
-        self.online_lr = online_lr
+        self.online_learning_rate = online_learning_rate
         self.tile_size = tile_size
         self.norm = norm
         self.targeted = targeted
@@ -447,7 +448,7 @@ class BanditsAttack(_EstimatedGradientAttack):
         return (
             fd if self.fd_eta is None else float(self.fd_eta),
             ex if self.exploration is None else float(self.exploration),
-            lr if self.online_lr is None else float(self.online_lr),
+            lr if self.online_learning_rate is None else float(self.online_learning_rate),
             step,
         )
 
@@ -469,7 +470,7 @@ class BanditsAttack(_EstimatedGradientAttack):
         **per_sample: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         norm, clip = canonical_norm(self.norm), self.estimator.clip_values
-        fd_eta, exploration, online_lr, _ = self._defaults()
+        fd_eta, exploration, online_learning_rate, _ = self._defaults()
         tiled = x.ndim >= 4 and self.tile_size > 1
         size = tuple(math.ceil(s / self.tile_size) for s in x.shape[-2:])
         prior_shape = x.shape[1:-2] + size if tiled else x.shape[1:]
@@ -501,7 +502,11 @@ class BanditsAttack(_EstimatedGradientAttack):
                 obj = score_objective(probs, ya.repeat(2), self.targeted, self.loss).to(x.dtype)
                 deriv = (obj[:a] - obj[a:]) / (fd_eta * exploration)
                 est = _view(deriv, noise) * noise
-                v = _eg_step(va, est, online_lr) if norm == "inf" else va + online_lr * est
+                v = (
+                    _eg_step(va, est, online_learning_rate)
+                    if norm == "inf"
+                    else va + online_learning_rate * est
+                )
                 prior[act] = v
                 return steepest_direction(up(v, ma), norm)
 

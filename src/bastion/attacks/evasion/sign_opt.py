@@ -50,7 +50,7 @@ class SignOPT(DecisionBasedAttack):
     when ``alpha`` falls below ``1e-4`` it is reset to 1 and ``beta`` divided by 10, and a
     sample stops when ``beta < 1e-8``. ``alpha`` and ``beta`` are kept per sample.
 
-    The initial direction is the best of ``num_init_directions`` candidates: random Gaussian
+    The initial direction is the best of ``nb_init_directions`` candidates: random Gaussian
     directions (untargeted), or ``x_init - x`` for a pool of starting images ``x_init`` given
     by the user (the paper starts targeted attacks from images of the target class), tried in
     a seeded random order; a per-sample starting point ``generate(..., x_init=...)`` is tried
@@ -80,9 +80,9 @@ class SignOPT(DecisionBasedAttack):
     targeted : bool, default False
     max_queries : int, default 4000
         Query budget per sample (the clean-label query included when ``y`` is omitted).
-    num_init_directions : int, default 100
+    nb_init_directions : int, default 100
         Candidate initial directions per sample.
-    num_grad_queries : int, default 200
+    nb_grad_queries : int, default 200
         ``K``, random directions (one query each) per sign-gradient estimate.
     alpha : float, default 0.2
         Initial step size on the unit sphere of directions.
@@ -120,17 +120,21 @@ class SignOPT(DecisionBasedAttack):
     >>> clf = BlackBoxClassifier(api, input_shape=(1, 4, 4), nb_classes=2, clip_values=(0, 1),
     ...                          labels_only=True)
     >>> x = np.full((2, 1, 4, 4), 0.3, dtype=np.float32)
-    >>> attack = SignOPT(clf, max_queries=300, num_grad_queries=20, random_state=0)
+    >>> attack = SignOPT(clf, max_queries=300, nb_grad_queries=20, random_state=0)
     >>> x_adv = attack.generate(x, np.zeros(2, dtype=int))
     >>> bool((clf.predict(x_adv).argmax(1) == 1).all()), bool(attack.queries_.max() <= 300)
     (True, True)
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {
+        "num_grad_queries": "nb_grad_queries",
+        "num_init_directions": "nb_init_directions",
+    }
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "targeted": TARGETED,
         "max_queries": MAX_QUERIES,
-        "num_init_directions": [Interval(int, 1, None)],
-        "num_grad_queries": [Interval(int, 1, None)],
+        "nb_init_directions": [Interval(int, 1, None)],
+        "nb_grad_queries": [Interval(int, 1, None)],
         "alpha": [Interval(float, 0, None, closed="neither")],
         "beta": [Interval(float, 0, None, closed="neither")],
         "x_init": [NONE, Satisfies(_is_images, "an array-like of starting images (M, ...)")],
@@ -139,7 +143,7 @@ class SignOPT(DecisionBasedAttack):
         "verbose": VERBOSE,
     }
     _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 150, "num_init_directions": 20, "num_grad_queries": 20},
+        "params": {"max_queries": 150, "nb_init_directions": 20, "nb_grad_queries": 20},
         "skip": {
             "check_batch_size_invariance": "random directions are drawn for the whole batch "
             "at once, so each sample's draws depend on which samples share its batch",
@@ -154,8 +158,8 @@ class SignOPT(DecisionBasedAttack):
         *,
         targeted: bool = False,
         max_queries: int = 4000,
-        num_init_directions: int = 100,
-        num_grad_queries: int = 200,
+        nb_init_directions: int = 100,
+        nb_grad_queries: int = 200,
         alpha: float = 0.2,
         beta: float = 0.001,
         x_init: Any = None,
@@ -166,8 +170,8 @@ class SignOPT(DecisionBasedAttack):
         self.estimator = estimator
         self.targeted = targeted
         self.max_queries = max_queries
-        self.num_init_directions = num_init_directions
-        self.num_grad_queries = num_grad_queries
+        self.nb_init_directions = nb_init_directions
+        self.nb_grad_queries = nb_grad_queries
         self.alpha = alpha
         self.beta = beta
         self.x_init = x_init
@@ -217,7 +221,7 @@ class SignOPT(DecisionBasedAttack):
         b, shape = x.shape[0], tuple(x.shape[1:])
         if self.x_init is None:
             theta = torch.randn(
-                (b, self.num_init_directions, *shape),
+                (b, self.nb_init_directions, *shape),
                 generator=generator,
                 dtype=x.dtype,
                 device=x.device,
@@ -230,7 +234,7 @@ class SignOPT(DecisionBasedAttack):
                     f"expects {shape}."
                 )
             order = torch.randperm(pool.shape[0], generator=generator, device="cpu")
-            pool = pool[order[: self.num_init_directions].to(x.device)]
+            pool = pool[order[: self.nb_init_directions].to(x.device)]
             theta = pool.unsqueeze(0) - x.unsqueeze(1)
         if mask is not None:
             theta = theta * (mask if mask.shape[0] == 1 else mask.unsqueeze(1))
@@ -284,7 +288,7 @@ class SignOPT(DecisionBasedAttack):
             theta[a[better]] = unit[better]
             g[a[better]] = g_new[better]
         missing = torch.isinf(g)
-        how = f"{j_max} initial directions (num_init_directions)"
+        how = f"{j_max} initial directions (nb_init_directions)"
         hint = ", or a pool of such images as SignOPT(..., x_init=images)"
         tried, broke = missing & (can_pay == j_max), missing & (can_pay < j_max)
         self._note_no_start(tried, broke, how, hint)
@@ -309,11 +313,11 @@ class SignOPT(DecisionBasedAttack):
         alpha = torch.full((n,), self.alpha, dtype=x.dtype, device=x.device)
         beta = torch.full((n,), self.beta, dtype=x.dtype, device=x.device)
         done = ~found
-        k = self.num_grad_queries
+        k = self.nb_grad_queries
         self._note_short_budget(
             found & ~self._counter.has_budget(index, k + 1),
             self._counter.used[index] + unpaid + k + 1,
-            f"one iteration (a sign-gradient estimate of num_grad_queries={k} queries and a "
+            f"one iteration (a sign-gradient estimate of nb_grad_queries={k} queries and a "
             "line-search query)",
             "they keep their best initial direction",
         )

@@ -56,12 +56,12 @@ def idct_2d(z: torch.Tensor) -> torch.Tensor:
 
 
 class SimBA(QueryAttack, MinimumNormAttack):
-    """Simple Black-box Attack: greedy steps of size ``epsilon`` along orthonormal directions.
+    """Simple Black-box Attack: greedy steps of size ``eps_step`` along orthonormal directions.
 
     Each sample walks through its own random order of basis directions ``q`` (pixels, or 2D
-    DCT basis images for SimBA-DCT). For each direction it queries ``x + epsilon q``, keeps it if
+    DCT basis images for SimBA-DCT). For each direction it queries ``x + eps_step q``, keeps it if
     the probability of the true class drops (untargeted) or that of the target class rises
-    (targeted), and otherwise tries ``x - epsilon q``; it stops as soon as the sample is
+    (targeted), and otherwise tries ``x - eps_step q``; it stops as soon as the sample is
     adversarial, when its directions are exhausted, or when its budget is spent. A proposal
     that the mask or ``clip_values`` reduce to no change at all costs no query. A budget
     below one step (the clean probabilities and one probe: 2 queries) leaves the input
@@ -69,8 +69,8 @@ class SimBA(QueryAttack, MinimumNormAttack):
 
     Because every direction is used at most once and the directions are orthonormal, after ``T``
     accepted steps the perturbation (before clipping to ``clip_values``, which only shrinks it)
-    has L2 norm exactly ``epsilon * sqrt(T)``; in the pixel basis each changed pixel moved by
-    exactly ``epsilon``. SimBA bounds no norm: it returns the point where the sample first
+    has L2 norm exactly ``eps_step * sqrt(T)``; in the pixel basis each changed pixel moved by
+    exactly ``eps_step``. SimBA bounds no norm: it returns the point where the sample first
     became adversarial (as a minimum-norm attack: the clean input where it failed).
 
     Orders: ``"random"`` draws a random permutation of the directions per sample (for the DCT
@@ -86,7 +86,7 @@ class SimBA(QueryAttack, MinimumNormAttack):
     Parameters
     ----------
     estimator : estimator with ``predict`` (e.g. a ``BlackBoxClassifier``)
-    epsilon : float, default 0.2
+    eps_step : float, default 0.2
         Step size along each direction (the paper's value for images in [0, 1]).
     basis : {"dct", "pixel"}, default "dct"
         SimBA-DCT or SimBA (pixel basis).
@@ -123,15 +123,16 @@ class SimBA(QueryAttack, MinimumNormAttack):
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     >>> clf = TorchClassifier(net, input_shape=(1, 4, 4), nb_classes=3)
     >>> x = 0.25 + 0.5 * torch.rand(5, 1, 4, 4)  # away from the box: no clipping
-    >>> attack = SimBA(clf, basis="pixel", epsilon=0.1, max_queries=30, random_state=0)
+    >>> attack = SimBA(clf, basis="pixel", eps_step=0.1, max_queries=30, random_state=0)
     >>> x_adv = attack.generate(x)
     >>> steps = ((x_adv - x).abs() > 1e-6).flatten(1).sum(1)  # pixels moved by exactly 0.1
     >>> bool(torch.allclose((x_adv - x).flatten(1).norm(dim=1), 0.1 * steps.sqrt(), atol=1e-5))
     True
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"epsilon": "eps_step"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "epsilon": [Interval(float, 0, None, closed="neither")],
+        "eps_step": [Interval(float, 0, None, closed="neither")],
         "basis": [Options(["dct", "pixel"])],
         "freq_dims": [Interval(int, 1, None), NONE],
         "order": [Options(["random", "strided", "diag"])],
@@ -144,7 +145,7 @@ class SimBA(QueryAttack, MinimumNormAttack):
     }
     _estimator_requirements = ("predict",)
     _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 200},
+        "params": {"max_queries": 200, "eps_step": 0.2},
         "skip": {
             "check_batch_size_invariance": (
                 "each sample's random order of directions is drawn per batch, so it depends on "
@@ -157,7 +158,7 @@ class SimBA(QueryAttack, MinimumNormAttack):
         self,
         estimator: Any,
         *,
-        epsilon: float = 0.2,
+        eps_step: float = 0.2,
         basis: str = "dct",
         freq_dims: int | None = None,
         order: str = "random",
@@ -169,7 +170,7 @@ class SimBA(QueryAttack, MinimumNormAttack):
         verbose: bool = False,
     ) -> None:
         self.estimator = estimator
-        self.epsilon = epsilon
+        self.eps_step = eps_step
         self.basis = basis
         self.freq_dims = freq_dims
         self.order = order
@@ -261,7 +262,7 @@ class SimBA(QueryAttack, MinimumNormAttack):
             act = (~success & counter.has_budget(index)).nonzero().squeeze(1)
             if act.numel() == 0:
                 break
-            q = self._basis_vectors(order[act, k], shape) * self.epsilon
+            q = self._basis_vectors(order[act, k], shape) * self.eps_step
             pending = torch.ones(act.numel(), dtype=torch.bool, device=x.device)
             for step in (q, -q):
                 trial = delta[act] + step

@@ -159,10 +159,11 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
         AutoAttack uses; the paper uses 0.05 on ImageNet and larger values on small images and
         robust models) and 0.1 for L2 (the paper).
     targeted : bool, default False
-    n_restarts : int, default 1
-        Runs from fresh random initialisations for samples not yet adversarial; the budget
+    num_random_init : int, default 1
+        Runs from fresh random initialisations for samples not yet adversarial (at least one;
+        renamed from ``n_restarts``); the budget
         ``max_queries`` is shared between them (each run follows the schedule for
-        ``max_queries // n_restarts`` queries).
+        ``max_queries // num_random_init`` queries).
     batch_size : int, default 128
     random_state : None, int or torch.Generator
     verbose : bool, default False
@@ -191,13 +192,14 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
     (True, True)
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"n_restarts": "num_random_init"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": BUDGET,
         "norm": [Options(["inf", float("inf"), 2])],
         "max_queries": MAX_QUERIES,
         "p_init": [Interval(float, 0, 1, closed="right"), NONE],
         "targeted": TARGETED,
-        "n_restarts": [Interval(int, 1, None)],
+        "num_random_init": [Interval(int, 1, None)],
         "batch_size": BATCH_SIZE,
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
@@ -223,7 +225,7 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
         max_queries: int = 5000,
         p_init: float | None = None,
         targeted: bool = False,
-        n_restarts: int = 1,
+        num_random_init: int = 1,
         batch_size: int = 128,
         random_state: Any = None,
         verbose: bool = False,
@@ -234,7 +236,7 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
         self.max_queries = max_queries
         self.p_init = p_init
         self.targeted = targeted
-        self.n_restarts = n_restarts
+        self.num_random_init = num_random_init
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
@@ -249,7 +251,7 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
         **per_sample: torch.Tensor,
     ) -> torch.Tensor:
         index = per_sample["index"]
-        n_iters = max(1, self.max_queries // self.n_restarts)
+        n_iters = max(1, self.max_queries // self.num_random_init)
 
         def run(r: int, idx: torch.Tensor | None, best: Best) -> Outcome:
             return self._random_search(
@@ -264,7 +266,7 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
 
         # Samples with no queries left do not run again.
         best = best_of_restarts(
-            run, x, self.n_restarts, eligible=lambda: self._counter.has_budget(index)
+            run, x, self.num_random_init, eligible=lambda: self._counter.has_budget(index)
         )
         return best.x
 

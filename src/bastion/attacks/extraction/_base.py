@@ -21,7 +21,7 @@ THIEF_CONSTRAINTS: dict[str, list[Constraint]] = {
     "nb_queries": [Interval(int, 1, None)],
     "epochs": [Interval(int, 1, None)],
     "batch_size": [Interval(int, 1, None)],
-    "lr": [Interval(float, 0, None, closed="neither")],
+    "learning_rate": [Interval(float, 0, None, closed="neither")],
     "random_state": [RandomState()],
     "verbose": [Boolean()],
 }
@@ -121,7 +121,7 @@ class ExtractionAttack(Parametrized):
         *,
         epochs: int,
         batch_size: int,
-        lr: float,
+        learning_rate: float,
         generator: torch.Generator,
         warm_start: bool = False,
     ) -> None:
@@ -134,7 +134,7 @@ class ExtractionAttack(Parametrized):
             targets.to(thief.device),
             epochs=epochs,
             batch_size=batch_size,
-            lr=lr,
+            learning_rate=learning_rate,
             warm_start=warm_start,
             random_state=generator,
             verbose=self.verbose,

@@ -36,7 +36,7 @@ class CopycatCNN(ExtractionAttack):
         Training epochs of the thief.
     batch_size : int, default 64
         Training batch size (queries are sent in batches of 256).
-    lr : float, default 1e-3
+    learning_rate : float, default 1e-3
         Adam's learning rate.
     use_probabilities : bool, default False
         Train on the victim's probabilities instead of its top-1 labels.
@@ -72,6 +72,7 @@ class CopycatCNN(ExtractionAttack):
     50
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"lr": "learning_rate"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         **THIEF_CONSTRAINTS,
         "use_probabilities": [Boolean()],
@@ -90,7 +91,7 @@ class CopycatCNN(ExtractionAttack):
         nb_queries: int = 1000,
         epochs: int = 10,
         batch_size: int = 64,
-        lr: float = 1e-3,
+        learning_rate: float = 1e-3,
         use_probabilities: bool = False,
         random_state: Any = None,
         verbose: bool = False,
@@ -100,7 +101,7 @@ class CopycatCNN(ExtractionAttack):
         self.nb_queries = nb_queries
         self.epochs = epochs
         self.batch_size = batch_size
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.use_probabilities = use_probabilities
         self.random_state = random_state
         self.verbose = verbose
@@ -113,6 +114,11 @@ class CopycatCNN(ExtractionAttack):
         y = probs if self.use_probabilities else probs.argmax(dim=1)
         self.x_queried_, self.y_queried_ = x, y
         self._train_thief(
-            x, y, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, generator=generator
+            x,
+            y,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            generator=generator,
         )
         return self.thief

@@ -60,7 +60,7 @@ class FunctionallyEquivalentExtraction(Parametrized):
         A bastion estimator (its logits are used when it has the ``logits`` capability, else
         its probabilities) or a function ``f(x) -> scores`` on float64 tensors of shape
         ``(N, input_dim)`` returning ``(N, m)`` or ``(N,)``.
-    num_neurons : int
+    nb_neurons : int
         Number of hidden units (at most the input dimension, which makes the signs
         identifiable from the linear terms).
     input_dim : int, optional
@@ -68,7 +68,7 @@ class FunctionallyEquivalentExtraction(Parametrized):
     grid_size : int, default 256
         Queries per line.
     lines_per_round : int, default 4
-        Lines searched per round; rounds continue until ``num_neurons`` units are found.
+        Lines searched per round; rounds continue until ``nb_neurons`` units are found.
     max_rounds : int, default 10
     line_length : float, default 10.0
         Lines run over ``t`` in ``[-line_length, line_length]`` from starts drawn from
@@ -104,16 +104,17 @@ class FunctionallyEquivalentExtraction(Parametrized):
     >>> b1 = torch.randn(4, generator=g, dtype=torch.float64)
     >>> W2 = torch.randn(2, 4, generator=g, dtype=torch.float64)
     >>> f = lambda x: torch.relu(x @ W1.T + b1) @ W2.T
-    >>> fee = FunctionallyEquivalentExtraction(f, num_neurons=4, input_dim=6, random_state=0)
+    >>> fee = FunctionallyEquivalentExtraction(f, nb_neurons=4, input_dim=6, random_state=0)
     >>> model = fee.extract()
     >>> x = torch.randn(5, 6, dtype=torch.float64)
     >>> bool(torch.allclose(model(x), f(x), atol=1e-6))
     True
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"num_neurons": "nb_neurons"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "victim": [Satisfies(_is_victim, "a bastion estimator or a callable f(x) -> scores")],
-        "num_neurons": [Interval(int, 1, None)],
+        "nb_neurons": [Interval(int, 1, None)],
         "input_dim": [Interval(int, 1, None), Satisfies(lambda v: v is None, "None")],
         "grid_size": [Interval(int, 8, None)],
         "lines_per_round": [Interval(int, 1, None)],
@@ -125,7 +126,7 @@ class FunctionallyEquivalentExtraction(Parametrized):
     }
 
     _conformance: ClassVar[dict[str, Any]] = {
-        "factory": lambda cls, p, **kw: cls(p.victim, num_neurons=4, **kw),
+        "factory": lambda cls, p, **kw: cls(p.victim, nb_neurons=4, **kw),
         "problem": "relu",
         "note": "recovers the float64 ReLU network of relu_extraction_problem; no thief",
         "min_fidelity": 0.99,
@@ -139,7 +140,7 @@ class FunctionallyEquivalentExtraction(Parametrized):
         self,
         victim: Any,
         *,
-        num_neurons: int,
+        nb_neurons: int,
         input_dim: int | None = None,
         grid_size: int = 256,
         lines_per_round: int = 4,
@@ -150,7 +151,7 @@ class FunctionallyEquivalentExtraction(Parametrized):
         random_state: Any = None,
     ) -> None:
         self.victim = victim
-        self.num_neurons = num_neurons
+        self.nb_neurons = nb_neurons
         self.input_dim = input_dim
         self.grid_size = grid_size
         self.lines_per_round = lines_per_round
@@ -222,10 +223,10 @@ class FunctionallyEquivalentExtraction(Parametrized):
         self._validate()
         self._calls = 0
         f, d = self._oracle()
-        h = self.num_neurons
+        h = self.nb_neurons
         if h > d:
             raise InvalidParameterError(
-                f"The 'num_neurons' parameter of {type(self).__name__} must be at most the "
+                f"The 'nb_neurons' parameter of {type(self).__name__} must be at most the "
                 f"input dimension ({d}) for the signs to be identifiable. Got {h} instead."
             )
         gen = resolve_random_state(self.random_state, "cpu")
@@ -312,21 +313,21 @@ class FunctionallyEquivalentExtraction(Parametrized):
                 if not known:
                     found_w.append(wi)
                     found_b.append(bi)
-            if len(found_w) >= self.num_neurons:
+            if len(found_w) >= self.nb_neurons:
                 break
-        if len(found_w) < self.num_neurons:
+        if len(found_w) < self.nb_neurons:
             raise RuntimeError(
-                f"{type(self).__name__} found {len(found_w)} of {self.num_neurons} hidden "
-                "units; raise max_rounds or line_length (or check num_neurons)."
+                f"{type(self).__name__} found {len(found_w)} of {self.nb_neurons} hidden "
+                "units; raise max_rounds or line_length (or check nb_neurons)."
             )
-        if len(found_w) > self.num_neurons:
+        if len(found_w) > self.nb_neurons:
             warnings.warn(
                 f"{type(self).__name__} found {len(found_w)} candidate units for "
-                f"num_neurons={self.num_neurons}; keeping the first ones.",
+                f"nb_neurons={self.nb_neurons}; keeping the first ones.",
                 RuntimeWarning,
                 stacklevel=3,
             )
-        h = self.num_neurons
+        h = self.nb_neurons
         return torch.stack(found_w[:h]), torch.stack(found_b[:h])
 
     def _unit_at(

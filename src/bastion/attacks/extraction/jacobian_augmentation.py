@@ -20,7 +20,7 @@ class JacobianAugmentation(ExtractionAttack):
     everything labelled so far, and the set is doubled by stepping each sample along the sign
     of the substitute's gradient of the victim's label:
     ``x + lambda_r * sign(d thief_logit[victim_label(x)] / dx)``, clipped to ``clip_values``.
-    The step ``lambda_r = lmbda * (-1) ** (r // tau)`` changes sign every ``tau`` rounds
+    The step ``lambda_r = eps_step * (-1) ** (r // tau)`` changes sign every ``tau`` rounds
     (periodic step size), which keeps the new points near the victim's decision boundaries.
     The substitute is then used to craft adversarial examples that transfer to the victim.
 
@@ -35,14 +35,14 @@ class JacobianAugmentation(ExtractionAttack):
         The substitute (needs class gradients); trained in place.
     nb_rounds : int, default 4
         Substitute training rounds (``nb_rounds - 1`` augmentations).
-    lmbda : float, default 0.1
+    eps_step : float, default 0.1
         Augmentation step size.
     tau : int, default 2
         Rounds between sign flips of the step.
     epochs : int, default 10
         Training epochs per round.
     batch_size : int, default 64
-    lr : float, default 1e-3
+    learning_rate : float, default 1e-3
     random_state : None, int or torch.Generator
     verbose : bool, default False
 
@@ -72,10 +72,11 @@ class JacobianAugmentation(ExtractionAttack):
     40
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"lmbda": "eps_step", "lr": "learning_rate"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         **{k: v for k, v in THIEF_CONSTRAINTS.items() if k != "nb_queries"},
         "nb_rounds": [Interval(int, 1, None)],
-        "lmbda": [Interval(float, 0, None, closed="neither")],
+        "eps_step": [Interval(float, 0, None, closed="neither")],
         "tau": [Interval(int, 1, None)],
         "verbose": [Boolean()],
     }
@@ -93,22 +94,22 @@ class JacobianAugmentation(ExtractionAttack):
         *,
         thief: Any,
         nb_rounds: int = 4,
-        lmbda: float = 0.1,
+        eps_step: float = 0.1,
         tau: int = 2,
         epochs: int = 10,
         batch_size: int = 64,
-        lr: float = 1e-3,
+        learning_rate: float = 1e-3,
         random_state: Any = None,
         verbose: bool = False,
     ) -> None:
         self.victim = victim
         self.thief = thief
         self.nb_rounds = nb_rounds
-        self.lmbda = lmbda
+        self.eps_step = eps_step
         self.tau = tau
         self.epochs = epochs
         self.batch_size = batch_size
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.random_state = random_state
         self.verbose = verbose
 
@@ -137,13 +138,13 @@ class JacobianAugmentation(ExtractionAttack):
                 y,
                 epochs=self.epochs,
                 batch_size=self.batch_size,
-                lr=self.lr,
+                learning_rate=self.learning_rate,
                 generator=generator,
                 warm_start=rnd > 0,
             )
             if rnd == self.nb_rounds - 1:
                 break
-            step = self.lmbda * (-1.0) ** (rnd // self.tau)
+            step = self.eps_step * (-1.0) ** (rnd // self.tau)
             dev = self.thief.device
             grads = torch.cat(
                 [

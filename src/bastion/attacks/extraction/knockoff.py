@@ -51,7 +51,7 @@ class KnockoffNets(ExtractionAttack):
         the victim's output, before training on it), or the mean of the three standardised.
     nb_actions : int, default 10
         Number of k-means clusters used as actions when ``y_pool`` is not given.
-    policy_lr : float, default 0.1
+    policy_learning_rate : float, default 0.1
         Step size of the gradient-bandit update of the preferences.
     query_batch_size : int, default 16
         Actions drawn (samples queried) per adaptive step.
@@ -59,7 +59,7 @@ class KnockoffNets(ExtractionAttack):
         Epochs of the final training on the transfer set.
     batch_size : int, default 64
         Training batch size.
-    lr : float, default 1e-3
+    learning_rate : float, default 1e-3
         Adam's learning rate.
     use_probabilities : bool, default True
         Train on the victim's probabilities (the paper), or on its top-1 labels.
@@ -99,12 +99,16 @@ class KnockoffNets(ExtractionAttack):
 
     #: The adaptive strategy scores each query batch with the thief's logits.
     _thief_requirements: ClassVar[tuple[str, ...]] = ("predict", "logits", "fit")
+    _renamed: ClassVar[dict[str, Any]] = {
+        "lr": "learning_rate",
+        "policy_lr": "policy_learning_rate",
+    }
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         **THIEF_CONSTRAINTS,
         "sampling": [Options(["random", "adaptive"])],
         "reward": [Options(["all", "cert", "div", "loss"])],
         "nb_actions": [Interval(int, 2, None)],
-        "policy_lr": [Interval(float, 0, None, closed="neither")],
+        "policy_learning_rate": [Interval(float, 0, None, closed="neither")],
         "query_batch_size": [Interval(int, 1, None)],
         "use_probabilities": [Boolean()],
     }
@@ -124,11 +128,11 @@ class KnockoffNets(ExtractionAttack):
         sampling: str = "random",
         reward: str = "all",
         nb_actions: int = 10,
-        policy_lr: float = 0.1,
+        policy_learning_rate: float = 0.1,
         query_batch_size: int = 16,
         epochs: int = 10,
         batch_size: int = 64,
-        lr: float = 1e-3,
+        learning_rate: float = 1e-3,
         use_probabilities: bool = True,
         random_state: Any = None,
         verbose: bool = False,
@@ -139,11 +143,11 @@ class KnockoffNets(ExtractionAttack):
         self.sampling = sampling
         self.reward = reward
         self.nb_actions = nb_actions
-        self.policy_lr = policy_lr
+        self.policy_learning_rate = policy_learning_rate
         self.query_batch_size = query_batch_size
         self.epochs = epochs
         self.batch_size = batch_size
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.use_probabilities = use_probabilities
         self.random_state = random_state
         self.verbose = verbose
@@ -176,7 +180,12 @@ class KnockoffNets(ExtractionAttack):
         y = probs if self.use_probabilities else probs.argmax(1)
         self.x_queried_, self.y_queried_ = x, y
         self._train_thief(
-            x, y, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, generator=generator
+            x,
+            y,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            generator=generator,
         )
         return self.thief
 
@@ -248,11 +257,11 @@ class KnockoffNets(ExtractionAttack):
             z = (raw - mean) / std if stats_n > 1 else raw.clamp(0, 1)
             pick = {"cert": [0], "div": [1], "loss": [2], "all": [0, 1, 2]}[self.reward]
             r = z[:, pick].mean(1)
-            # gradient bandit: H += lr * (r - baseline) * (onehot(a) - pi), averaged over b
+            # gradient bandit: H += policy_learning_rate * (r - baseline) * (onehot(a) - pi)
             pi = torch.softmax(prefs, 0)
             adv = r - baseline
             grad = (adv.unsqueeze(1) * (F.one_hot(chosen, k).float() - pi)).mean(0)
-            prefs = prefs + self.policy_lr * grad
+            prefs = prefs + self.policy_learning_rate * grad
             baseline = baseline + (r.sum() - r.shape[0] * baseline) / (done + r.shape[0])
             # one online training step of the thief on the new samples (as in the paper)
             target = pb if self.use_probabilities else pb.argmax(1)
@@ -261,7 +270,7 @@ class KnockoffNets(ExtractionAttack):
                 target,
                 epochs=1,
                 batch_size=xb.shape[0],
-                lr=self.lr,
+                learning_rate=self.learning_rate,
                 generator=generator,
                 warm_start=done > 0,
             )

@@ -39,7 +39,7 @@ class GradientMatching(PoisoningAttack):
 
     subject to ``||delta_i||_inf <= eps`` and ``x_i + delta_i`` in ``clip_values``. As in the
     paper, the optimiser is signed Adam (Adam fed with the sign of the gradient), the step size
-    drops by 10x at 3/8, 5/8 and 7/8 of ``max_iter``, and ``restarts`` random starts keep the
+    drops by 10x at 3/8, 5/8 and 7/8 of ``max_iter``, and ``num_random_init`` random starts keep the
     perturbation of lowest loss. The differentiable data augmentation of the paper is not
     applied.
 
@@ -70,7 +70,7 @@ class GradientMatching(PoisoningAttack):
         Initial step size of signed Adam (in input units).
     max_iter : int, default=250
         Optimisation steps per restart.
-    restarts : int, default=1
+    num_random_init : int, default=1
     random_state : None, int or torch.Generator, default=None
         Chooses the poisons and the random starts.
     verbose : bool, default=False
@@ -104,6 +104,7 @@ class GradientMatching(PoisoningAttack):
     (4, True, True)
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"restarts": "num_random_init"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "target": [Satisfies(_is_array, "a finite array (one or more images)")],
         "target_label": [Interval(int, 0, None)],
@@ -111,7 +112,7 @@ class GradientMatching(PoisoningAttack):
         "eps": [Interval(float, 0, None, closed="neither")],
         "learning_rate": [Interval(float, 0, None, closed="neither")],
         "max_iter": [Interval(int, 0, None)],
-        "restarts": [Interval(int, 1, None)],
+        "num_random_init": [Interval(int, 1, None)],
         "random_state": [RandomState()],
         "verbose": VERBOSE,
     }
@@ -139,7 +140,7 @@ class GradientMatching(PoisoningAttack):
         eps: float = 16 / 255,
         learning_rate: float = 0.01,
         max_iter: int = 250,
-        restarts: int = 1,
+        num_random_init: int = 1,
         random_state: RandomStateLike = None,
         verbose: bool = False,
     ) -> None:
@@ -150,7 +151,7 @@ class GradientMatching(PoisoningAttack):
         self.eps = eps
         self.learning_rate = learning_rate
         self.max_iter = max_iter
-        self.restarts = restarts
+        self.num_random_init = num_random_init
         self.random_state = random_state
         self.verbose = verbose
 
@@ -174,7 +175,7 @@ class GradientMatching(PoisoningAttack):
         y_base = y[idx].to(est.device)
         g_t = tuple(g.detach() for g in est.parameter_gradient_tensor(targets, adv))
         best, best_loss = base, math.inf
-        for _ in range(self.restarts):
+        for _ in range(self.num_random_init):
             delta, loss, hist = self._brew(base, y_base, g_t, generator)
             if loss < best_loss:
                 best, best_loss, self.alignment_history_ = base + delta, loss, hist

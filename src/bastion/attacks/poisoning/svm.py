@@ -69,7 +69,7 @@ class SVMPoisoning(PoisoningAttack):
 
     Each attack point starts as a copy of a randomly chosen training point **with its label
     flipped** and *replaces* that point in the training set. The point ``u`` is then moved by
-    steps of fixed length, ``u <- proj_box(u + step_size * g / ||g||)``, where ``g`` is the
+    steps of fixed length, ``u <- proj_box(u + eps_step * g / ||g||)``, where ``g`` is the
     gradient of the validation hinge loss ``L(u) = sum_k max(0, 1 - y_k f_u(x_k))`` of the SVC
     retrained with ``u``. The gradient follows the paper: with ``S`` the margin support
     vectors (``0 < alpha < C``), the KKT conditions give the derivatives of their dual
@@ -102,7 +102,7 @@ class SVMPoisoning(PoisoningAttack):
         Their labels (the same two values as the training labels).
     nb_points : int, default=1
         Number of attack points.
-    step_size : float, default=0.1
+    eps_step : float, default=0.1
         Length of each step (Euclidean).
     max_iter : int, default=50
         Maximum steps per attack point.
@@ -138,7 +138,7 @@ class SVMPoisoning(PoisoningAttack):
     >>> x = np.r_[rng.normal(-1, 1, (20, 2)), rng.normal(1, 1, (20, 2))]
     >>> y = np.repeat([0, 1], 20)
     >>> attack = SVMPoisoning(SVC(kernel="linear"), x_val=x, y_val=y, nb_points=2,
-    ...                       step_size=0.5, random_state=0)
+    ...                       eps_step=0.5, random_state=0)
     >>> x_p, y_p, mask = attack.poison(x, y)
     >>> int(mask.sum()), bool((y_p[mask] != y[mask]).all())
     (2, True)
@@ -146,11 +146,12 @@ class SVMPoisoning(PoisoningAttack):
     True
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {"step_size": "eps_step"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "x_val": [Satisfies(lambda v: np.asarray(v).ndim == 2, "a 2-d array (M, d)")],
         "y_val": [Satisfies(lambda v: np.asarray(v).ndim == 1, "a 1-d array (M,)")],
         "nb_points": [Interval(int, 1, None)],
-        "step_size": [Interval(float, 0, None, closed="neither")],
+        "eps_step": [Interval(float, 0, None, closed="neither")],
         "max_iter": [Interval(int, 0, None)],
         "tol": [Interval(float, 0, None)],
         "clip_values": [NONE, *_CLIP],
@@ -162,7 +163,7 @@ class SVMPoisoning(PoisoningAttack):
     #: How the conformance suite builds it (see ``bastion.testing``): 2 points, 5 steps.
     _conformance: ClassVar[dict[str, Any]] = {
         "factory": lambda cls, p, **kw: cls(p.estimator, x_val=p.x_val, y_val=p.y_val, **kw),
-        "params": {"nb_points": 2, "step_size": 0.5, "max_iter": 5, "clip_values": (0.0, 1.0)},
+        "params": {"nb_points": 2, "eps_step": 0.5, "max_iter": 5, "clip_values": (0.0, 1.0)},
         "note": "on a linear SVC, digits 0 versus 1 (svm_poisoning_problem)",
         "problem": "svm",
         "progress": ("loss_history_", "up"),
@@ -175,7 +176,7 @@ class SVMPoisoning(PoisoningAttack):
         x_val: Any,
         y_val: Any,
         nb_points: int = 1,
-        step_size: float = 0.1,
+        eps_step: float = 0.1,
         max_iter: int = 50,
         tol: float = 1e-4,
         clip_values: tuple[float, float] | None = None,
@@ -186,7 +187,7 @@ class SVMPoisoning(PoisoningAttack):
         self.x_val = x_val
         self.y_val = y_val
         self.nb_points = nb_points
-        self.step_size = step_size
+        self.eps_step = eps_step
         self.max_iter = max_iter
         self.tol = tol
         self.clip_values = clip_values
@@ -296,11 +297,18 @@ class SVMPoisoning(PoisoningAttack):
         yv = np.asarray(self.y_val)
         if xv.shape[1] != x_np.shape[1] or yv.shape[0] != xv.shape[0]:
             raise invalid_parameter(
-                "x_val", name, f"a validation set (M, {x_np.shape[1]}) matching y_val", xv.shape
+                "x_val",
+                name,
+                f"a validation set (M, {x_np.shape[1]}) with the features of x and one row per "
+                "label of y_val",
+                f"shape {xv.shape}",
             )
         if not np.isin(yv, self.classes_).all():
             raise invalid_parameter(
-                "y_val", name, f"labels in {self.classes_.tolist()}", "other labels"
+                "y_val",
+                name,
+                f"labels in {self.classes_.tolist()} (the two values of y)",
+                np.unique(yv).tolist(),
             )
         if self.nb_points > x_np.shape[0]:
             raise invalid_parameter(
@@ -336,7 +344,7 @@ class SVMPoisoning(PoisoningAttack):
                 if norm == 0 or not math.isfinite(norm):
                     break
                 old = x_cur[c].copy()
-                x_cur[c] = np.clip(old + self.step_size * g.numpy() / norm, lo, hi)
+                x_cur[c] = np.clip(old + self.eps_step * g.numpy() / norm, lo, hi)
                 svc_new = self._fit(learner, x_cur, s_cur)
                 new = self._val_loss(svc_new, xv, sv_np)
                 if new - loss < self.tol:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bastion._params import renamed_keywords
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
     NONE,
@@ -28,6 +29,7 @@ from bastion.estimators.base import EstimatorWrapper
 __all__ = ["ConfidenceMasking", "train_label_smoothing"]
 
 
+@renamed_keywords(lr="learning_rate")
 def train_label_smoothing(
     model: nn.Module,
     x: Any,
@@ -36,7 +38,7 @@ def train_label_smoothing(
     smoothing: float = 0.1,
     epochs: int = 5,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    learning_rate: float = 1e-3,
     random_state: RandomStateLike = None,
 ) -> nn.Module:
     """Train a classifier with Adam on the label-smoothed cross-entropy (Szegedy et al., 2016).
@@ -53,7 +55,7 @@ def train_label_smoothing(
         Training samples and class indices.
     smoothing : float, default=0.1
         Label-smoothing weight in [0, 1).
-    epochs, batch_size, lr
+    epochs, batch_size, learning_rate
         Training schedule (Adam).
     random_state : None, int or torch.Generator
         Seed of the shuffling (a private generator).
@@ -79,14 +81,14 @@ def train_label_smoothing(
             "smoothing": smoothing,
             "epochs": epochs,
             "batch_size": batch_size,
-            "lr": lr,
+            "learning_rate": learning_rate,
             "random_state": random_state,
         },
         {
             "smoothing": [Interval(float, 0, 1, closed="left")],
             "epochs": [Interval(int, 1, None)],
             "batch_size": [Interval(int, 1, None)],
-            "lr": [Interval(float, 0, None, closed="neither")],
+            "learning_rate": [Interval(float, 0, None, closed="neither")],
             "random_state": [RandomState()],
         },
     )
@@ -101,7 +103,7 @@ def train_label_smoothing(
         nb_classes = model(x_t[:1]).shape[1]
     y_t = check_labels(y_t, n=x_t.shape[0], nb_classes=nb_classes)
     gen = resolve_random_state(random_state, "cpu")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
     model.train()
     n = x_t.shape[0]
     for _ in range(epochs):

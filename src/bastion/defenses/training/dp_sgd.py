@@ -14,14 +14,14 @@ replace the installed torch::
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import trange
 
-from bastion._params import Parametrized
+from bastion._params import Parametrized, renamed_keywords
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
     NONE,
@@ -58,8 +58,9 @@ class DPSGDTrainer(Parametrized):
     ``batch_size / n``), clips every per-sample gradient to L2 norm ``max_grad_norm``, adds
     Gaussian noise of standard deviation ``noise_multiplier * max_grad_norm`` and takes an
     optimiser step. The noise multiplier is calibrated by Opacus so that ``epochs`` passes spend
-    the target ``(epsilon, delta)`` budget; after training, ``epsilon_`` is the budget the
-    accountant reports as actually spent (at most ``epsilon``, up to the accountant's tolerance).
+    the target ``(target_epsilon, target_delta)`` budget; after training, ``epsilon_`` is the
+    budget the accountant reports as actually spent (at most ``target_epsilon``, up to the
+    accountant's tolerance).
 
     Differential privacy bounds what any membership- or attribute-inference attack can learn
     about one training sample: with ``(epsilon, delta)``-DP, an attack's true-positive rate at
@@ -67,9 +68,9 @@ class DPSGDTrainer(Parametrized):
 
     Parameters
     ----------
-    epsilon : float, default=3.0
+    target_epsilon : float, default=3.0
         Target privacy budget, > 0.
-    delta : float or None, default=None
+    target_delta : float or None, default=None
         Target ``delta`` in (0, 1); ``None`` uses ``1 / (10 n)`` for ``n`` training samples
         (well below ``1 / n``, as DP requires).
     max_grad_norm : float, default=1.0
@@ -78,7 +79,7 @@ class DPSGDTrainer(Parametrized):
         Passes over the data (in expectation, with Poisson sampling).
     batch_size : int, default=64
         Expected batch size (the sampling rate is ``batch_size / n``).
-    lr : float, default=0.5
+    learning_rate : float, default=0.5
         Learning rate.
     optimizer : {"sgd", "adam"}, default="sgd"
         Optimiser that receives the clipped, noised gradients.
@@ -120,19 +121,24 @@ class DPSGDTrainer(Parametrized):
     >>> from bastion.defenses.training import DPSGDTrainer
     >>> from bastion.zoo import MLP
     >>> (x, y), _ = load_digits(size=8)
-    >>> trainer = DPSGDTrainer(epsilon=4.0, epochs=2, random_state=0)
+    >>> trainer = DPSGDTrainer(target_epsilon=4.0, epochs=2, random_state=0)
     >>> model = trainer.fit(MLP(64, 10, random_state=0), x, y)
     >>> bool(trainer.epsilon_ <= 4.0 + 1e-3)
     True
     """
 
+    _renamed: ClassVar[dict[str, Any]] = {
+        "epsilon": "target_epsilon",
+        "delta": "target_delta",
+        "lr": "learning_rate",
+    }
     _parameter_constraints = {  # noqa: RUF012
-        "epsilon": [Interval(float, 0, None, closed="neither")],
-        "delta": [NONE, Interval(float, 0, 1, closed="neither")],
+        "target_epsilon": [Interval(float, 0, None, closed="neither")],
+        "target_delta": [NONE, Interval(float, 0, 1, closed="neither")],
         "max_grad_norm": [Interval(float, 0, None, closed="neither")],
         "epochs": [Interval(int, 1, None)],
         "batch_size": [Interval(int, 1, None)],
-        "lr": [Interval(float, 0, None, closed="neither")],
+        "learning_rate": [Interval(float, 0, None, closed="neither")],
         "optimizer": [Options(["sgd", "adam"])],
         "momentum": [Interval(float, 0, 1, closed="left")],
         "accountant": [Options(["prv", "rdp", "gdp"])],
@@ -148,12 +154,12 @@ class DPSGDTrainer(Parametrized):
     def __init__(
         self,
         *,
-        epsilon: float = 3.0,
-        delta: float | None = None,
+        target_epsilon: float = 3.0,
+        target_delta: float | None = None,
         max_grad_norm: float = 1.0,
         epochs: int = 10,
         batch_size: int = 64,
-        lr: float = 0.5,
+        learning_rate: float = 0.5,
         optimizer: str = "sgd",
         momentum: float = 0.0,
         accountant: str = "prv",
@@ -161,12 +167,12 @@ class DPSGDTrainer(Parametrized):
         device: str | torch.device | None = None,
         verbose: bool = False,
     ) -> None:
-        self.epsilon = epsilon
-        self.delta = delta
+        self.target_epsilon = target_epsilon
+        self.target_delta = target_delta
         self.max_grad_norm = max_grad_norm
         self.epochs = epochs
         self.batch_size = batch_size
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.optimizer = optimizer
         self.momentum = momentum
         self.accountant = accountant
@@ -218,7 +224,7 @@ class DPSGDTrainer(Parametrized):
             nb_classes = model(x_t[:1].to(dev)).shape[1]
         y_t = check_labels(y_t, n=x_t.shape[0], nb_classes=nb_classes)
         n = x_t.shape[0]
-        delta = 1.0 / (10 * n) if self.delta is None else float(self.delta)
+        delta = 1.0 / (10 * n) if self.target_delta is None else float(self.target_delta)
 
         gen = resolve_random_state(self.random_state, "cpu")
         seeds = torch.randint(0, 2**62, (2,), generator=gen).tolist()
@@ -232,10 +238,10 @@ class DPSGDTrainer(Parametrized):
         )
         if self.optimizer == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(
-                model.parameters(), lr=self.lr, momentum=self.momentum
+                model.parameters(), lr=self.learning_rate, momentum=self.momentum
             )
         else:
-            opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+            opt = torch.optim.Adam(model.parameters(), lr=self.learning_rate)
         model.train()
         with warnings.catch_warnings():
             # Documented above: seeded (not cryptographically secure) noise, and the
@@ -247,7 +253,7 @@ class DPSGDTrainer(Parametrized):
                 module=model,
                 optimizer=opt,
                 data_loader=loader,
-                target_epsilon=float(self.epsilon),
+                target_epsilon=float(self.target_epsilon),
                 target_delta=delta,
                 epochs=self.epochs,
                 max_grad_norm=float(self.max_grad_norm),
@@ -285,17 +291,18 @@ class DPSGDTrainer(Parametrized):
         return model.eval()
 
 
+@renamed_keywords(epsilon="target_epsilon", delta="target_delta", lr="learning_rate")
 def train_dp_sgd(
     model: nn.Module,
     x: Any,
     y: Any,
     *,
-    epsilon: float = 3.0,
-    delta: float | None = None,
+    target_epsilon: float = 3.0,
+    target_delta: float | None = None,
     max_grad_norm: float = 1.0,
     epochs: int = 10,
     batch_size: int = 64,
-    lr: float = 0.5,
+    learning_rate: float = 0.5,
     random_state: RandomStateLike = None,
 ) -> tuple[nn.Module, float]:
     """Train ``model`` with DP-SGD; return ``(model, epsilon_spent)``.
@@ -308,18 +315,18 @@ def train_dp_sgd(
     >>> from bastion.defenses.training import train_dp_sgd
     >>> from bastion.zoo import MLP
     >>> (x, y), _ = load_digits(size=8)
-    >>> model, eps = train_dp_sgd(MLP(64, 10, random_state=0), x, y, epsilon=2.0, epochs=1,
+    >>> model, eps = train_dp_sgd(MLP(64, 10, random_state=0), x, y, target_epsilon=2.0, epochs=1,
     ...                           random_state=0)
     >>> bool(0 < eps <= 2.0 + 1e-3)
     True
     """
     trainer = DPSGDTrainer(
-        epsilon=epsilon,
-        delta=delta,
+        target_epsilon=target_epsilon,
+        target_delta=target_delta,
         max_grad_norm=max_grad_norm,
         epochs=epochs,
         batch_size=batch_size,
-        lr=lr,
+        learning_rate=learning_rate,
         random_state=random_state,
     )
     model = trainer.fit(model, x, y)
