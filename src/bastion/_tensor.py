@@ -13,7 +13,7 @@ torch, NumPy and :mod:`random` are never read or seeded.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,23 +39,41 @@ class ArrayKind:
     is_tensor: bool
     device: torch.device | None
     dtype: Any  # torch.dtype for tensors, np.dtype for arrays
+    #: The caller's array, kept when :func:`to_tensor` rounded it to a lower precision (float64
+    #: computed in float32), so that values a computation leaves unchanged come back exactly.
+    source: Any = field(default=None, compare=False, repr=False)
 
-    def restore(self, t: torch.Tensor, *, keep_dtype: bool = False) -> Any:
+    @property
+    def floating(self) -> bool:
+        """Whether the caller's array holds floating-point values."""
+        if self.is_tensor:
+            return bool(self.dtype.is_floating_point)
+        return bool(np.issubdtype(self.dtype, np.floating))
+
+    def restore(
+        self, t: torch.Tensor, *, keep_dtype: bool = False, unchanged: torch.Tensor | None = None
+    ) -> Any:
         """Convert ``t`` back to the caller's array type, device and (floating) dtype.
 
-        ``keep_dtype=True`` keeps ``t``'s dtype (for labels or indices).
+        ``keep_dtype=True`` keeps ``t``'s dtype (for labels or indices). ``unchanged`` is the
+        input as the computation saw it (``t``'s shape): where ``t`` still equals it, the
+        caller's own values are given back bit for bit, not their rounding to the compute
+        precision (a float64 input computed in float32 comes back identical where nothing
+        changed).
         """
         t = t.detach()
+        exact = unchanged is not None and self.source is not None and not keep_dtype
+        same = t == unchanged.detach().to(t.device) if exact and unchanged is not None else None
         if self.is_tensor:
             out = t.to(self.device)
             if not keep_dtype and out.is_floating_point() and self.dtype.is_floating_point:
                 out = out.to(self.dtype)
-            return out
+            return out if same is None else torch.where(same.to(out.device), self.source, out)
         arr = t.cpu().numpy()
         if not keep_dtype and np.issubdtype(arr.dtype, np.floating):
             if np.issubdtype(self.dtype, np.floating):
                 arr = arr.astype(self.dtype, copy=False)
-        return arr
+        return arr if same is None else np.where(same.cpu().numpy(), self.source, arr)
 
 
 def as_device(device: str | torch.device | None) -> torch.device:
@@ -89,12 +107,13 @@ def to_tensor(
     kind : ArrayKind
     """
     if isinstance(x, torch.Tensor):
-        kind = ArrayKind(True, x.device, x.dtype)
         t = x.detach()
+        kind = ArrayKind(True, x.device, x.dtype, t if _rounds(t.dtype, dtype) else None)
     else:
         try:
             arr = np.asarray(x)
-            kind = ArrayKind(False, None, arr.dtype)
+            rounds = arr.dtype.kind == "f" and _rounds(arr.dtype, dtype)
+            kind = ArrayKind(False, None, arr.dtype, arr if rounds else None)
             if arr.dtype.kind == "c":
                 raise TypeError("complex values have no real-valued meaning here")
             if arr.dtype == np.float16 or arr.dtype.kind in "biuf":
@@ -112,6 +131,16 @@ def to_tensor(
     if device is not None and t.device != device:
         t = t.to(device)
     return t, kind
+
+
+def _rounds(given: Any, target: torch.dtype | None) -> bool:
+    """Whether converting floats of dtype ``given`` (torch or NumPy) to ``target`` loses
+    precision."""
+    if target is None or not target.is_floating_point:
+        return False
+    if isinstance(given, torch.dtype):
+        return given.is_floating_point and given.itemsize > target.itemsize
+    return np.dtype(given).kind == "f" and np.dtype(given).itemsize > target.itemsize
 
 
 def _fresh_seed() -> int:

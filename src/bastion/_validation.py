@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bastion.exceptions import InputError, InvalidParameterError
+from bastion.exceptions import InputError, InvalidParameterError, ModelError
 
 __all__ = [
     "Boolean",
@@ -27,8 +27,10 @@ __all__ = [
     "RandomState",
     "Satisfies",
     "check_labels",
+    "check_trained",
     "check_x",
     "invalid_parameter",
+    "probe_classes",
     "validate_params",
 ]
 
@@ -270,3 +272,53 @@ def check_labels(y: torch.Tensor, *, n: int, nb_classes: int, name: str = "y") -
                 f"[0, {nb_classes - 1}]."
             )
     return y
+
+
+# --------------------------------------------------------------------------- models to train
+
+
+def probe_classes(model: torch.nn.Module, x: torch.Tensor, owner: str) -> int:
+    """The number of classes a torch classifier outputs, from the first sample of ``x``
+    (in eval mode, without gradients): what the labels of its training set must fit.
+
+    Raises
+    ------
+    ModelError
+        The model raised on the sample (``x`` does not fit it: the error is chained), or
+        returned something other than finite logits of shape ``(1, nb_classes)``.
+    """
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x[:1])
+    except Exception as err:
+        raise ModelError(
+            f"{owner}: the model raised {type(err).__name__} on a sample of shape "
+            f"{tuple(x.shape[1:])}: {err} (does x have the shape the model takes?)"
+        ) from err
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 1:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"{owner}: the model must output logits of shape (N, nb_classes); got {got} for "
+            "one sample."
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise ModelError(f"{owner}: the model returned NaN or infinite logits before training.")
+    return int(out.shape[1])
+
+
+def check_trained(model: torch.nn.Module, owner: str) -> torch.nn.Module:
+    """``model`` after training, unless a weight became NaN or infinite (training diverged).
+
+    Raises
+    ------
+    ModelError
+        Naming the first non-finite parameter.
+    """
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param.detach()).all()):
+            raise ModelError(
+                f"{owner}: training diverged: the parameter {name!r} holds NaN or infinite "
+                "values (lower the learning rate, or check the data and the loss)."
+            )
+    return model

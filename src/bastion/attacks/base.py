@@ -81,6 +81,33 @@ def is_adversarial(scores: torch.Tensor, y: torch.Tensor, targeted: bool) -> tor
     return pred == y if targeted else pred != y
 
 
+def checked_input(estimator: Any, x: Any, name: str = "x") -> tuple[torch.Tensor, ArrayKind]:
+    """The input preamble of the evasion attacks' public methods.
+
+    ``x`` as a tensor on the estimator's device and dtype, checked (a non-empty batch of
+    finite samples of the estimator's ``input_shape``, inside its ``clip_values``), and how to
+    give a result back in ``x``'s type (``kind.restore(out, unchanged=xt)`` returns the
+    caller's values bit for bit where the attack left them).
+
+    Raises
+    ------
+    InputError
+        For bad data, and for integer or boolean ``x``: adversarial examples come back in
+        ``x``'s dtype, so it must be floating-point.
+    """
+    xt, kind = to_tensor(
+        x, device=estimator.device, dtype=getattr(estimator, "dtype", torch.float32)
+    )
+    if not kind.floating:
+        raise InputError(
+            f"{name} must hold floating-point values (the adversarial examples come back in "
+            f"{name}'s dtype); got dtype {kind.dtype}. Convert it first, e.g. "
+            "x.astype(np.float32) / 255 for 8-bit images."
+        )
+    check_x(xt, input_shape=estimator.input_shape, clip_values=estimator.clip_values, name=name)
+    return xt, kind
+
+
 class Attack(Parametrized):
     """Base of every attack: parameters, validation and capability checks.
 
@@ -189,15 +216,13 @@ class EvasionAttack(Attack):
         x_adv : same type, device, dtype and shape as ``x``
         """
         self._validate()
-        est = self.estimator
-        xt, kind = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
-        check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
+        xt, kind = checked_input(self.estimator, x)
         try:
             out = self._generate_tensor(xt, y, mask)
         except ModelError as err:
             self._model_failed(err, kind)  # a template may raise a richer error instead
             raise
-        return kind.restore(out)
+        return kind.restore(out, unchanged=xt)
 
     def _generate_tensor(self, x: torch.Tensor, y: Any, mask: Any) -> torch.Tensor:
         """The attack on checked tensors: labels, mask, per-sample quantities, then batches."""
@@ -565,7 +590,10 @@ class QueryAttack(EvasionAttack):
         self.success_ = run["success"].cpu().numpy()
         finished = np.arange(run["n"]) < run["finished"]
         partial = PartialResult(
-            kind.restore(out), self.success_.copy(), self.queries_.copy(), finished
+            kind.restore(out, unchanged=run["x"]),
+            self.success_.copy(),
+            self.queries_.copy(),
+            finished,
         )
         raise AttackInterruptedError(
             f"{type(self).__name__} was interrupted by the model's failure after "

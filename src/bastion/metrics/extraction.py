@@ -10,16 +10,20 @@ import numpy as np
 import torch
 
 from bastion._tensor import to_tensor
+from bastion._validation import check_labels, invalid_parameter
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import InputError
 
 __all__ = ["accuracy_vs_queries", "fidelity", "thief_accuracy"]
 
 
-def _labels_of(estimator: Any, x: Any, batch_size: int) -> np.ndarray:
+def _outputs(estimator: Any, x: Any, batch_size: int) -> np.ndarray:
     out = estimator.predict(x, batch_size=batch_size)
-    arr = out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
-    return arr.argmax(axis=1)
+    return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+
+
+def _labels_of(estimator: Any, x: Any, batch_size: int) -> np.ndarray:
+    return _outputs(estimator, x, batch_size).argmax(axis=1)
 
 
 def fidelity(victim: Any, thief: Any, x: Any, *, batch_size: int = 256) -> float:
@@ -53,6 +57,12 @@ def fidelity(victim: Any, thief: Any, x: Any, *, batch_size: int = 256) -> float
     """
     require_capabilities(victim, ["predict"], "fidelity (victim)")
     require_capabilities(thief, ["predict"], "fidelity (thief)")
+    k_victim, k_thief = getattr(victim, "nb_classes", None), getattr(thief, "nb_classes", None)
+    if k_victim is not None and k_thief is not None and k_victim != k_thief:
+        raise InputError(
+            f"fidelity compares the labels of models of the same classes; the victim has "
+            f"nb_classes={k_victim}, the thief {k_thief}."
+        )
     a, b = _labels_of(victim, x, batch_size), _labels_of(thief, x, batch_size)
     return float(np.mean(a == b))
 
@@ -60,17 +70,14 @@ def fidelity(victim: Any, thief: Any, x: Any, *, batch_size: int = 256) -> float
 def thief_accuracy(thief: Any, x: Any, y: Any, *, batch_size: int = 256) -> float:
     """Test accuracy of the stolen model on labelled data ``(x, y)``.
 
-    ``y`` holds class indices ``(N,)`` or one-hot rows ``(N, K)``.
+    ``y`` holds class indices ``(N,)`` or one-hot rows ``(N, K)``; labels outside the thief's
+    classes, non-integral or of the wrong number raise :class:`~bastion.exceptions.InputError`.
     """
     require_capabilities(thief, ["predict"], "thief_accuracy")
+    probs = _outputs(thief, x, batch_size)
     yt, _ = to_tensor(y, dtype=None)
-    labels = yt.cpu().numpy()
-    if labels.ndim == 2:
-        labels = labels.argmax(axis=1)
-    pred = _labels_of(thief, x, batch_size)
-    if labels.shape != pred.shape:
-        raise InputError(f"y has {labels.shape[0]} labels but x has {pred.shape[0]} samples.")
-    return float(np.mean(pred == labels))
+    labels = check_labels(yt.cpu(), n=probs.shape[0], nb_classes=probs.shape[1]).numpy()
+    return float(np.mean(probs.argmax(axis=1) == labels))
 
 
 def accuracy_vs_queries(
@@ -106,8 +113,20 @@ def accuracy_vs_queries(
         ``{"queries": [...], "accuracy": [...], "fidelity": [...]}``: the queries actually
         spent, the thief's test accuracy and its fidelity to the victim, one entry per budget.
     """
+    if not (hasattr(attack, "victim") and "nb_queries" in getattr(attack, "_param_names", list)()):
+        raise invalid_parameter(
+            "attack",
+            "accuracy_vs_queries",
+            "an extraction attack with nb_queries (CopycatCNN, KnockoffNets)",
+            attack,
+        )
     if not budgets:
         raise InputError("budgets must hold at least one query budget.")
+    # The test labels are checked before any query is spent.
+    xt, _ = to_tensor(x_test, dtype=None)
+    yt, _ = to_tensor(y_test, dtype=None)
+    n_test = int(xt.shape[0]) if xt.ndim else 0
+    check_labels(yt.cpu(), n=n_test, nb_classes=int(attack.victim.nb_classes), name="y_test")
     out: dict[str, list[float]] = {"queries": [], "accuracy": [], "fidelity": []}
     for budget in budgets:
         run = copy.deepcopy(attack, memo={id(attack.victim): attack.victim})

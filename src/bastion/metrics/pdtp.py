@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from sklearn.base import clone
 
-from bastion._validation import Interval, Options, validate_params
-from bastion.exceptions import InputError
+from bastion._tensor import to_tensor
+from bastion._validation import Interval, Options, check_x, validate_params
+from bastion.exceptions import EstimatorError, InputError
 
 __all__ = ["PDTPResult", "pdtp"]
 
@@ -39,10 +40,18 @@ def _probabilities(model: Any, x: np.ndarray) -> np.ndarray:
         return _numpy(model.predict(x.astype(np.float32)))
     if hasattr(model, "predict_proba"):
         return np.asarray(model.predict_proba(x))
-    raise InputError(
+    raise EstimatorError(
         f"pdtp needs models with class probabilities (a bastion estimator or a scikit-learn "
         f"model with predict_proba); got {type(model).__name__}."
     )
+
+
+def _input_shape(model: Any) -> tuple[int, ...] | None:
+    """The shape of one record ``model`` takes, where it says."""
+    if hasattr(model, "input_shape"):  # a bastion estimator
+        return tuple(model.input_shape)
+    n = getattr(model, "n_features_in_", None)
+    return None if n is None else (int(n),)
 
 
 def pdtp(
@@ -94,6 +103,14 @@ def pdtp(
     PDTPResult
         ``(average, worst, std)``, NumPy arrays with one value per record of ``indexes``.
 
+    Raises
+    ------
+    InputError
+        For records that are not a non-empty, finite, numeric array of the target's input
+        shape, labels that do not match them, or ``indexes`` outside the rows.
+    EstimatorError
+        For a target (or a retrained model) without class probabilities.
+
     References
     ----------
     Y. Long, V. Bindschaedler, C. A. Gunter. "Towards Measuring Membership Privacy."
@@ -121,11 +138,18 @@ def pdtp(
             "bins": [Interval(int, 2, None)],
         },
     )
-    xa, ya = _numpy(x), _numpy(y)
+    xt, _ = to_tensor(x, dtype=torch.float64)
+    yt, _ = to_tensor(y, dtype=None)
+    if xt.ndim < 2 or yt.ndim == 0 or yt.shape[0] != xt.shape[0]:
+        raise InputError(
+            f"x ({tuple(xt.shape)}) and y ({tuple(yt.shape)}) must have one row per record."
+        )
+    check_x(xt, input_shape=_input_shape(target), clip_values=None)
+    if yt.is_floating_point() and not bool(torch.isfinite(yt).all()):
+        raise InputError("y contains NaN or infinite labels.")
+    xa, ya = xt.cpu().numpy(), yt.cpu().numpy()
     if ya.ndim == 2:
         ya = ya.argmax(axis=1)
-    if xa.ndim < 2 or ya.shape[0] != xa.shape[0]:
-        raise InputError(f"x ({xa.shape}) and y ({ya.shape}) must have one row per record.")
     rows = np.arange(xa.shape[0]) if indexes is None else np.asarray(indexes, dtype=np.int64)
     if rows.ndim != 1 or rows.size == 0 or rows.min() < 0 or rows.max() >= xa.shape[0]:
         raise InputError(f"indexes must be row numbers of x in [0, {xa.shape[0] - 1}].")

@@ -9,6 +9,7 @@ import torch
 
 from bastion._tensor import to_tensor
 from bastion._validation import Interval, check_labels, validate_params
+from bastion.estimators.base import require_capabilities
 from bastion.exceptions import InputError
 
 __all__ = [
@@ -24,7 +25,13 @@ __all__ = [
 def _mask(value: Any, name: str) -> np.ndarray:
     if hasattr(value, "is_poison"):  # a DetectionResult
         value = value.is_poison
-    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if isinstance(value, torch.Tensor):
+        arr = value.detach().cpu().numpy()
+    else:
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError):  # a ragged list
+            raise InputError(f"{name} must be a 1-d mask (one entry per sample).") from None
     if arr.ndim != 1:
         raise InputError(f"{name} must be a 1-d mask (one entry per sample); got {arr.shape}.")
     if arr.dtype != np.bool_:
@@ -98,8 +105,9 @@ def detection_f1(is_poison_pred: Any, is_poison_true: Any) -> float:
     return detection_scores(is_poison_pred, is_poison_true)["f1"]
 
 
-def _predicted(estimator: Any, x: Any, batch_size: int) -> np.ndarray:
-    validate_params("metrics", {"batch_size": batch_size}, {"batch_size": [Interval(int, 1, None)]})
+def _predicted(estimator: Any, x: Any, batch_size: int, user: str) -> np.ndarray:
+    validate_params(user, {"batch_size": batch_size}, {"batch_size": [Interval(int, 1, None)]})
+    require_capabilities(estimator, ["predict"], user)
     probs = estimator.predict(x, batch_size=batch_size)
     if isinstance(probs, torch.Tensor):
         probs = probs.detach().cpu().numpy()
@@ -145,7 +153,7 @@ def attack_success_rate(
     InputError
         If no sample remains once those of the target class are excluded.
     """
-    pred = _predicted(estimator, x_triggered, batch_size)
+    pred = _predicted(estimator, x_triggered, batch_size, "attack_success_rate")
     n, k = pred.shape[0], estimator.nb_classes
     tgt = _labels(target, n, k, "target")
     keep = np.ones(n, dtype=bool)
@@ -171,5 +179,5 @@ def clean_accuracy(estimator: Any, x: Any, y: Any, *, batch_size: int = 256) -> 
     >>> clean_accuracy(clf, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), [0, 0])
     0.5
     """
-    pred = _predicted(estimator, x, batch_size)
+    pred = _predicted(estimator, x, batch_size, "clean_accuracy")
     return float((pred == _labels(y, pred.shape[0], estimator.nb_classes, "y")).mean())

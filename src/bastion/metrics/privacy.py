@@ -31,15 +31,20 @@ __all__ = [
 ]
 
 
-def _as_numpy(value: Any) -> np.ndarray:
+def _as_numpy(value: Any, name: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
-    return np.asarray(value)
+    try:
+        return np.asarray(value)
+    except (TypeError, ValueError):  # a ragged list
+        raise InputError(f"{name} must be a 1-d numeric array (one entry per sample).") from None
 
 
 def _check(scores: Any, is_member: Any) -> tuple[np.ndarray, np.ndarray]:
-    s = _as_numpy(scores)
-    m = _as_numpy(is_member)
+    s = _as_numpy(scores, "scores")
+    m = _as_numpy(is_member, "is_member")
+    if s.dtype.kind not in "biuf":
+        raise InputError(f"scores must hold real numbers; got dtype {s.dtype}.")
     if s.ndim != 1 or m.ndim != 1:
         raise InputError(
             f"scores and is_member must be 1-d (one entry per sample); got shapes {s.shape} "

@@ -11,6 +11,11 @@ recovered). A new attack or
 detector gets them for free; a class skips a check only with a written reason in
 ``_conformance = {"skip": {"check_name": "why"}}``.
 
+The bad-input table (:func:`bad_input_table`, :func:`bad_input_cases`,
+:func:`check_bad_inputs`) feeds every public class bad data, bad labels, bad models and bad
+use, row by row, each with its expected outcome: one bastion error, a warning, or a result
+with a stated property (float64 in, float64 out, bit-identical where unchanged, ...).
+
 Examples
 --------
 >>> from bastion.attacks.evasion import FGSM
@@ -20,6 +25,13 @@ True
 """
 
 from bastion.testing._attack_checks import attack_checks, check_attack, conformance_params
+from bastion.testing._bad_input_table import (
+    bad_input_cases,
+    bad_input_owners,
+    bad_input_table,
+    check_bad_inputs,
+)
+from bastion.testing._bad_inputs import BadInputCase, Outcome, raises, warns, works
 from bastion.testing._detector_checks import check_detector, detector_checks, detector_params
 from bastion.testing._discovery import (
     all_attacks,
@@ -68,8 +80,10 @@ from bastion.testing._problems import (
 
 __all__ = [
     "ESTIMATOR_EXAMPLES",
+    "BadInputCase",
     "ExtractionProblem",
     "InferenceProblem",
+    "Outcome",
     "PoisonProblem",
     "PoisoningProblem",
     "Problem",
@@ -81,8 +95,12 @@ __all__ = [
     "all_poisoning_attacks",
     "attack_checks",
     "attribute_problem",
+    "bad_input_cases",
+    "bad_input_owners",
+    "bad_input_table",
     "blackbox_problem",
     "check_attack",
+    "check_bad_inputs",
     "check_detector",
     "check_estimator",
     "check_extraction_attack",
@@ -103,9 +121,12 @@ __all__ = [
     "poisoning_checks",
     "poisoning_params",
     "poisoning_problem",
+    "raises",
     "reconstruction_problem",
     "relu_extraction_problem",
     "sklearn_problem",
     "svm_poisoning_problem",
     "torch_problem",
+    "warns",
+    "works",
 ]

@@ -16,11 +16,12 @@ from bastion._validation import (
     Interval,
     RandomState,
     check_labels,
+    check_trained,
     check_x,
     invalid_parameter,
+    probe_classes,
     validate_params,
 )
-from bastion.exceptions import InputError
 
 __all__ = ["train_classifier"]
 
@@ -100,6 +101,9 @@ def train_classifier(
     InputError
         If ``x`` is empty or holds NaN/inf, ``y`` has the wrong length or shape, or labels
         fall outside the model's classes.
+    ModelError
+        If the model does not take ``x`` or returns non-finite logits, or training diverged
+        (a weight became NaN or infinite).
 
     Examples
     --------
@@ -143,15 +147,8 @@ def train_classifier(
     n = x_t.shape[0]
 
     # One sample through the model tells the number of classes the labels must fit.
-    model.eval()
-    with torch.no_grad():
-        probe = model(x_t[:1].to(dev))
-    if probe.ndim != 2:
-        raise InputError(
-            f"The model must output logits of shape (N, nb_classes); got shape "
-            f"{tuple(probe.shape)} for one sample."
-        )
-    y_t = check_labels(y_t, n=n, nb_classes=probe.shape[1])
+    nb_classes = probe_classes(model, x_t[:1].to(dev), "train_classifier")
+    y_t = check_labels(y_t, n=n, nb_classes=nb_classes)
 
     generator = resolve_random_state(random_state, "cpu")
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
@@ -175,4 +172,4 @@ def train_classifier(
                 correct += (logits.detach().argmax(dim=1) == y_batch).sum()
         if verbose:
             bar.set_postfix(loss=f"{loss_sum.item() / n:.4f}", accuracy=f"{correct.item() / n:.3f}")
-    return model.eval()
+    return check_trained(model, "train_classifier").eval()

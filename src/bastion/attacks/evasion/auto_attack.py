@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bastion._tensor import ArrayKind, resolve_random_state, to_tensor
-from bastion._validation import NONE, Constraint, Interval, Options, Satisfies, check_x
+from bastion._validation import NONE, Constraint, Interval, Options, Satisfies
 from bastion.attacks._lp import canonical_norm, lp_norm
 from bastion.attacks.base import (
     BATCH_SIZE,
@@ -27,6 +27,7 @@ from bastion.attacks.base import (
     VERBOSE,
     EvasionAttack,
     FixedBudgetAttack,
+    checked_input,
 )
 from bastion.attacks.evasion._auto_attack_state import (
     CLEAN,
@@ -614,8 +615,7 @@ class AutoAttack(FixedBudgetAttack):
         """Inputs as checked tensors, the budget, the attack list with unique labels and one
         seed per attack (drawn in order, so a resumed run seeds each attack as a whole one)."""
         est = self.estimator
-        xt, kind = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
-        check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
+        xt, kind = checked_input(est, x)
         labels_from = "predicted" if y is None else "given"
         yt = self._resolve_labels(xt, y)
         attacks = self._attack_list()
@@ -716,8 +716,10 @@ class AutoAttack(FixedBudgetAttack):
             return
         attack, targeted = built
         targets = self._target_classes(run.x) if targeted else [None]
+        # A sample without budget (eps = 0) cannot be broken: no attack runs on it.
+        has_budget = run.eps.reshape(run.x.shape[0], -1)[:, 0] > 0
         for target in targets:
-            idx = progress.robust.nonzero().squeeze(1)
+            idx = (progress.robust & has_budget).nonzero().squeeze(1)
             if idx.numel() == 0:
                 return
             xs, ys, eps = run.x[idx], run.y[idx], run.eps[idx].reshape(-1)
@@ -793,7 +795,7 @@ class AutoAttack(FixedBudgetAttack):
         vocabulary = np.asarray(["", "clean", *run.labels], dtype=object)
         clean = int((progress.broken_by != CLEAN).sum()) / max(n, 1)
         return AutoAttackResult(
-            x_adv=run.kind.restore(progress.x_adv),
+            x_adv=run.kind.restore(progress.x_adv, unchanged=run.x),
             clean_accuracy=clean if run.labels_from == "given" else float("nan"),
             robust_accuracy=progress.robust_accuracy(),
             robust=progress.robust.cpu().numpy(),

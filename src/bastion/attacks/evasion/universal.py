@@ -7,8 +7,7 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from bastion._tensor import to_tensor
-from bastion._validation import Constraint, Interval, Satisfies, check_x
+from bastion._validation import Constraint, Interval, Satisfies
 from bastion.attacks._lp import canonical_norm, project_lp
 from bastion.attacks.base import (
     BATCH_SIZE,
@@ -16,6 +15,7 @@ from bastion.attacks.base import (
     VERBOSE,
     EvasionAttack,
     FixedBudgetAttack,
+    checked_input,
 )
 from bastion.exceptions import NotFittedError
 
@@ -184,9 +184,7 @@ class UniversalPerturbation(FixedBudgetAttack):
         """Compute the universal perturbation on ``x`` (labels are the model's predictions;
         ``y`` is ignored). Returns ``self``."""
         self._validate()
-        est = self.estimator
-        xt, _ = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
-        check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
+        xt, _ = checked_input(self.estimator, x)
         self._fit_tensor(xt, self._resolve_mask(mask, xt))
         return self
 
@@ -195,10 +193,10 @@ class UniversalPerturbation(FixedBudgetAttack):
         if not hasattr(self, "perturbation_"):
             raise NotFittedError("call fit (or generate) before apply.")
         est = self.estimator
-        xt, kind = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
-        check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
+        xt, kind = checked_input(est, x)
         out = xt + self.perturbation_
-        return kind.restore(out.clamp(*est.clip_values) if est.clip_values is not None else out)
+        out = out.clamp(*est.clip_values) if est.clip_values is not None else out
+        return kind.restore(out, unchanged=xt)
 
     def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         # Runs once on all samples before the template's batches: v is computed here, and the

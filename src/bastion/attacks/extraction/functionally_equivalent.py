@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +15,7 @@ from bastion._params import Parametrized
 from bastion._tensor import resolve_random_state
 from bastion._validation import Constraint, Interval, RandomState, Satisfies
 from bastion.estimators.base import require_capabilities
-from bastion.exceptions import InvalidParameterError
+from bastion.exceptions import BastionError, InvalidParameterError, ModelError
 
 __all__ = ["FunctionallyEquivalentExtraction"]
 
@@ -26,6 +27,29 @@ def _same(a: torch.Tensor, c: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
 
 def _is_victim(value: Any) -> bool:
     return callable(value) or hasattr(value, "predict_tensor")
+
+
+def _victim_scores(raw: Any, n: int, owner: str) -> torch.Tensor:
+    """A callable victim's answer to ``n`` queries as finite float64 scores ``(n, m)``; a
+    :class:`~bastion.exceptions.ModelError` for anything else."""
+    try:
+        out = torch.as_tensor(raw.detach() if isinstance(raw, torch.Tensor) else np.asarray(raw))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ModelError(
+            f"{owner}: the victim returned {type(raw).__name__} values that are not numeric "
+            f"scores ({str(err).splitlines()[0][:120]})."
+        ) from None
+    if out.dtype == torch.bool or out.is_complex():
+        raise ModelError(f"{owner}: the victim returned {out.dtype} values, not real scores.")
+    if out.ndim not in (1, 2) or out.shape[0] != n:
+        raise ModelError(
+            f"{owner}: the victim returned shape {tuple(out.shape)} for {n} queries; expected "
+            f"({n}, m) or ({n},) scores."
+        )
+    out = out.to(torch.float64).reshape(n, -1)
+    if not bool(torch.isfinite(out).all()):
+        raise ModelError(f"{owner}: the victim returned NaN or infinite scores.")
+    return out
 
 
 class FunctionallyEquivalentExtraction(Parametrized):
@@ -192,10 +216,19 @@ class FunctionallyEquivalentExtraction(Parametrized):
             )
 
         def g(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                out = torch.as_tensor(victim(x)).to(torch.float64)
-            self._calls += x.shape[0]
-            return out.reshape(x.shape[0], -1)
+            try:
+                with torch.no_grad():
+                    raw = victim(x)
+            except BastionError:
+                raise
+            except Exception as err:
+                raise ModelError(
+                    f"{owner}: the victim raised {type(err).__name__} on {x.shape[0]} queries: "
+                    f"{err}"
+                ) from err
+            out = _victim_scores(raw, x.shape[0], owner)
+            self._calls += x.shape[0]  # counted once answered
+            return out
 
         return g, int(self.input_dim)
 
@@ -219,6 +252,13 @@ class FunctionallyEquivalentExtraction(Parametrized):
             For an estimator victim, a float64 :class:`TorchClassifier` around :attr:`model_`
             (same ``input_shape``, ``nb_classes`` and ``clip_values``); for a callable,
             :attr:`model_` itself.
+
+        Raises
+        ------
+        ModelError
+            When the victim raises or answers anything but finite scores, one row per query
+            (checked for a callable victim as an estimator checks its model), or when fewer
+            than ``nb_neurons`` hidden units are found.
         """
         self._validate()
         self._calls = 0
@@ -316,9 +356,10 @@ class FunctionallyEquivalentExtraction(Parametrized):
             if len(found_w) >= self.nb_neurons:
                 break
         if len(found_w) < self.nb_neurons:
-            raise RuntimeError(
+            raise ModelError(
                 f"{type(self).__name__} found {len(found_w)} of {self.nb_neurons} hidden "
-                "units; raise max_rounds or line_length (or check nb_neurons)."
+                "units; raise max_rounds or line_length (or check nb_neurons, and that the "
+                "victim is a one-hidden-layer ReLU network)."
             )
         if len(found_w) > self.nb_neurons:
             warnings.warn(

@@ -34,8 +34,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bastion._params import Parametrized
-from bastion._tensor import RandomStateLike, resolve_random_state
-from bastion._validation import Constraint, Interval, Options, RandomState, Satisfies
+from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
+from bastion._validation import (
+    Constraint,
+    Interval,
+    Options,
+    RandomState,
+    Satisfies,
+    check_labels,
+)
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import EstimatorError, InputError, NotFittedError
 
@@ -48,11 +55,15 @@ __all__ = [
 
 
 def _to_numpy(x: Any, name: str, ndim: int = 2) -> tuple[np.ndarray, bool, Any]:
-    """NumPy view of ``x`` and how to give results back (tensor in, tensor out)."""
-    if isinstance(x, torch.Tensor):
-        arr, is_tensor, device = x.detach().cpu().numpy(), True, x.device
-    else:
-        arr, is_tensor, device = np.asarray(x), False, None
+    """NumPy view of ``x`` and how to give results back (tensor in, tensor out); data that is
+    not real numbers (strings, ragged lists, complex values) is an InputError."""
+    try:
+        t, kind = to_tensor(x, dtype=None)
+    except InputError as err:
+        raise InputError(f"{name}: {err}") from None
+    if t.is_complex():
+        raise InputError(f"{name} must hold real numbers; got dtype {t.dtype}.")
+    arr, is_tensor, device = t.cpu().numpy(), kind.is_tensor, kind.device
     if arr.ndim != ndim or arr.shape[0] == 0:
         raise InputError(
             f"{name} must be a non-empty array of {ndim} dimensions (samples first); got shape "
@@ -507,22 +518,15 @@ class AttributeInferenceWhiteBoxDecisionTree(_TreeAttack):
         _, counts, classes, (is_tensor, device, tree) = self._leaf_counts(x, vals)
         score = counts / tree.tree_.n_node_samples[0] * pri[:, None]
         if y is not None:
-            labels, _, _ = _to_numpy(y, "y", ndim=1)
-            if labels.shape[0] != counts.shape[1]:
+            yt, _ = to_tensor(y, dtype=None)
+            try:
+                labels = check_labels(
+                    yt.cpu(), n=counts.shape[1], nb_classes=len(tree.classes_)
+                ).numpy()
+            except InputError as err:
                 raise InputError(
-                    f"y has {labels.shape[0]} labels but x has {counts.shape[1]} rows."
-                )
-            k = len(tree.classes_)
-            if (
-                labels.dtype.kind not in "biuf"
-                or np.any(labels != np.round(labels))
-                or labels.min() < 0
-                or labels.max() >= k
-            ):
-                raise InputError(
-                    f"y must hold class indices in [0, {k - 1}] (the order of the tree's "
-                    f"classes_); got values in [{labels.min()}, {labels.max()}]."
-                )
+                    f"{err} (class indices follow the order of the tree's classes_)"
+                ) from None
             agree = classes == labels[None, :]
             # Keep only agreeing values where at least one agrees.
             score = np.where(agree.any(axis=0, keepdims=True), score * agree, score)

@@ -9,7 +9,8 @@ from tqdm.auto import tqdm
 
 from bastion._params import Parametrized
 from bastion._tensor import to_tensor
-from bastion._validation import Boolean, Interval, check_labels, check_x
+from bastion._validation import Boolean, Interval, check_labels
+from bastion.attacks.base import checked_input
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import InputError
 
@@ -148,8 +149,7 @@ class MIFace(Parametrized):
             xt = torch.full((n, *est.input_shape), (lo + hi) / 2, device=est.device, dtype=dtype)
             _, kind = to_tensor(xt.cpu().numpy())
         else:
-            xt, kind = to_tensor(x, device=est.device, dtype=dtype)
-            check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
+            xt, kind = checked_input(est, x)  # the inversion comes back in x's dtype
         yt = check_labels(yt, n=xt.shape[0], nb_classes=est.nb_classes)
         out = torch.empty_like(xt)
         n_iter = torch.zeros(xt.shape[0], dtype=torch.int64)

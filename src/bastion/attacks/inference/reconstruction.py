@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from bastion._params import Parametrized
-from bastion._validation import check_labels
+from bastion._tensor import to_tensor
+from bastion._validation import check_labels, check_x
 from bastion.exceptions import EstimatorError, InputError
 
 __all__ = ["DatabaseReconstruction"]
@@ -83,30 +84,37 @@ class DatabaseReconstruction(Parametrized):
         -------
         x_target : shape (1, n_features), same type as ``x``
         y_target : one-hot, shape (1, K), same type as ``x``
+
+        Raises
+        ------
+        EstimatorError
+            Unless the model is a fitted GaussianNB or LogisticRegression.
+        InputError
+            For records that are not a non-empty, finite, numeric ``(N, n_features)`` array,
+            labels outside the model's classes or of the wrong number, or records that are
+            not the training set minus one.
         """
         model = getattr(self.estimator, "model", self.estimator)
         name = type(model).__name__
-        is_tensor = isinstance(x, torch.Tensor)
-        xa = x.detach().cpu().numpy() if is_tensor else np.asarray(x)
-        xa = xa.astype(np.float64)
-        if not np.all(np.isfinite(xa)):
-            raise InputError("x contains NaN or infinite values.")
-        k = len(getattr(model, "classes_", []))
-        ya = check_labels(torch.as_tensor(np.asarray(y)), n=xa.shape[0], nb_classes=max(k, 1))
-        ya_np = ya.numpy()
-        if xa.ndim != 2 or xa.shape[1] != getattr(model, "n_features_in_", xa.shape[1]):
-            raise InputError(
-                f"x must have shape (N, {getattr(model, 'n_features_in_', '?')}); got {xa.shape}."
+        if name not in ("GaussianNB", "LogisticRegression") or not hasattr(model, "classes_"):
+            raise EstimatorError(
+                f"{type(self).__name__} reconstructs from the parameters of a fitted GaussianNB "
+                f"or LogisticRegression (or a SklearnClassifier around one); got {name}."
             )
+        is_tensor = isinstance(x, torch.Tensor)
+        xt, _ = to_tensor(x, dtype=torch.float64)
+        n_features = int(getattr(model, "n_features_in_", xt.shape[-1] if xt.ndim else 0))
+        if xt.ndim != 2:
+            raise InputError(f"x must have shape (N, {n_features}); got {tuple(xt.shape)}.")
+        check_x(xt, input_shape=(n_features,), clip_values=None)
+        xa = xt.cpu().numpy()
+        k = len(model.classes_)
+        yt, _ = to_tensor(y, dtype=None)
+        ya_np = check_labels(yt.cpu(), n=xa.shape[0], nb_classes=k).numpy()
         if name == "GaussianNB":
             x_t, y_t = self._gaussian_nb(model, xa, ya_np)
-        elif name == "LogisticRegression":
-            x_t, y_t = self._logistic_regression(model, xa, ya_np)
         else:
-            raise EstimatorError(
-                f"{type(self).__name__} reconstructs from GaussianNB or LogisticRegression "
-                f"parameters; got {name}."
-            )
+            x_t, y_t = self._logistic_regression(model, xa, ya_np)
         onehot = np.zeros((1, k))
         onehot[0, y_t] = 1.0
         x_out = x_t[None, :]

@@ -24,12 +24,30 @@ class Postprocessor(Parametrized):
     """
 
     def __call__(self, preds: Any) -> Any:
-        """Apply the defence to probabilities ``(N, K)``; same type out as in."""
+        """Apply the defence to probabilities ``(N, K)``; same type out as in.
+
+        Raises
+        ------
+        InputError
+            Unless ``preds`` is a non-empty floating-point array ``(N, K)`` of finite values
+            in ``[0, 1]``.
+        """
+        name = type(self).__name__
         t, kind = to_tensor(preds, dtype=None)
         if t.ndim != 2 or not t.is_floating_point():
             raise InputError(
-                f"{type(self).__name__} expects floating-point probabilities of shape (N, K); "
+                f"{name} expects floating-point probabilities of shape (N, K); "
                 f"got shape {tuple(t.shape)} and dtype {t.dtype}."
+            )
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise InputError(f"{name}: the probabilities are empty (shape {tuple(t.shape)}).")
+        if not bool(torch.isfinite(t).all()):
+            raise InputError(f"{name}: the probabilities contain NaN or infinite values.")
+        lo, hi = float(t.min()), float(t.max())
+        if lo < 0.0 or hi > 1.0 + 1e-6:
+            raise InputError(
+                f"{name} expects probabilities in [0, 1]; got values in [{lo:g}, {hi:g}] "
+                "(logits? apply a softmax first)."
             )
         return kind.restore(self.apply_tensor(t))
 

@@ -20,8 +20,10 @@ from bastion._validation import (
     Interval,
     RandomState,
     check_labels,
+    check_trained,
     check_x,
     invalid_parameter,
+    probe_classes,
     validate_params,
 )
 from bastion.estimators.base import EstimatorWrapper
@@ -98,9 +100,7 @@ def train_label_smoothing(
     x_t, _ = to_tensor(x, dtype=param.dtype, device=param.device)
     check_x(x_t, input_shape=None, clip_values=None)
     y_t, _ = to_tensor(y, dtype=None, device=param.device)
-    model.eval()
-    with torch.no_grad():
-        nb_classes = model(x_t[:1]).shape[1]
+    nb_classes = probe_classes(model, x_t, name)
     y_t = check_labels(y_t, n=x_t.shape[0], nb_classes=nb_classes)
     gen = resolve_random_state(random_state, "cpu")
     opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
@@ -114,7 +114,7 @@ def train_label_smoothing(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    return model.eval()
+    return check_trained(model, name).eval()
 
 
 class ConfidenceMasking(EstimatorWrapper):

@@ -30,8 +30,10 @@ from bastion._validation import (
     Options,
     RandomState,
     check_labels,
+    check_trained,
     check_x,
     invalid_parameter,
+    probe_classes,
 )
 from bastion.exceptions import EstimatorError
 
@@ -219,9 +221,7 @@ class DPSGDTrainer(Parametrized):
         x_t, _ = to_tensor(x, dtype=dtype)
         check_x(x_t, input_shape=None, clip_values=None)
         y_t, _ = to_tensor(y, dtype=None)
-        model.eval()
-        with torch.no_grad():
-            nb_classes = model(x_t[:1].to(dev)).shape[1]
+        nb_classes = probe_classes(model, x_t[:1].to(dev), name)
         y_t = check_labels(y_t, n=x_t.shape[0], nb_classes=nb_classes)
         n = x_t.shape[0]
         delta = 1.0 / (10 * n) if self.target_delta is None else float(self.target_delta)
@@ -288,7 +288,7 @@ class DPSGDTrainer(Parametrized):
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             self.epsilon_ = float(engine.get_epsilon(delta))
         self.steps_ = steps
-        return model.eval()
+        return check_trained(model, name).eval()
 
 
 @renamed_keywords(epsilon="target_epsilon", delta="target_delta", lr="learning_rate")
