@@ -8,6 +8,7 @@ import torch
 from bastion.attacks import perturbation_norms
 from bastion.attacks.evasion import PGD
 from bastion.attacks.evasion.carlini_wagner import CW, CarliniWagnerL2, CarliniWagnerLinf
+from bastion.estimators.base import EstimatorWrapper
 from bastion.exceptions import InvalidParameterError
 from bastion.testing import check_attack
 
@@ -126,6 +127,36 @@ def test_linf_reaches_the_exact_distance_to_a_linear_boundary(logistic):
     assert np.median(ratio) <= 1.03 and ratio.max() <= 1.12
 
 
+class ScoresWithoutGraph(EstimatorWrapper):
+    """Logits as another framework would give them: values without a torch graph. Gradients
+    come only from the estimator's gradient kernels."""
+
+    forwarded = frozenset({"predict", "logits", "class_gradient"})
+
+    def _logits(self, x):
+        return self.estimator.logits_tensor(x).detach()
+
+
+@pytest.mark.parametrize("cls", [CarliniWagnerL2, CarliniWagnerLinf])
+def test_gradients_come_from_the_estimator(logistic, cls):
+    """The attacks take input gradients from objective_gradient_tensor (and apply the chain
+    rule of the tanh variable themselves): logits without a graph give the same result, and the
+    estimator counts every gradient itself (one per sample and step, no query)."""
+    clf, x, y, _, _ = logistic
+    x, y = x[:8], y[:8]
+    wrapped = ScoresWithoutGraph(clf)
+    params = {"max_iter": 20, **({"binary_search_steps": 3} if cls is CW else {})}
+    x_adv = cls(wrapped, **params).generate(x, y)
+    np.testing.assert_array_equal(x_adv, cls(clf, **params).generate(x, y))
+    wrapped.reset_counts()
+    cls(wrapped, abort_early=False, **params).generate(x, y)
+    assert wrapped.query_count <= len(x)  # the template's one check of the result, no more
+    if cls is CW:
+        assert wrapped.gradient_count == len(x) * 20 * 3
+    else:
+        assert wrapped.gradient_count > 0
+
+
 # --------------------------------------------------------------------------- digits CNN
 
 
@@ -188,6 +219,17 @@ def test_l2_early_abort_saves_gradients(digits_cnn, correct20):
     assert results[True][0] < 0.98 * results[False][0]  # 4% fewer here
     assert results[True][1] >= results[False][1] - 0.05
     assert results[True][2].mean() <= 1.05 * results[False][2].mean()
+
+
+def test_l2_small_budget_runs_add_up(digits_cnn, correct20):
+    """Ten runs of ten Adam steps at learning rate 0.01 from c = 0.01 fool every sample: each
+    run goes on from the last iterate of the run before. Restarting every run from x (the
+    paper's code) reaches at most 10 * 0.01 in tanh space and fooled 2 of these 20."""
+    x, y = correct20
+    x_adv = CW(
+        digits_cnn, binary_search_steps=10, max_iter=10, learning_rate=0.01, initial_const=0.01
+    ).generate(x, y)
+    assert np.mean(np.asarray(digits_cnn.predict(x_adv)).argmax(1) != y) >= 0.95
 
 
 def test_linf_is_near_minimal_on_the_cnn(digits_cnn, correct20):

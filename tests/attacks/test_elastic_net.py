@@ -120,6 +120,27 @@ def test_mask_and_no_clip_values(logistic):
     assert ratio.min() >= 1 - 1e-3 and np.median(ratio) <= 1.01
 
 
+def test_gradients_come_from_the_estimator(logistic):
+    """The step's gradient is the estimator's objective gradient plus 2 d: logits without a
+    torch graph (as another framework gives them) change nothing, and the estimator counts one
+    gradient per sample and step."""
+    from bastion.estimators.base import EstimatorWrapper
+
+    class ScoresWithoutGraph(EstimatorWrapper):
+        forwarded = frozenset({"predict", "logits", "class_gradient"})
+
+        def _logits(self, x):
+            return self.estimator.logits_tensor(x).detach()
+
+    clf, x, y, _, _ = logistic
+    x, y = x[:8], y[:8]
+    wrapped = ScoresWithoutGraph(clf)
+    params = dict(max_iter=20, binary_search_steps=3, abort_early=False)
+    x_adv = EAD(wrapped, **params).generate(x, y)
+    np.testing.assert_array_equal(x_adv, EAD(clf, **params).generate(x, y))
+    assert wrapped.gradient_count == len(x) * 20 * 3
+
+
 # --------------------------------------------------------------------------- digits CNN
 
 

@@ -64,3 +64,40 @@ def test_zoo_finds_the_linear_distance():
     assert bool((clf.predict(x_adv).argmax(1) != clf.predict(x).argmax(1)).all())
     ratio = (x_adv - x).norm(dim=1) / exact
     assert bool((ratio >= 1 - 1e-3).all()) and bool((ratio < 1.05).all())
+
+
+def _linear_api(w):
+    def api(x):
+        z = torch.as_tensor(x).reshape(len(x), -1) @ w
+        return torch.softmax(torch.stack([z, -z], 1), 1).numpy()
+
+    return api
+
+
+def test_budget_below_one_iteration_warns_and_names_the_minimum():
+    """One iteration costs the iterate plus two probes per coordinate (2 * 8 + 1 = 17 queries
+    here): a smaller budget warns with that number and returns the inputs unchanged, without a
+    query; a budget of exactly 17 pays for one iteration and does not warn."""
+    import warnings
+
+    import pytest
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(16, generator=gen)
+    clf = BlackBoxClassifier(_linear_api(w), input_shape=(16,), nb_classes=2)
+    x = torch.randn(3, 16, generator=gen) * 0.3
+    y = torch.as_tensor(clf.predict(x)).argmax(1)
+    params = dict(nb_parallel=8, max_iter=5, binary_search_steps=1, random_state=0)
+    attack = ZooAttack(clf, max_queries=16, **params)
+    with pytest.warns(RuntimeWarning, match=r"max_queries=16 cannot pay for one iteration.*\b17\b"):
+        x_adv = attack.generate(x, y)
+    assert torch.equal(x_adv, x)
+    assert attack.queries_.tolist() == [0, 0, 0]
+    # Without labels the clean prediction costs one query: 18 are needed.
+    with pytest.warns(RuntimeWarning, match=r"max_queries=17 cannot pay for one iteration.*\b18\b"):
+        ZooAttack(clf, max_queries=17, **params).generate(x)
+    attack = ZooAttack(clf, max_queries=17, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        attack.generate(x, y)
+    assert attack.queries_.tolist() == [17, 17, 17]

@@ -20,6 +20,7 @@ from bastion._validation import (
     check_x,
     invalid_parameter,
 )
+from bastion.attacks._optim import adam_step
 from bastion.attacks.base import BATCH_SIZE, RANDOM_STATE, VERBOSE, EvasionAttack
 from bastion.exceptions import EstimatorError, NotFittedError
 
@@ -343,7 +344,6 @@ class AdversarialPatch(EvasionAttack):
         lr = self.learning_rate * span
         m1 = torch.zeros_like(patch)
         m2 = torch.zeros_like(patch)
-        beta1, beta2 = 0.9, 0.999
         hit = torch.zeros(n, dtype=torch.bool, device=x.device)
         bar = tqdm(total=self.max_iter, desc=type(self).__name__, disable=not self.verbose)
         for step in range(1, self.max_iter + 1):
@@ -368,12 +368,8 @@ class AdversarialPatch(EvasionAttack):
                 pred = logits.argmax(dim=1)
                 hit[sl] = pred == goal[sl] if self.target is not None else pred != goal[sl]
             grad = sign * grad / n  # ascent direction on the average objective
-            if self.optimizer == "adam":
-                m1.mul_(beta1).add_(grad, alpha=1 - beta1)
-                m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                m_hat = m1 / (1 - beta1**step)
-                v_hat = m2 / (1 - beta2**step)
-                patch = patch + lr * m_hat / (v_hat.sqrt() + 1e-8)
+            if self.optimizer == "adam":  # a descent step on the negated objective
+                patch, m1, m2 = adam_step(patch, -grad, m1, m2, step, lr)
             else:
                 patch = patch + lr * grad
             if est.clip_values is not None:

@@ -10,7 +10,13 @@ import torch
 
 from bastion._validation import Constraint, Interval
 from bastion.attacks._batch import rows as _rows
-from bastion.attacks._optim import adam_step
+from bastion.attacks._optim import (
+    ConstSearch,
+    EarlyAbort,
+    adam_step,
+    const_search_runs,
+    keep_best,
+)
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
 
 __all__ = ["CW", "CarliniWagnerL2", "CarliniWagnerLinf"]
@@ -26,48 +32,16 @@ def _margin(z: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
     return other - own if targeted else own - other
 
 
-class _EarlyAbort:
-    """Per-sample early abort of Carlini and Wagner's optimisations, robust to non-monotone
-    iterates (Adam, FISTA): the objective is judged by its best value over each window of
-    ``every`` steps, and a sample stops after ``patience`` windows in a row whose best fails to
-    improve on the window before by 0.01%."""
+def _weighted_hinge(
+    y: torch.Tensor, const: torch.Tensor, kappa: float, targeted: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The misclassification term ``c * max(f(Z), -kappa)`` of the objective, a per-sample
+    function of the logits for the estimator's ``objective_gradient_tensor``."""
 
-    def __init__(self, like: torch.Tensor, every: int, patience: int = 2) -> None:
-        self.every, self.patience = every, patience
-        self.window = torch.full_like(like, math.inf)
-        self.prev = torch.full_like(like, math.inf)
-        self.strikes = torch.zeros(like.shape, dtype=torch.long, device=like.device)
+    def fn(z: torch.Tensor) -> torch.Tensor:
+        return const * _margin(z, y, targeted).clamp_min(-kappa)
 
-    def update(self, idx: torch.Tensor, value: torch.Tensor, step: int) -> torch.Tensor:
-        """Record ``value`` (the objective of the samples ``idx`` at 0-based ``step``); return
-        the samples that go on."""
-        self.window[idx] = torch.minimum(self.window[idx], value)
-        if (step + 1) % self.every:
-            return idx
-        best = self.window[idx]
-        stalled = best > self.prev[idx] - 1e-4 * self.prev[idx].abs()
-        self.strikes[idx] = torch.where(stalled, self.strikes[idx] + 1, 0)
-        self.prev[idx] = best
-        self.window[idx] = math.inf
-        return idx[self.strikes[idx] < self.patience]
-
-
-def _value_and_grad(
-    estimator: Any,
-    param: torch.Tensor,
-    to_input: Callable[[torch.Tensor], torch.Tensor],
-    objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
-) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Gradient with respect to ``param`` of ``objective(x, logits)[0].sum()`` where
-    ``x = to_input(param)``, by autograd through the estimator's differentiable logits. Returns the
-    gradient and the objective's outputs (detached); counts one gradient per sample."""
-    param = param.detach().requires_grad_(True)
-    with torch.enable_grad():
-        x = to_input(param)
-        outputs = objective(x, estimator.logits_tensor(x))
-        (grad,) = torch.autograd.grad(outputs[0].sum(), param)
-    estimator.gradient_count += int(param.shape[0])
-    return grad, tuple(o.detach() for o in outputs)
+    return fn
 
 
 _COMMON: dict[str, list[Constraint]] = {
@@ -91,11 +65,24 @@ class CarliniWagnerL2(MinimumNormAttack):
     change of variables ``x_adv = lo + (tanh(w) + 1) / 2 * (hi - lo)`` over ``clip_values``
     ``(lo, hi)``; an estimator without ``clip_values`` is attacked without a box (Adam directly
     on ``x_adv``). Each sample has its own constant ``c``, starting at ``initial_const``: after
-    each of the ``binary_search_steps`` runs of ``max_iter`` Adam steps (started again from
-    ``x``), ``c`` is halved towards the largest failed value when the run found an adversarial
-    example and multiplied by 10 while none was found. The result is, per sample, the
-    adversarial example of smallest L2 norm over all steps of all runs; a sample never made
-    adversarial (by a margin of ``confidence``) comes back unchanged.
+    each of the ``binary_search_steps`` runs of ``max_iter`` Adam steps, ``c`` is bisected
+    towards the largest failed value when the run found an adversarial example and multiplied
+    by 10 while none was found. The result is, per sample, the adversarial example of smallest
+    L2 norm over all steps of all runs; a sample never made adversarial (by a margin of
+    ``confidence``) comes back unchanged.
+
+    Each run goes on from the last iterate of the run before, with Adam's moments reset (the
+    paper's code starts every run again from ``x``). Adam moves each coordinate of ``w`` by
+    about ``learning_rate`` per step whatever ``c``, so a run started from ``x`` reaches at most
+    ``max_iter * learning_rate`` away: with few iterations no constant fools a sample whose
+    boundary lies further, and the later runs of the binary search are wasted. Going on from
+    the last iterate adds up the runs' reach, as Carlini and Wagner's code does between the
+    rounds of its L0 and L-infinity attacks. A run succeeds when one of its own iterates is
+    adversarial (its first point, the last of the run before, may still become the result).
+    Measured against the restarting variant on a digits CNN, this fools more samples at small
+    budgets (all instead of 9% with 10 runs of 10 steps, where ART's line-search optimiser fools
+    all too) and finds about 4% smaller perturbations at the default budget with 4% fewer
+    gradients (``benchmarks/README.md``).
 
     With ``abort_early``, a sample stops a run when the best value of its loss over a window of
     ``max_iter // 10`` steps has twice in a row failed to improve by 0.01% on the previous
@@ -193,73 +180,55 @@ class CarliniWagnerL2(MinimumNormAttack):
     ) -> torch.Tensor:
         est = self.estimator
         n, kappa = x.shape[0], float(self.confidence)
-        lo, hi = est.clip_values if est.clip_values is not None else (None, None)
-        if lo is not None and hi is not None:
-            unit = ((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + _BOX_EPS, 1 - _BOX_EPS)
-            w0 = torch.atanh(unit)
+        box = est.clip_values
+        if box is not None:
+            lo, half = box[0], (box[1] - box[0]) / 2
+            unit = (x - lo) / (box[1] - box[0]) * 2 - 1
+            w = torch.atanh(unit.clamp(-1 + _BOX_EPS, 1 - _BOX_EPS))
         else:
-            w0 = x.clone()
-
-        def objective(
-            x0: torch.Tensor, y0: torch.Tensor, const: torch.Tensor
-        ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
-            def fn(x_adv: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                l2 = (x_adv - x0).flatten(1).square().sum(1)
-                margin = _margin(z, y0, self.targeted)
-                return l2 + const * margin.clamp_min(-kappa), l2, margin, x_adv
-
-            return fn
-
-        def to_input(x0: torch.Tensor, m: torch.Tensor | None) -> Any:
-            def fn(w: torch.Tensor) -> torch.Tensor:
-                x_new = (
-                    w if lo is None or hi is None else lo + (torch.tanh(w) + 1) * ((hi - lo) / 2)
-                )
-                return x_new if m is None else x0 + (x_new - x0) * m
-
-            return fn
-
-        const = torch.full((n,), float(self.initial_const), dtype=x.dtype, device=x.device)
-        lower = torch.zeros_like(const)
-        upper = torch.full_like(const, math.inf)
-        best_l2 = torch.full_like(const, math.inf)
+            w = x.clone()
+        m1 = m2 = torch.zeros_like(w)  # Adam's moments, reset at the start of each run
+        search = ConstSearch(self.initial_const, n, device=x.device, dtype=x.dtype)
+        best_l2 = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
         best = x.clone()
-        every = max(1, self.max_iter // 10)
-        everyone = torch.arange(n, device=x.device)
-        for _ in range(self.binary_search_steps):
-            w, m1, m2 = w0.clone(), torch.zeros_like(w0), torch.zeros_like(w0)
-            found = torch.zeros(n, dtype=torch.bool, device=x.device)
-            abort = _EarlyAbort(const, every)
-            idx = everyone
-            for it in range(self.max_iter):
-                all_in = idx.shape[0] == n
-                xi, mi = (x, mask) if all_in else (x[idx], _rows(mask, idx))
-                wi = w if all_in else w[idx]
-                grad, (loss, l2, margin, x_adv) = _value_and_grad(
-                    est, wi, to_input(xi, mi), objective(xi, y[idx], const[idx])
-                )
-                # The iterate before the step is scored, as in the paper (no extra query).
-                success = margin < -kappa
-                better = success & (l2 < best_l2[idx])
-                best_l2[idx[better]] = l2[better]
-                best[idx[better]] = x_adv[better]
-                found[idx[success]] = True
-                wi, m1i, m2i = adam_step(
-                    wi, grad, m1 if all_in else m1[idx], m2 if all_in else m2[idx], it + 1,
-                    self.learning_rate,
-                )  # fmt: skip
-                if all_in:
-                    w, m1, m2 = wi, m1i, m2i
-                else:
-                    w[idx], m1[idx], m2[idx] = wi, m1i, m2i
-                if self.abort_early:
-                    idx = abort.update(idx, loss, it)
-                    if idx.numel() == 0:
-                        break
-            # Binary search on c: bisect once a run succeeded, else grow tenfold.
-            upper = torch.where(found, torch.minimum(upper, const), upper)
-            lower = torch.where(found, lower, torch.maximum(lower, const))
-            const = torch.where(upper.isfinite(), (lower + upper) / 2, const * 10)
+
+        def step(run: int, it: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal w, m1, m2
+            if it == 0:  # a run goes on from the last iterate of the run before, fresh Adam
+                m1, m2 = torch.zeros_like(w), torch.zeros_like(w)
+            sub = None if idx.shape[0] == n else idx  # None: all rows, without copies
+            xi, mi, wi = _rows(x, sub), _rows(mask, sub), _rows(w, sub)
+            # x_adv = lo + (tanh(w) + 1) (hi - lo) / 2 inside the mask; dx_dw its derivative
+            if box is not None:
+                tanh = torch.tanh(wi)
+                x_new, dx_dw = lo + (tanh + 1) * half, (1 - tanh * tanh) * half
+            else:
+                x_new, dx_dw = wi, None
+            x_adv = x_new if mi is None else xi + (x_new - xi) * mi
+            g, hinge, z = est.objective_gradient_tensor(
+                x_adv, _weighted_hinge(y[idx], search.const[idx], kappa, self.targeted)
+            )
+            diff = x_adv - xi
+            l2 = diff.flatten(1).square().sum(1)
+            # The iterate before the step is scored, as in the paper (no extra query).
+            success = _margin(z, y[idx], self.targeted) < -kappa
+            keep_best(best, best_l2, idx, x_adv, l2, success)
+            # Chain rule from x_adv (objective gradient plus the distance's) to w.
+            grad = g + 2 * diff
+            grad = grad if mi is None else grad * mi
+            grad = grad if dx_dw is None else grad * dx_dw
+            stepped = adam_step(
+                wi, grad, _rows(m1, sub), _rows(m2, sub), it + 1, self.learning_rate
+            )
+            if sub is None:
+                w, m1, m2 = stepped
+            else:
+                w[sub], m1[sub], m2[sub] = stepped
+            # A run's first point is the last of the run before: it may be the best yet, but
+            # says nothing of this run's constant.
+            return l2 + hinge, success if it > 0 or run == 0 else torch.zeros_like(success)
+
+        const_search_runs(step, search, self.binary_search_steps, self.max_iter, self.abort_early)
         return best
 
 
@@ -407,32 +376,22 @@ class CarliniWagnerLinf(MinimumNormAttack):
         delta, m1, m2 = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
         t = torch.zeros_like(tau)  # Adam steps since the last reset
         steps = torch.zeros(n, dtype=torch.long, device=x.device)  # steps in this round
-        prev = torch.full_like(tau, math.inf)
+        abort = EarlyAbort(n, every=max(1, self.max_iter // 10), device=x.device, dtype=x.dtype)
         live = torch.ones(n, dtype=torch.bool, device=x.device)
-        every = max(1, self.max_iter // 10)
-
-        def objective(
-            x0: torch.Tensor, y0: torch.Tensor, c: torch.Tensor, bound: torch.Tensor
-        ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
-            def fn(x_adv: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                d = x_adv - x0
-                excess = (d.abs() - bound.view(view)).clamp_min(0).flatten(1).sum(1)
-                margin = _margin(z, y0, self.targeted)
-                linf = d.abs().flatten(1).amax(1)
-                return c * margin.clamp_min(-kappa) + excess, margin, linf
-
-            return fn
 
         while bool(live.any()):
             idx = live.nonzero().squeeze(1)
             xi, di, mi = x[idx], delta[idx], _rows(mask, idx)
-            grad, (loss, margin, linf) = _value_and_grad(
-                est, di, xi.add, objective(xi, y[idx], const[idx], tau[idx])
+            g, hinge, z = est.objective_gradient_tensor(
+                xi + di, _weighted_hinge(y[idx], const[idx], kappa, self.targeted)
             )
-            adversarial = margin < -kappa
-            better = adversarial & (linf < best_linf[idx])
-            best_linf[idx[better]] = linf[better]
-            best[idx[better]] = xi[better] + di[better]
+            # The penalty sum_i max(|delta_i| - tau, 0) and its gradient, in closed form.
+            over = di.abs() - tau[idx].view(view)
+            loss = hinge + over.clamp_min(0).flatten(1).sum(1)
+            grad = g + di.sign() * (over >= 0)
+            linf = di.abs().flatten(1).amax(1)
+            adversarial = _margin(z, y[idx], self.targeted) < -kappa
+            keep_best(best, best_linf, idx, xi + di, linf, adversarial)
             if mi is not None:
                 grad = grad * mi
             t[idx] += 1
@@ -456,13 +415,11 @@ class CarliniWagnerLinf(MinimumNormAttack):
             # go on from the current point.
             ended = steps[idx] >= self.max_iter
             if self.abort_early:
-                checked = steps[idx] % every == 0
-                ended |= checked & (loss > prev[idx] - 1e-4 * prev[idx].abs())
-                prev[idx] = torch.where(checked, loss, prev[idx])
+                ended |= abort.update(idx, loss, steps[idx])
             lost = idx[ended & ~success]
             const[lost] *= self.const_factor
             restart = idx[success | ended]
             steps[restart] = 0
-            prev[restart] = math.inf
+            abort.reset(restart)
             live &= (const <= self.largest_const) & (tau > tau_min)
         return best

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
 from bastion._validation import Constraint, Interval, Options
 from bastion.attacks._batch import rows as _rows
+from bastion.attacks._optim import ConstSearch, const_search_runs, keep_best
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
-from bastion.attacks.evasion.carlini_wagner import _EarlyAbort, _margin, _value_and_grad
+from bastion.attacks.evasion.carlini_wagner import _margin, _weighted_hinge
 
 __all__ = ["EAD", "ElasticNet"]
 
@@ -159,17 +159,6 @@ class ElasticNet(MinimumNormAttack):
         clip = est.clip_values
         l1_rule = self.decision_rule == "L1"
 
-        def objective(
-            x0: torch.Tensor, y0: torch.Tensor, const: torch.Tensor
-        ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
-            def fn(x_adv: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                d = (x_adv - x0).flatten(1)
-                l2, l1 = d.square().sum(1), d.abs().sum(1)
-                margin = _margin(z, y0, self.targeted)
-                return l2 + const * margin.clamp_min(-kappa), l2, l1, margin
-
-            return fn
-
         def box(z: torch.Tensor, x0: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
             z = z if clip is None else z.clamp(*clip)
             return z if m is None else x0 + (z - x0) * m
@@ -180,48 +169,36 @@ class ElasticNet(MinimumNormAttack):
             d = z - x0
             return box(x0 + d.sign() * (d.abs() - beta).clamp_min(0), x0, m)
 
-        const = torch.full((n,), float(self.initial_const), dtype=x.dtype, device=x.device)
-        lower = torch.zeros_like(const)
-        upper = torch.full_like(const, math.inf)
-        best_dist = torch.full_like(const, math.inf)
+        search = ConstSearch(self.initial_const, n, device=x.device, dtype=x.dtype)
+        best_dist = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
         best = x.clone()
         fista = self.optimizer == "fista"
-        every = max(1, self.max_iter // 10)
-        everyone = torch.arange(n, device=x.device)
         x_k, slack = x.clone(), x.clone()
-        for _ in range(self.binary_search_steps):
-            found = torch.zeros(n, dtype=torch.bool, device=x.device)
-            abort = _EarlyAbort(const, every)
-            idx = everyone
-            for k in range(self.max_iter):
-                all_in = idx.shape[0] == n
-                xi, mi = (x, mask) if all_in else (x[idx], _rows(mask, idx))
-                si, ki = (slack, x_k) if all_in else (slack[idx], x_k[idx])
-                step = self.learning_rate * math.sqrt(1 - k / self.max_iter)
-                grad, (loss, l2, l1, margin) = _value_and_grad(
-                    est, si, lambda t: t, objective(xi, y[idx], const[idx])
-                )
-                # Score the point just evaluated (a valid input): no extra forward pass.
-                success = margin < -kappa
-                dist = l1 if l1_rule else l2 + beta * l1
-                better = success & (dist < best_dist[idx])
-                best_dist[idx[better]] = dist[better]
-                best[idx[better]] = si[better]
-                found[idx[success]] = True
-                x_new = shrink(si - step * grad, xi, mi)
-                s_new = box(x_new + (k / (k + 3)) * (x_new - ki), xi, mi) if fista else x_new
-                if all_in:
-                    x_k, slack = x_new, s_new
-                else:
-                    x_k[idx], slack[idx] = x_new, s_new
-                if self.abort_early:
-                    idx = abort.update(idx, loss + beta * l1, k)
-                    if idx.numel() == 0:
-                        break
-            # Binary search on c: bisect once a run succeeded, else grow tenfold.
-            upper = torch.where(found, torch.minimum(upper, const), upper)
-            lower = torch.where(found, lower, torch.maximum(lower, const))
-            const = torch.where(upper.isfinite(), (lower + upper) / 2, const * 10)
+
+        def step(run: int, k: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal x_k, slack
+            # Runs are warm-started: x_k and the slack point go on from the run before.
+            sub = None if idx.shape[0] == n else idx  # None: all rows, without copies
+            xi, mi, si, ki = _rows(x, sub), _rows(mask, sub), _rows(slack, sub), _rows(x_k, sub)
+            g, hinge, z = est.objective_gradient_tensor(
+                si, _weighted_hinge(y[idx], search.const[idx], kappa, self.targeted)
+            )
+            d = si - xi
+            l2, l1 = d.flatten(1).square().sum(1), d.flatten(1).abs().sum(1)
+            # Score the point just evaluated (a valid input): no extra forward pass.
+            success = _margin(z, y[idx], self.targeted) < -kappa
+            keep_best(best, best_dist, idx, si, l1 if l1_rule else l2 + beta * l1, success)
+            # Gradient step on g = c f + ||d||_2^2, then the shrinkage for the L1 term.
+            a_k = self.learning_rate * math.sqrt(1 - k / self.max_iter)
+            x_new = shrink(si - a_k * (g + 2 * d), xi, mi)
+            s_new = box(x_new + (k / (k + 3)) * (x_new - ki), xi, mi) if fista else x_new
+            if sub is None:
+                x_k, slack = x_new, s_new
+            else:
+                x_k[sub], slack[sub] = x_new, s_new
+            return l2 + hinge + beta * l1, success
+
+        const_search_runs(step, search, self.binary_search_steps, self.max_iter, self.abort_early)
         return best
 
 

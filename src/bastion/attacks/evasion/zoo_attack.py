@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from bastion._validation import Boolean, Constraint, Interval
 from bastion.attacks._batch import rows as _rows
+from bastion.attacks._optim import ConstSearch, EarlyAbort, adam_step, keep_best
 from bastion.attacks.base import (
     BATCH_SIZE,
     MAX_QUERIES,
@@ -23,7 +24,37 @@ from bastion.attacks.evasion.nes import score_objective
 
 __all__ = ["ZooAttack"]
 
-_BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
+
+def _upsample(d: torch.Tensor, full: tuple[int, ...]) -> torch.Tensor:
+    """Attack space -> input space ``full`` (bilinear), for a batch of any leading shape."""
+    if tuple(d.shape[-len(full) :]) == full:
+        return d
+    lead = d.shape[: -len(full)]
+    flat = d.reshape((-1, math.prod(full[:-2]), *d.shape[-2:]))
+    flat = F.interpolate(flat, size=full[-2:], mode="bilinear", align_corners=False)
+    return flat.reshape(lead + full)
+
+
+def _resize(d: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A batch of perturbations resized (bilinear) to the attack space ``shape``."""
+    flat = d.reshape((d.shape[0], math.prod(shape[:-2]), *d.shape[-2:]))
+    flat = F.interpolate(flat, size=shape[-2:], mode="bilinear", align_corners=False)
+    return flat.reshape((d.shape[0], *shape))
+
+
+def _importance(d: torch.Tensor) -> torch.Tensor:
+    """Sampling probabilities of the coordinates, ``(N, d)``: ``|delta|`` max-pooled over an
+    8 x 8 grid of regions (uniform where ``delta`` is zero)."""
+    mag = d.abs()
+    if d.ndim >= 4:
+        hw = d.shape[-2:]
+        k = (max(1, hw[0] // 8), max(1, hw[1] // 8))
+        flat = mag.reshape((-1, 1, *hw))
+        pooled = F.max_pool2d(flat, k, k, ceil_mode=True)
+        mag = F.interpolate(pooled, size=hw, mode="nearest").reshape(d.shape)
+    p = mag.flatten(1)
+    total = p.sum(1, keepdim=True)
+    return torch.where(total > 0, p / total.clamp_min(1e-30), 1.0 / p.shape[1])
 
 
 class ZooAttack(QueryAttack, MinimumNormAttack):
@@ -53,8 +84,11 @@ class ZooAttack(QueryAttack, MinimumNormAttack):
     * Early abort (``abort_early``): a sample ends a run when its loss has not decreased by 0.01%
       over ``max_iter // 10`` iterations.
 
-    A sample stops querying when its budget cannot pay for another iteration. The result is, per
-    sample, the adversarial iterate of smallest L2 norm, or the clean input if none was found.
+    A sample stops querying when its budget cannot pay for another iteration; one whose budget
+    cannot pay for the first (``2 min(nb_parallel, d) + 1`` queries, ``d`` the size of the first
+    attack space) is returned unchanged, and ``generate`` warns (``RuntimeWarning``) with the
+    ``max_queries`` that would. The result is, per sample, the adversarial iterate of smallest
+    L2 norm, or the clean input if none was found.
 
     Threat model: score-based black-box (queries class probabilities). Norm: 2.
 
@@ -210,6 +244,22 @@ class ZooAttack(QueryAttack, MinimumNormAttack):
             side *= 2
         return [*out, full]
 
+    def _objective(
+        self,
+        xr: torch.Tensor,
+        probs: torch.Tensor,
+        x0: torch.Tensor,
+        y0: torch.Tensor,
+        c0: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per queried point: the loss ``||xr - x0||^2 + c * f``, the squared L2 distance, and
+        whether the point is adversarial by the margin ``confidence``."""
+        kappa = float(self.confidence)
+        margin = score_objective(probs, y0, self.targeted, "margin").to(xr.dtype)
+        l2 = (xr - x0).flatten(1).square().sum(1)
+        ok = margin > kappa if kappa > 0 else margin > 0
+        return l2 + c0 * (-margin).clamp_min(-kappa), l2, ok
+
     def _attack(
         self,
         x: torch.Tensor,
@@ -219,124 +269,117 @@ class ZooAttack(QueryAttack, MinimumNormAttack):
         **per_sample: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         index = per_sample["index"]
-        n, full = x.shape[0], tuple(x.shape[1:])
-        clip = self.estimator.clip_values
-        kappa, h, lr = float(self.confidence), float(self.h), float(self.learning_rate)
-        spaces = self._spaces(x)
-
-        def up(d: torch.Tensor) -> torch.Tensor:
-            """Attack space -> input space (bilinear), for a batch of any leading shape."""
-            if tuple(d.shape[-len(full) :]) == full:
-                return d
-            lead = d.shape[: -len(full)]
-            flat = d.reshape((-1, math.prod(full[:-2]), *d.shape[-2:]))
-            flat = F.interpolate(flat, size=full[-2:], mode="bilinear", align_corners=False)
-            return flat.reshape(lead + full)
-
-        def resize(d: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-            flat = d.reshape((d.shape[0], math.prod(shape[:-2]), *d.shape[-2:]))
-            flat = F.interpolate(flat, size=shape[-2:], mode="bilinear", align_corners=False)
-            return flat.reshape((d.shape[0], *shape))
-
-        def importance(d: torch.Tensor) -> torch.Tensor:
-            """Sampling probabilities: |delta| max-pooled over an 8 x 8 grid of regions."""
-            mag = d.abs()
-            if d.ndim >= 4:
-                hw = d.shape[-2:]
-                k = (max(1, hw[0] // 8), max(1, hw[1] // 8))
-                flat = mag.reshape((-1, 1, *hw))
-                pooled = F.max_pool2d(flat, k, k, ceil_mode=True)
-                mag = F.interpolate(pooled, size=hw, mode="nearest").reshape(d.shape)
-            p = mag.flatten(1)
-            total = p.sum(1, keepdim=True)
-            return torch.where(total > 0, p / total.clamp_min(1e-30), 1.0 / p.shape[1])
-
-        def objective(
-            xr: torch.Tensor,
-            probs: torch.Tensor,
-            x0: torch.Tensor,
-            y0: torch.Tensor,
-            c0: torch.Tensor,
-        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            margin = score_objective(probs, y0, self.targeted, "margin").to(x.dtype)
-            l2 = (xr - x0).flatten(1).square().sum(1)
-            ok = margin > kappa if kappa > 0 else margin > 0
-            return l2 + c0 * (-margin).clamp_min(-kappa), l2, ok
-
-        const = torch.full((n,), float(self.initial_const), dtype=x.dtype, device=x.device)
-        lower, upper = torch.zeros_like(const), torch.full_like(const, math.inf)
-        best_l2 = torch.full_like(const, math.inf)
+        n, spaces = x.shape[0], self._spaces(x)
+        cost = 2 * min(self.nb_parallel, math.prod(spaces[0])) + 1
+        self._note_short_budget(
+            ~self._counter.has_budget(index, cost),
+            self._counter.used[index] + cost,
+            f"one iteration ({cost} queries: the iterate and {cost - 1} coordinate probes)",
+            "they are returned unchanged",
+        )
+        search = ConstSearch(self.initial_const, n, device=x.device, dtype=x.dtype)
+        best_l2 = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
         best = x.clone()
-        every = max(1, self.max_iter // 10)
         for _ in range(self.binary_search_steps):
-            found = torch.zeros(n, dtype=torch.bool, device=x.device)
-            stage = 0
-            delta = torch.zeros((n, *spaces[0]), dtype=x.dtype, device=x.device)
-            d = math.prod(spaces[0])
-            m1 = torch.zeros(n, d, dtype=x.dtype, device=x.device)
-            m2 = torch.zeros_like(m1)
-            steps = torch.zeros_like(m1)
-            prob = torch.full_like(m1, 1.0 / d)
-            prev = torch.full_like(const, math.inf)
-            p = min(self.nb_parallel, d)
-            cost = 2 * p + 1
-            act = self._counter.has_budget(index, cost).nonzero().squeeze(1)
+            run = _Run(self, x, y, mask, index, search.const, spaces)
             for it in range(self.max_iter):
-                if act.numel() == 0:
+                if it > 0 and it % self.resize_every == 0:
+                    run.grow()
+                if run.act.numel() == 0:
                     break
-                if it > 0 and it % self.resize_every == 0 and stage + 1 < len(spaces):
-                    stage += 1
-                    delta = resize(delta, spaces[stage])
-                    d = math.prod(spaces[stage])
-                    m1 = torch.zeros(n, d, dtype=x.dtype, device=x.device)
-                    m2, steps = torch.zeros_like(m1), torch.zeros_like(m1)
-                    unif = torch.full_like(m1, 1.0 / d)
-                    prob = importance(delta) if self.use_importance else unif
-                    p = min(self.nb_parallel, d)
-                    cost = 2 * p + 1
-                    act = act[self._counter.has_budget(index[act], cost)]
-                    if act.numel() == 0:
-                        break
-                a = act.numel()
-                coords = torch.multinomial(prob[act], p, replacement=False, generator=generator)
-                da = delta[act].reshape(a, 1, d).repeat(1, cost, 1)
-                da[:, 1 : p + 1].scatter_add_(2, coords.unsqueeze(2), da.new_full((a, p, 1), h))
-                da[:, p + 1 :].scatter_add_(2, coords.unsqueeze(2), da.new_full((a, p, 1), -h))
-                xa, ma = x[act], _rows(mask, act)
-                pert = up(da.reshape((a, cost, *delta.shape[1:])))
-                if ma is not None:
-                    pert = pert * ma.unsqueeze(1)
-                xr = xa.unsqueeze(1) + pert
-                xr = (xr if clip is None else xr.clamp(*clip)).reshape((-1, *full))
-                probs = self._counter.predict(xr, index[act].repeat_interleave(cost))
-                rep = torch.arange(a, device=x.device).repeat_interleave(cost)
-                loss, l2, ok = objective(xr, probs, xa[rep], y[act][rep], const[act][rep])
-                loss, l2, ok = loss.view(a, cost), l2.view(a, cost), ok.view(a, cost)
-                # The iterate (row 0) is scored before the step, as in the paper.
-                better = ok[:, 0] & (l2[:, 0] < best_l2[act])
-                won = act[better]
-                best_l2[won] = l2[better, 0]
-                best[won] = xr.view((a, cost, *full))[better, 0]
-                found[act[ok[:, 0]]] = True
-                # ZOO-Adam on the chosen coordinates, each with its own step count.
-                g = (loss[:, 1 : p + 1] - loss[:, p + 1 :]) / (2 * h)
-                t = steps[act].gather(1, coords) + 1
-                mc = m1[act].gather(1, coords) * _BETA1 + (1 - _BETA1) * g
-                vc = m2[act].gather(1, coords) * _BETA2 + (1 - _BETA2) * g * g
-                upd = lr * (mc / (1 - _BETA1**t)) / ((vc / (1 - _BETA2**t)).sqrt() + _ADAM_EPS)
-                flat = delta[act].reshape(a, d)
-                flat = flat.scatter_add(1, coords, -upd)
-                delta[act] = flat.reshape((a, *delta.shape[1:]))
-                m1[act] = m1[act].scatter(1, coords, mc)
-                m2[act] = m2[act].scatter(1, coords, vc)
-                steps[act] = steps[act].scatter(1, coords, t)
-                keep = self._counter.has_budget(index[act], cost)
-                if self.abort_early and (it + 1) % every == 0:
-                    keep &= ~(loss[:, 0] > prev[act] - 1e-4 * prev[act].abs())
-                    prev[act] = loss[:, 0]
-                act = act[keep]
-            # Binary search on c: bisect once a run succeeded, else grow tenfold.
-            upper = torch.where(found, torch.minimum(upper, const), upper)
-            lower = torch.where(found, lower, torch.maximum(lower, const))
-            const = torch.where(upper.isfinite(), (lower + upper) / 2, const * 10)
+                run.step(it, best, best_l2, generator)
+            search.update(run.found)
         return best, best_l2.isfinite()
+
+
+class _Run:
+    """One binary-search step of ZOO: ZOO-Adam on the perturbation ``delta`` (in the current
+    attack space) of every sample still running, from ``delta = 0``, for a fixed ``c``."""
+
+    def __init__(
+        self,
+        attack: ZooAttack,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        index: torch.Tensor,
+        const: torch.Tensor,
+        spaces: list[tuple[int, ...]],
+    ) -> None:
+        self.attack, self.x, self.y, self.mask, self.index, self.const = (
+            attack, x, y, mask, index, const
+        )  # fmt: skip
+        self.counter = attack._counter
+        self.spaces, self.stage = spaces, 0
+        n = x.shape[0]
+        self.found = torch.zeros(n, dtype=torch.bool, device=x.device)
+        self.abort = EarlyAbort(
+            n, every=max(1, attack.max_iter // 10), device=x.device, dtype=x.dtype
+        )
+        self.delta = torch.zeros((n, *spaces[0]), dtype=x.dtype, device=x.device)
+        self.restart_adam(uniform=True)
+        self.act = self.counter.has_budget(index, self.cost).nonzero().squeeze(1)
+
+    def restart_adam(self, uniform: bool) -> None:
+        """Fresh Adam moments and step counts for the current attack space, and the sampling
+        probabilities of its coordinates."""
+        n, d = self.delta.shape[0], math.prod(self.delta.shape[1:])
+        self.m = torch.zeros(n, d, dtype=self.x.dtype, device=self.x.device)
+        self.v, self.t = torch.zeros_like(self.m), torch.zeros_like(self.m)
+        imp = not uniform and self.attack.use_importance
+        self.prob = _importance(self.delta) if imp else torch.full_like(self.m, 1.0 / d)
+        self.p = min(self.attack.nb_parallel, d)
+        self.cost = 2 * self.p + 1
+
+    def grow(self) -> None:
+        """Double the attack space (upsample ``delta``, restart Adam), if not yet full."""
+        if self.stage + 1 >= len(self.spaces):
+            return
+        self.stage += 1
+        self.delta = _resize(self.delta, self.spaces[self.stage])
+        self.restart_adam(uniform=False)
+        self.act = self.act[self.counter.has_budget(self.index[self.act], self.cost)]
+
+    def step(
+        self, it: int, best: torch.Tensor, best_l2: torch.Tensor, generator: torch.Generator
+    ) -> None:
+        """One iteration: query the iterate and its ``2 p`` probes, record the iterate if it is
+        the smallest adversarial example yet, and take a ZOO-Adam step on the ``p`` chosen
+        coordinates of every running sample."""
+        attack, act, p, cost = self.attack, self.act, self.p, self.cost
+        full = tuple(self.x.shape[1:])
+        a, d, h = act.numel(), self.m.shape[1], float(attack.h)
+        coords = torch.multinomial(self.prob[act], p, replacement=False, generator=generator)
+        da = self.delta[act].reshape(a, 1, d).repeat(1, cost, 1)
+        da[:, 1 : p + 1].scatter_add_(2, coords.unsqueeze(2), da.new_full((a, p, 1), h))
+        da[:, p + 1 :].scatter_add_(2, coords.unsqueeze(2), da.new_full((a, p, 1), -h))
+        xa, ma = self.x[act], _rows(self.mask, act)
+        pert = _upsample(da.reshape((a, cost, *self.delta.shape[1:])), full)
+        if ma is not None:
+            pert = pert * ma.unsqueeze(1)
+        xr = xa.unsqueeze(1) + pert
+        clip = attack.estimator.clip_values
+        xr = (xr if clip is None else xr.clamp(*clip)).reshape((-1, *full))
+        probs = self.counter.predict(xr, self.index[act].repeat_interleave(cost))
+        rep = torch.arange(a, device=xr.device).repeat_interleave(cost)
+        loss, l2, ok = attack._objective(xr, probs, xa[rep], self.y[act][rep], self.const[act][rep])
+        loss, l2, ok = loss.view(a, cost), l2.view(a, cost), ok.view(a, cost)
+        # The iterate (row 0) is scored before the step, as in the paper.
+        keep_best(best, best_l2, act, xr.view((a, cost, *full))[:, 0], l2[:, 0], ok[:, 0])
+        self.found[act[ok[:, 0]]] = True
+        # ZOO-Adam on the chosen coordinates, each with its own step count (Algorithm 2).
+        g = (loss[:, 1 : p + 1] - loss[:, p + 1 :]) / (2 * h)
+        flat = self.delta[act].reshape(a, d)
+        t = self.t[act].gather(1, coords) + 1
+        pc, mc, vc = adam_step(
+            flat.gather(1, coords), g, self.m[act].gather(1, coords),
+            self.v[act].gather(1, coords), t, float(attack.learning_rate),
+        )  # fmt: skip
+        self.delta[act] = flat.scatter(1, coords, pc).reshape((a, *self.delta.shape[1:]))
+        self.m[act] = self.m[act].scatter(1, coords, mc)
+        self.v[act] = self.v[act].scatter(1, coords, vc)
+        self.t[act] = self.t[act].scatter(1, coords, t)
+        keep = self.counter.has_budget(self.index[act], cost)
+        if attack.abort_early:
+            keep &= ~self.abort.update(act, loss[:, 0], it + 1)
+        self.act = act[keep]
