@@ -28,16 +28,7 @@ TABLE = bad_input_table()
 
 #: Rows that fail today in code another change is rewriting (strict: the mark goes as soon as
 #: the row passes).
-KNOWN_FAILURES = {
-    "AdversarialPatch-integer dtype": "AdversarialPatch._inputs: integer x is converted silently",
-    "AdversarialPatch-bool dtype": "AdversarialPatch._inputs: bool x is converted silently",
-    "AdversarialPatch-float64, every feature frozen (mask of zeros)": (
-        "AdversarialPatch.generate restores x through float32: not bit-identical"
-    ),
-    "AdversarialPatch-float64 tensors, every feature frozen": (
-        "AdversarialPatch.generate restores x through float32: not bit-identical"
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _param(case):

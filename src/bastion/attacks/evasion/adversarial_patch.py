@@ -10,18 +10,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from bastion._tensor import resolve_random_state, to_tensor
+from bastion._tensor import resolve_random_state
 from bastion._validation import (
     NONE,
     Constraint,
     Interval,
     Options,
     Satisfies,
-    check_x,
     invalid_parameter,
 )
 from bastion.attacks._optim import adam_step
-from bastion.attacks.base import BATCH_SIZE, RANDOM_STATE, VERBOSE, EvasionAttack
+from bastion.attacks.base import BATCH_SIZE, RANDOM_STATE, VERBOSE, EvasionAttack, checked_input
 from bastion.exceptions import EstimatorError, NotFittedError
 
 __all__ = ["AdversarialPatch"]
@@ -220,9 +219,7 @@ class AdversarialPatch(EvasionAttack):
         return c, side, side
 
     def _inputs(self, x: Any, mask: Any) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
-        est = self.estimator
-        xt, kind = to_tensor(x, device=est.device, dtype=getattr(est, "dtype", torch.float32))
-        check_x(xt, input_shape=est.input_shape, clip_values=est.clip_values)
+        xt, kind = checked_input(self.estimator, x)
         return xt, kind, self._resolve_mask(mask, xt)
 
     # ------------------------------------------------------------------ geometry
@@ -519,7 +516,8 @@ class AdversarialPatch(EvasionAttack):
         rs = self.random_state if random_state is None else random_state
         is_random = isinstance(location, str) and location == "random"
         gen = resolve_random_state(rs, self.estimator.device) if is_random else None
-        return kind.restore(self._apply_tensor(xt, None, scale, location, rotation, gen))
+        out = self._apply_tensor(xt, None, scale, location, rotation, gen)
+        return kind.restore(out, unchanged=xt)
 
     def generate(self, x: Any, y: Any = None, *, mask: Any = None) -> Any:
         """Fit a patch on ``x`` and return ``x`` with it pasted at a random location of every
@@ -543,4 +541,4 @@ class AdversarialPatch(EvasionAttack):
         yt = self._labels_for(xt, y)
         gen = resolve_random_state(self.random_state, self.estimator.device)
         self._fit_tensor(xt, yt, mt, gen)
-        return kind.restore(self._apply_tensor(xt, mt, None, "random", 0.0, gen))
+        return kind.restore(self._apply_tensor(xt, mt, None, "random", 0.0, gen), unchanged=xt)
