@@ -256,7 +256,10 @@ def test_torch_reference_models_need_a_template_of_their_architecture(tmp_path):
         LiRA(api, **kw).fit(x, y)
     # (the same up to float32 rounding: the API gives probabilities, the target logits)
     np.testing.assert_allclose(
-        LiRA(api, reference_template=_mlp(), **kw).fit(x, y).infer(x, y), scores, rtol=1e-5
+        LiRA(api, reference_template=_mlp(), **kw).fit(x, y).infer(x, y),
+        scores,
+        rtol=1e-4,
+        atol=1e-5,
     )
     # another architecture, or another preprocessing, is refused rather than mis-scored
     wide = TorchClassifier(

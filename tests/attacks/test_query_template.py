@@ -17,10 +17,8 @@ from bastion.attacks.base import (
     BUDGET,
     MAX_QUERIES,
     RANDOM_STATE,
-    AttackInterruptedError,
     FixedBudgetAttack,
     MinimumNormAttack,
-    QueryAttack,
 )
 from bastion.attacks.evasion.boundary import BoundaryAttack
 from bastion.attacks.evasion.geoda import GeoDA
@@ -28,6 +26,7 @@ from bastion.attacks.evasion.hop_skip_jump import HopSkipJump
 from bastion.attacks.evasion.nes import BanditsAttack, NESAttack
 from bastion.attacks.evasion.sign_opt import SignOPT
 from bastion.attacks.evasion.simba import SimBA
+from bastion.attacks.query import AttackInterruptedError, QueryAttack
 from bastion.estimators import BlackBoxClassifier
 from bastion.exceptions import EstimatorError, ModelError
 from bastion.testing import check_attack

@@ -78,8 +78,8 @@ def test_dct_norm_is_eps_sqrt_steps(digits_cnn, correct):
     ("params", "budget", "want"),
     [
         # measured on these 30 digits: 100% (median 170 queries) and 100% (median 116)
-        ({"basis": "pixel", "epsilon": 0.5}, 1000, 0.95),
-        ({"basis": "dct", "epsilon": 0.5, "order": "strided"}, 1000, 0.95),
+        ({"basis": "pixel", "eps_step": 0.5}, 1000, 0.95),
+        ({"basis": "dct", "eps_step": 0.5, "order": "strided"}, 1000, 0.95),
     ],
 )
 def test_breaks_the_digits_cnn(digits_cnn, correct, params, budget, want):

@@ -51,7 +51,7 @@ def test_torch_model_retrained_from_the_same_start(sourced):
     clf = TorchClassifier(net, input_shape=(64,), nb_classes=10)
     before = [p.detach().clone() for p in net.parameters()]
     defence = ProvenanceDefense(
-        clf, eps=0.02, fit_params={"epochs": 15, "lr": 1e-2}, random_state=0
+        clf, eps=0.02, fit_params={"epochs": 15, "learning_rate": 1e-2}, random_state=0
     )
     result = defence.detect(
         torch.from_numpy(x), torch.from_numpy(y), sources=sources, x_val=x_val, y_val=y_val

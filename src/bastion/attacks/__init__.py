@@ -7,15 +7,19 @@ from bastion.attacks.base import (
     EvasionAttack,
     FixedBudgetAttack,
     MinimumNormAttack,
-    QueryAttack,
     perturbation_norms,
 )
+from bastion.attacks.decision import DecisionBasedAttack
+from bastion.attacks.query import AttackInterruptedError, PartialResult, QueryAttack
 
 __all__ = [
     "Attack",
+    "AttackInterruptedError",
+    "DecisionBasedAttack",
     "EvasionAttack",
     "FixedBudgetAttack",
     "MinimumNormAttack",
+    "PartialResult",
     "QueryAttack",
     "perturbation_norms",
 ]

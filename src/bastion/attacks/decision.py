@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,10 +23,21 @@ from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import lp_norm
 from bastion.attacks._search import bisect, first_adversarial
-from bastion.attacks.base import MinimumNormAttack, QueryAttack, is_adversarial
+from bastion.attacks.base import MinimumNormAttack, is_adversarial
+from bastion.attacks.query import QueryAttack
 from bastion.exceptions import InputError
 
 __all__ = ["DecisionBasedAttack"]
+
+
+@dataclass
+class _NoStart:
+    """Samples of one ``generate`` call left without a starting point, for its warning."""
+
+    tried: int = 0  # every proposal tried, none adversarial
+    broke: int = 0  # out of queries first
+    how: str = ""  # what was tried
+    hint: str = ""  # what else the user can do
 
 
 class DecisionBasedAttack(QueryAttack, MinimumNormAttack, abc.ABC):
@@ -42,7 +54,7 @@ class DecisionBasedAttack(QueryAttack, MinimumNormAttack, abc.ABC):
       an adversarial point (:meth:`_bisect`), or along a ray (:meth:`_bisect_ray`); the
       adversarial end is kept, so every returned point was found adversarial by a query and
       the attack reports its successes itself;
-    * the budget and partial-result rules of :class:`~bastion.attacks.base.QueryAttack`.
+    * the budget and partial-result rules of :class:`~bastion.attacks.query.QueryAttack`.
 
     Subclasses implement ``_attack(x, y, mask, generator, **per_sample) -> (x_adv, found)``;
     ``per_sample`` holds ``index`` (the samples' global indices, for the query counter) and,
@@ -55,6 +67,7 @@ class DecisionBasedAttack(QueryAttack, MinimumNormAttack, abc.ABC):
     #: attacks that use it).
     init_size: int
     _x_init: Any = None
+    _no_start: _NoStart
 
     def generate(self, x: Any, y: Any = None, *, mask: Any = None, x_init: Any = None) -> Any:
         """Craft adversarial examples.
@@ -83,6 +96,7 @@ class DecisionBasedAttack(QueryAttack, MinimumNormAttack, abc.ABC):
             (``success_`` is False for them).
         """
         self._x_init = x_init
+        self._no_start = _NoStart()
         try:
             return super().generate(x, y, mask=mask)
         finally:
@@ -90,7 +104,6 @@ class DecisionBasedAttack(QueryAttack, MinimumNormAttack, abc.ABC):
 
     def _prepare(self, x: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
         extras = super()._prepare(x, mask)
-        self._run["no_start"] = [0, 0, "", ""]
         if self._x_init is not None:
             start, _ = to_tensor(self._x_init, device=x.device, dtype=x.dtype)
             if start.shape != x.shape:
@@ -214,15 +227,16 @@ class DecisionBasedAttack(QueryAttack, MinimumNormAttack, abc.ABC):
     ) -> None:
         """Note samples without a starting point: ``tried`` every proposal (``how``), or
         ``broke``, out of queries first; ``hint``: what else the user can do."""
-        seen = self._run["no_start"]
-        self._run["noted"] += int(tried.sum()) + int(broke.sum())
-        seen[0] += int(tried.sum())
-        seen[1] += int(broke.sum())
-        seen[2:] = [how, hint]
+        self._call.noted += int(tried.sum()) + int(broke.sum())
+        seen = self._no_start
+        seen.tried += int(tried.sum())
+        seen.broke += int(broke.sum())
+        seen.how, seen.hint = how, hint
 
     def _warnings(self) -> list[str]:
         found = super()._warnings()
-        tried, broke, how, hint = self._run.get("no_start", (0, 0, "", ""))
+        seen = self._no_start
+        tried, broke, how, hint = seen.tried, seen.broke, seen.how, seen.hint
         if tried + broke == 0:
             return found
         why = []
@@ -235,7 +249,7 @@ class DecisionBasedAttack(QueryAttack, MinimumNormAttack, abc.ABC):
         return [
             *found,
             f"{type(self).__name__} found no adversarial starting point for {tried + broke} of "
-            f"{self._run['n']} samples, which are returned unchanged (success_ is False): "
+            f"{self._call.n} samples, which are returned unchanged (success_ is False): "
             f"{'; '.join(why)}. Pass starting points, generate(x, y, x_init=...), for example "
             f"images the model puts in {others}{hint}.",
         ]

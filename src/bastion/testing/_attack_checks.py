@@ -16,9 +16,9 @@ from bastion.attacks.base import (
     EvasionAttack,
     FixedBudgetAttack,
     MinimumNormAttack,
-    QueryAttack,
     perturbation_norms,
 )
+from bastion.attacks.query import QueryAttack
 from bastion.estimators import BlackBoxClassifier
 from bastion.exceptions import EstimatorError, InputError, InvalidParameterError, ModelError
 from bastion.testing._problems import Problem, blackbox_problem, torch_problem

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bastion.attacks.base import EvasionAttack, FixedBudgetAttack, QueryAttack
+from bastion.attacks.base import EvasionAttack, FixedBudgetAttack
+from bastion.attacks.query import QueryAttack
 from bastion.exceptions import (
     EstimatorError,
     InputError,

@@ -12,10 +12,10 @@ from bastion.attacks.base import (
     EvasionAttack,
     FixedBudgetAttack,
     MinimumNormAttack,
-    QueryAttack,
 )
 from bastion.attacks.extraction._base import ExtractionAttack
 from bastion.attacks.poisoning._base import PoisoningAttack
+from bastion.attacks.query import QueryAttack
 from bastion.defenses.poisoning.base import PoisonDetector
 from bastion.estimators.base import Classifier, EstimatorWrapper
 

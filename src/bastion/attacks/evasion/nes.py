@@ -22,9 +22,9 @@ from bastion.attacks.base import (
     TARGETED,
     VERBOSE,
     FixedBudgetAttack,
-    QueryAttack,
     is_adversarial,
 )
+from bastion.attacks.query import QueryAttack
 
 __all__ = ["BanditsAttack", "NESAttack"]
 

@@ -15,9 +15,9 @@ from bastion.attacks.base import (
     TARGETED,
     VERBOSE,
     MinimumNormAttack,
-    QueryAttack,
 )
 from bastion.attacks.evasion.square import _as_images
+from bastion.attacks.query import QueryAttack
 
 __all__ = ["SimBA", "dct_2d", "dct_matrix", "idct_2d"]
 

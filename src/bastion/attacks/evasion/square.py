@@ -19,9 +19,9 @@ from bastion.attacks.base import (
     TARGETED,
     VERBOSE,
     FixedBudgetAttack,
-    QueryAttack,
     is_adversarial,
 )
+from bastion.attacks.query import QueryAttack
 
 __all__ = ["SquareAttack", "p_schedule"]
 

@@ -18,9 +18,9 @@ from bastion.attacks.base import (
     TARGETED,
     VERBOSE,
     MinimumNormAttack,
-    QueryAttack,
 )
 from bastion.attacks.evasion.nes import score_objective
+from bastion.attacks.query import QueryAttack
 
 __all__ = ["ZooAttack"]
 

@@ -171,7 +171,7 @@ class FinePruning(PoisonDefense):
                 y,
                 epochs=self.epochs,
                 batch_size=self.batch_size,
-                lr=self.learning_rate,
+                learning_rate=self.learning_rate,
                 random_state=resolve_random_state(self.random_state, "cpu"),
                 verbose=self.verbose,
             )

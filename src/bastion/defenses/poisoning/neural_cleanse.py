@@ -499,7 +499,7 @@ class NeuralCleanse(PoisonDetector):
             x_ft,
             y,
             epochs=epochs,
-            lr=learning_rate,
+            learning_rate=learning_rate,
             batch_size=self.batch_size,
             random_state=gen,
             verbose=self.verbose,
