@@ -238,6 +238,79 @@ def _evaluate(
 # ----------------------------------------------------------------------------- tables
 
 
+def _results_payload(
+    split: dict[str, int],
+    model_info: dict[str, Any],
+    results: Sequence[Any],
+    *,
+    eps_values: list[float],
+    eps_step: float,
+    max_iter: int,
+    n_samples: int | None,
+    seed: int,
+    device: str,
+    command: str,
+) -> dict[str, Any]:
+    """The content of results.json: data, model, configuration and one row per eps."""
+    return {
+        "bastion_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {
+            "name": "digits",
+            "source": "sklearn.datasets.load_digits, upsampled bilinearly",
+            "image_shape": [1, IMAGE_SIZE, IMAGE_SIZE],
+            **split,
+            "test_size": TEST_SIZE,
+            "split_seed": seed,
+        },
+        "model": model_info,
+        "config": {
+            "eps": eps_values,
+            "norm": "inf",
+            "eps_step": eps_step,
+            "max_iter": max_iter,
+            "num_random_init": 1,
+            "n_samples": n_samples,
+            "seed": seed,
+            "device": device,
+            "torch_version": torch.__version__,
+            "command": command,
+        },
+        "results": [asdict(r) for r in results],
+    }
+
+
+def _write_outputs(
+    out_dir: Path,
+    clf: TorchClassifier,
+    payload: dict[str, Any],
+    x: np.ndarray,
+    y: np.ndarray,
+    pred: np.ndarray,
+    x_gallery: np.ndarray,
+    results: Sequence[Any],
+    command: str,
+) -> None:
+    """Write results.json, the gallery and robustness figures and report.md into ``out_dir``."""
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    clean_accuracy = payload["model"]["clean_accuracy"]
+    eps_values = payload["config"]["eps"]
+    max_iter = payload["config"]["max_iter"]
+    pred_adv = clf.predict(x_gallery).argmax(axis=1)
+    plot_gallery(
+        out_dir / "gallery.png",
+        x,
+        x_gallery,
+        y,
+        pred,
+        pred_adv,
+        eps=max(eps_values),
+        max_iter=max_iter,
+    )
+    plot_robustness(out_dir / "robustness.png", clean_accuracy, results, len(x))
+    write_report(out_dir / "report.md", payload, markdown_table(clean_accuracy, results), command)
+
+
 def run_demo(
     *,
     output: str | os.PathLike[str] = DEFAULT_OUTPUT,
@@ -278,6 +351,7 @@ def run_demo(
         console.warn(f"--n-samples {n_samples} exceeds the test split; using all {n_eval}")
     x, y = x_test[:n_eval], y_test[:n_eval]
     console.step(f"Data: {len(x_train)} training, {len(x_test)} test images; evaluating {n_eval}")
+    split = {"n_train": len(x_train), "n_test": len(x_test), "n_evaluated": n_eval}
 
     model, model_info = _get_model(
         x_train,
@@ -319,49 +393,19 @@ def run_demo(
         n_samples=n_samples,
         seed=seed,
     )
-    payload: dict[str, Any] = {
-        "bastion_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {
-            "name": "digits",
-            "source": "sklearn.datasets.load_digits, upsampled bilinearly",
-            "image_shape": [1, IMAGE_SIZE, IMAGE_SIZE],
-            "n_train": len(x_train),
-            "n_test": len(x_test),
-            "n_evaluated": n_eval,
-            "test_size": TEST_SIZE,
-            "split_seed": seed,
-        },
-        "model": model_info,
-        "config": {
-            "eps": eps_values,
-            "norm": "inf",
-            "eps_step": eps_step,
-            "max_iter": max_iter,
-            "num_random_init": 1,
-            "n_samples": n_samples,
-            "seed": seed,
-            "device": str(clf.device),
-            "torch_version": torch.__version__,
-            "command": command,
-        },
-        "results": [asdict(r) for r in results],
-    }
-    (out_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-
-    pred_adv = clf.predict(x_gallery).argmax(axis=1)
-    plot_gallery(
-        out_dir / "gallery.png",
-        x,
-        x_gallery,
-        y,
-        pred,
-        pred_adv,
-        eps=max(eps_values),
+    payload = _results_payload(
+        split,
+        model_info,
+        results,
+        eps_values=eps_values,
+        eps_step=eps_step,
         max_iter=max_iter,
+        n_samples=n_samples,
+        seed=seed,
+        device=str(clf.device),
+        command=command,
     )
-    plot_robustness(out_dir / "robustness.png", clean_accuracy, results, n_eval)
-    write_report(out_dir / "report.md", payload, markdown_table(clean_accuracy, results), command)
+    _write_outputs(out_dir, clf, payload, x, y, pred, x_gallery, results, command)
 
     verb = "loaded from cache" if model_info["source"] == "cache" else "trained"
     console.show()
