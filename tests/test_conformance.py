@@ -327,3 +327,91 @@ def test_parameter_glossary():
         if glossary_violations(cls._param_names())
     }
     assert not bad, bad
+
+
+# --------------------------------------------------------------------------- conformance specs
+
+
+def _discovered() -> dict[str, type]:
+    """Every class the suites discover, by ``"module:QualName"``."""
+    finders = (
+        all_attacks,
+        all_detectors,
+        all_extraction_attacks,
+        all_inference_attacks,
+        all_poisoning_attacks,
+    )
+    return {f"{c.__module__}:{c.__qualname__}": c for find in finders for c in find()}
+
+
+def test_every_conformance_spec_names_a_public_class():
+    """Each entry of the built-in table is a typed ConformanceSpec of a public class that the
+    suites discover (no stale or misspelt name), and ``conformance_spec`` finds it."""
+    import dataclasses
+    import importlib
+
+    from bastion.testing import ConformanceSpec, conformance_spec
+    from bastion.testing._specs import _BUILTIN
+
+    discovered = _discovered()
+    assert len(_BUILTIN) >= 40
+    for key, spec in _BUILTIN.items():
+        module, _, name = key.partition(":")
+        cls = getattr(importlib.import_module(module), name, None)
+        assert cls is not None, f"{key}: no such class"
+        assert discovered.get(key) is cls, f"{key}: not a public class the suites discover"
+        assert type(spec) is ConformanceSpec, f"{key}: {type(spec).__name__}"
+        assert conformance_spec(cls) is spec
+        fields = {f.name for f in dataclasses.fields(ConformanceSpec)}
+        assert set(vars(spec)) <= fields, f"{key}: {set(vars(spec)) - fields}"
+    with pytest.raises(TypeError, match="bogus"):
+        ConformanceSpec(bogus=1)  # a misspelt field cannot be given
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ConformanceSpec().note = "changed"
+    with pytest.raises(ValueError, match="family"):
+        ConformanceSpec(family="membershp")
+
+
+def test_conformance_specs_are_looked_up_along_the_mro_and_registered():
+    """A subclass is run like its parent; a registration overrides bastion's spec, is returned
+    when replaced, and can be removed; a class with none gets the default spec."""
+    from bastion.attacks.evasion import SimBA
+    from bastion.testing import ConformanceSpec, conformance_spec, register_conformance
+
+    class Sub(SimBA):
+        pass
+
+    assert conformance_spec(Sub) is conformance_spec(SimBA)
+    assert conformance_spec(Sub).params["max_queries"] == 200
+    own = ConformanceSpec(params={"max_queries": 10})
+    assert register_conformance(Sub, own) is None
+    try:
+        assert conformance_spec(Sub) is own
+        assert conformance_spec(Sub(None)) is own  # an instance stands for its class
+        assert conformance_spec(SimBA).params["max_queries"] == 200
+    finally:
+        assert register_conformance(Sub, None) is own
+    assert conformance_spec(Sub) is conformance_spec(SimBA)
+    assert conformance_spec(object) == ConformanceSpec()
+    with pytest.raises(TypeError, match="ConformanceSpec"):
+        register_conformance(Sub, {"params": {}})
+
+
+def test_no_library_class_declares_conformance_in_itself():
+    """How the suites run a class lives in bastion.testing's registry, not in the class: no
+    class of any bastion module has a ``_conformance`` attribute."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import bastion
+
+    offenders = []
+    for info in pkgutil.walk_packages(bastion.__path__, prefix="bastion."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if obj.__module__.startswith("bastion") and hasattr(obj, "_conformance"):
+                offenders.append(f"{obj.__module__}.{obj.__qualname__}")
+    assert not offenders, sorted(set(offenders))

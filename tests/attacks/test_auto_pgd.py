@@ -15,7 +15,7 @@ from bastion.attacks.evasion.auto_pgd import (
 )
 from bastion.estimators import TorchClassifier
 from bastion.exceptions import InvalidParameterError
-from bastion.testing import check_attack
+from bastion.testing import ConformanceSpec, check_attack, register_conformance
 from conftest import accuracy
 
 
@@ -31,8 +31,12 @@ def test_alias_and_conformance():
 
 
 def test_conformance_with_the_dlr_loss():
-    conformance = {"params": {"max_iter": 5, "loss": "dlr"}}
-    check_attack(type("_DLR", (AutoProjectedGradientDescent,), {"_conformance": conformance}))
+    dlr = type("_DLR", (AutoProjectedGradientDescent,), {})
+    register_conformance(dlr, ConformanceSpec(params={"max_iter": 5, "loss": "dlr"}))
+    try:
+        check_attack(dlr)
+    finally:
+        register_conformance(dlr, None)
 
 
 # --------------------------------------------------------------------------- digits CNN

@@ -29,7 +29,7 @@ from bastion.attacks.evasion.simba import SimBA
 from bastion.attacks.query import AttackInterruptedError, QueryAttack
 from bastion.estimators import BlackBoxClassifier
 from bastion.exceptions import EstimatorError, ModelError
-from bastion.testing import check_attack
+from bastion.testing import ConformanceSpec, check_attack, register_conformance
 from bastion.testing._problems import blackbox_problem
 
 
@@ -43,9 +43,6 @@ class _RandomSearch(QueryAttack, FixedBudgetAttack):
         "random_state": RANDOM_STATE,
     }
     norm = "inf"
-    _conformance: ClassVar[dict] = {
-        "skip": {"check_batch_size_invariance": "random draws depend on batch composition"}
-    }
 
     def __init__(self, estimator, *, eps=0.3, max_queries=30, batch_size=64, random_state=None):
         self.estimator = estimator
@@ -91,6 +88,15 @@ class _DecisionToy(QueryAttack, MinimumNormAttack):
         success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         success[ok] = self._counter.labels(cand[ok], index[ok]) != y[ok]
         return cand, success
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _random_search_spec():
+    """How the conformance suite runs the toy random search, registered for this module."""
+    skip = {"check_batch_size_invariance": "random draws depend on batch composition"}
+    previous = register_conformance(_RandomSearch, ConformanceSpec(skip=skip))
+    yield
+    register_conformance(_RandomSearch, previous)
 
 
 def test_counter_refuses_queries_beyond_budget():

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from bastion.attacks._lp import lp_norm
+from bastion.estimators.base import SupportsPredict
 
 __all__ = ["QueryCounter"]
 
@@ -51,7 +51,12 @@ class QueryCounter:
     device_chunk_size: int = 4096
 
     def __init__(
-        self, estimator: Any, max_queries: int, n: int, device: torch.device, initial: int = 0
+        self,
+        estimator: SupportsPredict,
+        max_queries: int,
+        n: int,
+        device: torch.device,
+        initial: int = 0,
     ) -> None:
         self.estimator = estimator
         self.max_queries = int(max_queries)

@@ -40,7 +40,7 @@ from bastion._validation import (
 )
 from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._lp import canonical_norm, lp_norm, project_lp_box
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import SupportsPredict, require_capabilities
 from bastion.exceptions import InputError, ModelError
 
 __all__ = [
@@ -61,7 +61,9 @@ def is_adversarial(scores: torch.Tensor, y: torch.Tensor, targeted: bool) -> tor
     return pred == y if targeted else pred != y
 
 
-def checked_input(estimator: Any, x: Any, name: str = "x") -> tuple[torch.Tensor, ArrayKind]:
+def checked_input(
+    estimator: SupportsPredict, x: Any, name: str = "x"
+) -> tuple[torch.Tensor, ArrayKind]:
     """The input preamble of the evasion attacks' public methods.
 
     ``x`` as a tensor on the estimator's device and dtype, checked (a non-empty batch of
@@ -99,6 +101,7 @@ class Attack(Parametrized):
     _not_params: ClassVar[tuple[str, ...]] = ("estimator",)
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict",)
 
+    #: Each attack narrows this to the ``Supports*`` protocol of the capabilities it uses.
     estimator: Any
 
     def _validate(self) -> None:
@@ -141,6 +144,7 @@ class EvasionAttack(Attack):
     implement :meth:`_generate_batch`.
     """
 
+    estimator: SupportsPredict
     batch_size: int
     verbose: bool
     #: The attack's core on one batch, whose signature its template defines: ``x_adv``, or

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -33,10 +33,14 @@ __all__ = [
     "Classifier",
     "EstimatorWrapper",
     "SupportsActivationGradient",
+    "SupportsActivationGradientAndPredict",
     "SupportsActivations",
+    "SupportsActivationsAndPredict",
     "SupportsClassGradient",
     "SupportsClone",
+    "SupportsCloneFitAndPredict",
     "SupportsFit",
+    "SupportsFitAndPredict",
     "SupportsLogits",
     "SupportsLossGradient",
     "SupportsParameterGradient",
@@ -64,6 +68,15 @@ CAPABILITIES = (
     "prune",
 )
 
+#: The type of the estimator a :meth:`SupportsClone.clone` is called on (and returns).
+_E = TypeVar("_E")
+
+# Attacks, defences and metrics annotate their estimators with the protocols below, so that a
+# type checker tells a user which capabilities each one needs (at run time,
+# ``require_capabilities`` checks the declared ``capabilities``). The logits and gradient
+# protocols extend SupportsPredict (the attributes every estimator has); the others are mix-ins,
+# which the ``...AndPredict`` protocols at the end combine with it.
+
 
 @runtime_checkable
 class SupportsPredict(Protocol):
@@ -73,7 +86,11 @@ class SupportsPredict(Protocol):
     nb_classes: int
     clip_values: tuple[float, float] | None
     device: torch.device
+    dtype: torch.dtype
     query_count: int
+
+    @property
+    def capabilities(self) -> frozenset[str]: ...
 
     def predict(self, x: Any, *, batch_size: int = ...) -> Any: ...
 
@@ -132,6 +149,8 @@ class SupportsActivations(Protocol):
 
     def activations_tensor(self, x: torch.Tensor, layer: str | int) -> torch.Tensor: ...
 
+    def resolve_layer(self, layer: Any) -> str: ...
+
 
 @runtime_checkable
 class SupportsActivationGradient(SupportsActivations, Protocol):
@@ -167,7 +186,7 @@ class SupportsFit(Protocol):
 class SupportsClone(Protocol):
     """An independent copy of the estimator (its own model), optionally re-initialised."""
 
-    def clone(self, *, reinitialize: bool = ..., random_state: Any = ...) -> Any: ...
+    def clone(self: _E, *, reinitialize: bool = ..., random_state: Any = ...) -> _E: ...
 
 
 @runtime_checkable
@@ -176,6 +195,27 @@ class SupportsPrune(Protocol):
     on a :meth:`~SupportsClone.clone`, never on the user's model."""
 
     def prune(self, layer: str | int, units: Any) -> None: ...
+
+
+@runtime_checkable
+class SupportsActivationsAndPredict(SupportsActivations, SupportsPredict, Protocol):
+    """Intermediate layers and predictions: what the activation-based poison detectors need."""
+
+
+@runtime_checkable
+class SupportsActivationGradientAndPredict(SupportsActivationGradient, SupportsPredict, Protocol):
+    """Feature-space gradients and predictions: what the feature-space poisons need."""
+
+
+@runtime_checkable
+class SupportsFitAndPredict(SupportsFit, SupportsPredict, Protocol):
+    """Training and predictions: what a model-extraction thief needs."""
+
+
+@runtime_checkable
+class SupportsCloneFitAndPredict(SupportsClone, SupportsFit, SupportsPredict, Protocol):
+    """A copy (or a re-initialised one) trained on other data: what the defences that retrain
+    the model need."""
 
 
 _GRADIENT_HINT = (
@@ -227,6 +267,10 @@ _PASS_THROUGH: tuple[type[BaseException], ...] = (
     MemoryError,
     getattr(torch, "OutOfMemoryError", MemoryError),
 )
+
+
+#: A :class:`Classifier` whose :meth:`~Classifier.clone` returns its own type.
+_C = TypeVar("_C", bound="Classifier")
 
 
 def _cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -593,7 +637,7 @@ class Classifier(abc.ABC):
         self._require("fit", "fit")
         raise NotImplementedError  # pragma: no cover - a subclass declaring "fit" overrides it
 
-    def clone(self, *, reinitialize: bool = False, random_state: Any = None) -> Any:
+    def clone(self: _C, *, reinitialize: bool = False, random_state: Any = None) -> _C:
         """An independent copy of the estimator (estimators with the ``clone`` capability)."""
         self._require("clone", "clone")
         raise NotImplementedError  # pragma: no cover
@@ -740,8 +784,11 @@ class EstimatorWrapper(Classifier):
 
     #: The capabilities this wrapper offers when the wrapped estimator has them.
     forwarded: ClassVar[frozenset[str]] = frozenset({"predict"})
+    #: The wrapped estimator. Any protocol: each kernel forwards to it only where it declares
+    #: the capability (``_require``), which no single static type can say.
+    estimator: Any
 
-    def __init__(self, estimator: Any) -> None:
+    def __init__(self, estimator: SupportsPredict) -> None:
         super().__init__()
         require_capabilities(estimator, ["predict"], type(self).__name__)
         self.estimator = estimator

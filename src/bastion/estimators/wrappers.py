@@ -18,7 +18,7 @@ import torch
 
 from bastion._tensor import resolve_random_state
 from bastion._validation import Interval, RandomState, Satisfies, validate_params
-from bastion.estimators.base import EstimatorWrapper
+from bastion.estimators.base import EstimatorWrapper, SupportsPredict
 
 __all__ = ["EOT", "ExpectationOverTransformation"]
 
@@ -73,7 +73,7 @@ class ExpectationOverTransformation(EstimatorWrapper):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         nb_samples: int = 20,
         transform: Transform | None = None,

@@ -11,22 +11,24 @@ import torch
 
 from bastion._tensor import to_tensor
 from bastion._validation import check_labels, invalid_parameter
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import SupportsPredict, require_capabilities
 from bastion.exceptions import InputError
 
 __all__ = ["accuracy_vs_queries", "fidelity", "thief_accuracy"]
 
 
-def _outputs(estimator: Any, x: Any, batch_size: int) -> np.ndarray:
+def _outputs(estimator: SupportsPredict, x: Any, batch_size: int) -> np.ndarray:
     out = estimator.predict(x, batch_size=batch_size)
     return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
 
 
-def _labels_of(estimator: Any, x: Any, batch_size: int) -> np.ndarray:
+def _labels_of(estimator: SupportsPredict, x: Any, batch_size: int) -> np.ndarray:
     return _outputs(estimator, x, batch_size).argmax(axis=1)
 
 
-def fidelity(victim: Any, thief: Any, x: Any, *, batch_size: int = 256) -> float:
+def fidelity(
+    victim: SupportsPredict, thief: SupportsPredict, x: Any, *, batch_size: int = 256
+) -> float:
     """Fraction of ``x`` on which the thief predicts the victim's label (label agreement).
 
     Fidelity is the extraction goal of Jagielski et al. (2020): how often the copy agrees with
@@ -67,7 +69,7 @@ def fidelity(victim: Any, thief: Any, x: Any, *, batch_size: int = 256) -> float
     return float(np.mean(a == b))
 
 
-def thief_accuracy(thief: Any, x: Any, y: Any, *, batch_size: int = 256) -> float:
+def thief_accuracy(thief: SupportsPredict, x: Any, y: Any, *, batch_size: int = 256) -> float:
     """Test accuracy of the stolen model on labelled data ``(x, y)``.
 
     ``y`` holds class indices ``(N,)`` or one-hot rows ``(N, K)``; labels outside the thief's

@@ -35,6 +35,8 @@ def _numpy(a: Any) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
 
+# The models pdtp compares are bastion estimators or scikit-learn models (predict_proba):
+# no estimator protocol covers both.
 def _probabilities(model: Any, x: np.ndarray) -> np.ndarray:
     if hasattr(model, "capabilities"):  # a bastion estimator
         return _numpy(model.predict(x.astype(np.float32)))
@@ -55,7 +57,7 @@ def _input_shape(model: Any) -> tuple[int, ...] | None:
 
 
 def pdtp(
-    target: Any,
+    target: Any,  # a bastion estimator or a scikit-learn model, as learner returns
     learner: Any,
     x: Any,
     y: Any,

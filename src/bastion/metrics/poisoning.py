@@ -9,7 +9,7 @@ import torch
 
 from bastion._tensor import to_tensor
 from bastion._validation import Interval, check_labels, validate_params
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import SupportsPredict, require_capabilities
 from bastion.exceptions import InputError
 
 __all__ = [
@@ -105,7 +105,7 @@ def detection_f1(is_poison_pred: Any, is_poison_true: Any) -> float:
     return detection_scores(is_poison_pred, is_poison_true)["f1"]
 
 
-def _predicted(estimator: Any, x: Any, batch_size: int, user: str) -> np.ndarray:
+def _predicted(estimator: SupportsPredict, x: Any, batch_size: int, user: str) -> np.ndarray:
     validate_params(user, {"batch_size": batch_size}, {"batch_size": [Interval(int, 1, None)]})
     require_capabilities(estimator, ["predict"], user)
     probs = estimator.predict(x, batch_size=batch_size)
@@ -122,7 +122,12 @@ def _labels(y: Any, n: int, nb_classes: int, name: str) -> np.ndarray:
 
 
 def attack_success_rate(
-    estimator: Any, x_triggered: Any, target: Any, y_true: Any = None, *, batch_size: int = 256
+    estimator: SupportsPredict,
+    x_triggered: Any,
+    target: Any,
+    y_true: Any = None,
+    *,
+    batch_size: int = 256,
 ) -> float:
     """Fraction of triggered inputs classified as the attacker's target.
 
@@ -164,7 +169,7 @@ def attack_success_rate(
     return float((pred[keep] == tgt[keep]).mean())
 
 
-def clean_accuracy(estimator: Any, x: Any, y: Any, *, batch_size: int = 256) -> float:
+def clean_accuracy(estimator: SupportsPredict, x: Any, y: Any, *, batch_size: int = 256) -> float:
     """Accuracy of ``estimator`` on clean data ``(x, y)``, in ``[0, 1]``.
 
     Examples

@@ -8,8 +8,13 @@ seeded determinism, batch-size invariance, clear errors on bad input, finite-dif
 of gradients, detection of known poison, fidelity of stolen models and known answers of
 inference attacks (members told from non-members, hidden attributes and missing records
 recovered). A new attack or
-detector gets them for free; a class skips a check only with a written reason in
-``_conformance = {"skip": {"check_name": "why"}}``.
+detector gets them for free; a class skips a check only with a written reason.
+
+How the suites build and run a class (fast parameters, a factory, its problem, the checks it
+skips and why) is a typed :class:`ConformanceSpec`, kept in a registry beside the suite, not
+in the library classes: :func:`conformance_spec` looks one up, :func:`register_conformance`
+gives one to a class of your own, e.g.
+``register_conformance(MyAttack, ConformanceSpec(skip={"check_name": "why"}))``.
 
 The bad-input table (:func:`bad_input_table`, :func:`bad_input_cases`,
 :func:`check_bad_inputs`) feeds every public class bad data, bad labels, bad models and bad
@@ -77,10 +82,12 @@ from bastion.testing._problems import (
     svm_poisoning_problem,
     torch_problem,
 )
+from bastion.testing._specs import ConformanceSpec, conformance_spec, register_conformance
 
 __all__ = [
     "ESTIMATOR_EXAMPLES",
     "BadInputCase",
+    "ConformanceSpec",
     "ExtractionProblem",
     "InferenceProblem",
     "Outcome",
@@ -107,6 +114,7 @@ __all__ = [
     "check_inference_attack",
     "check_poisoning_attack",
     "conformance_params",
+    "conformance_spec",
     "detector_checks",
     "detector_params",
     "estimator_checks",
@@ -123,6 +131,7 @@ __all__ = [
     "poisoning_problem",
     "raises",
     "reconstruction_problem",
+    "register_conformance",
     "relu_extraction_problem",
     "sklearn_problem",
     "svm_poisoning_problem",

@@ -22,6 +22,7 @@ from bastion.attacks.query import QueryAttack
 from bastion.estimators import BlackBoxClassifier
 from bastion.exceptions import EstimatorError, InputError, InvalidParameterError, ModelError
 from bastion.testing._problems import Problem, blackbox_problem, torch_problem
+from bastion.testing._specs import conformance_spec
 
 AttackCheck = Callable[[Any, Problem], None]
 
@@ -30,25 +31,21 @@ _FAST = {"max_iter": 5, "eps": 0.2, "eps_step": 0.05, "batch_size": 7, "num_rand
 _NORM_BUDGETS = {"inf": 0.2, "2": 1.0, "1": 4.0}
 
 
-def conformance_spec(cls: Any) -> dict[str, Any]:
-    """A copy of the class's ``_conformance`` declaration (how the suites build and run it,
-    what it skips and why); empty when it declares none."""
-    return dict(getattr(cls, "_conformance", {}))
-
-
 def conformance_params(cls: Any, **overrides: Any) -> dict[str, Any]:
-    """Small, fast hyper-parameters for ``cls`` (``_conformance["params"]`` refines them)."""
+    """Small, fast hyper-parameters for ``cls`` (its :class:`ConformanceSpec` ``params`` refine
+    them)."""
     return fast_params(cls, _FAST, overrides)
 
 
 def fast_params(cls: Any, fast: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``fast`` that ``cls`` accepts, ``random_state=0`` when it has one, then
-    its ``_conformance["params"]``, then ``overrides`` (shared by every conformance suite)."""
+    its spec's ``params`` (:func:`conformance_spec`), then ``overrides`` (shared by every
+    conformance suite)."""
     names = cls._param_names()
     params = {k: v for k, v in fast.items() if k in names}
     if "random_state" in names:
         params["random_state"] = 0
-    params.update(conformance_spec(cls).get("params", {}))
+    params.update(conformance_spec(cls).params)
     params.update(overrides)
     return params
 
@@ -438,9 +435,9 @@ def attack_checks(cls: Any) -> Iterator[AttackCheck]:
 
 
 def without_skips(cls: Any, checks: list[Any]) -> Iterator[Any]:
-    """``checks`` minus those ``cls`` skips in ``_conformance["skip"]``; every skip needs a
+    """``checks`` minus those ``cls`` skips in its spec's ``skip``; every skip needs a
     written reason and must name one of ``checks`` (shared by every conformance suite)."""
-    skips: dict[str, str] = conformance_spec(cls).get("skip", {})
+    skips = conformance_spec(cls).skip
     for reason in skips.values():
         assert isinstance(reason, str) and reason.strip(), "a skip needs a reason"
     unknown = set(skips) - {c.__name__ for c in checks}

@@ -16,7 +16,6 @@ from bastion.exceptions import (
     InvalidParameterError,
     ModelError,
 )
-from bastion.testing._attack_checks import conformance_spec
 from bastion.testing._bad_inputs import (
     BadInputCase,
     Outcome,
@@ -40,6 +39,7 @@ from bastion.testing._problems import (
     blackbox_problem,
     poisoning_problem,
 )
+from bastion.testing._specs import conformance_spec
 
 Rows = list[BadInputCase]
 
@@ -57,7 +57,7 @@ def poisoning_cases(cls: Any) -> Rows:
     for attacks built on a model; a class parameter outside the classes and a budget that
     poisons nothing; and float64 and tensor input, which must work."""
     rows: Rows = []
-    svm = conformance_spec(cls).get("problem") == "svm"
+    svm = conformance_spec(cls).problem == "svm"
     on_model = "estimator" in inspect.signature(cls.__init__).parameters and not svm
     nb = 2 if svm else 10
     n = 40 if svm else 48

@@ -19,7 +19,6 @@ from bastion.exceptions import (
     ModelError,
     NotFittedError,
 )
-from bastion.testing._attack_checks import conformance_spec
 from bastion.testing._bad_inputs import (
     BAD_ENDPOINTS,
     BadInputCase,
@@ -41,9 +40,11 @@ from bastion.testing._bad_inputs import (
 )
 from bastion.testing._extraction_checks import _make as _make_extraction
 from bastion.testing._extraction_checks import default_extraction_problem
-from bastion.testing._inference_checks import _conf, _fitted, _uses
+from bastion.testing._inference_checks import _conf, _family, _fitted, _uses
+from bastion.testing._inference_checks import _infer as _infer_fn
 from bastion.testing._inference_checks import _make as _make_inference
 from bastion.testing._problems import ExtractionProblem, InferenceProblem
+from bastion.testing._specs import conformance_spec
 
 Rows = list[BadInputCase]
 
@@ -64,7 +65,7 @@ def extraction_cases(cls: Any) -> Rows:
     pool, victims that answer badly (a NaN model, a wrong ``nb_classes``, a remote API that
     fails), a raw module, thieves that cannot be trained or do not match the victim, and
     float64 and tensor pools, which must work."""
-    if conformance_spec(cls).get("problem") == "relu":
+    if conformance_spec(cls).problem == "relu":
         return _fee_cases(cls)
     rows: Rows = []
     stolen = works("a thief of the victim's shape", _stolen((1, 8, 8), 10))
@@ -256,7 +257,7 @@ def _problem(cls: Any) -> InferenceProblem:
 
 def _infer(attack: Any, p: InferenceProblem, inputs: dict[str, Any]) -> Any:
     cls = type(attack)
-    return _conf(cls)["infer"](attack, p, **{k: inputs[k] for k in _uses(cls)})
+    return _infer_fn(cls)(attack, p, **{k: inputs[k] for k in _uses(cls)})
 
 
 def _result_check(cls: Any, like: Callable[[InferenceProblem], Any]) -> Callable[[Any], None]:
@@ -265,7 +266,7 @@ def _result_check(cls: Any, like: Callable[[InferenceProblem], Any]) -> Callable
 
     def check(out: Any) -> None:
         p = _problem(cls)
-        family = _conf(cls)["family"]
+        family = _family(cls)
         if family == "reconstruction":
             assert isinstance(out, tuple) and len(out) == 2, "not (x_target, y_target)"
         elif family == "inversion":
@@ -283,7 +284,7 @@ def inference_cases(cls: Any) -> Rows:
     ``infer``; bad data for ``fit`` and ``infer`` before ``fit``; a raw module and a NaN model
     as the target; and tensor and float64 input, which must work."""
     conf = _conf(cls)
-    family = conf["family"]
+    family = _family(cls)
     clip, nb = _FAMILY[family]
     uses = _uses(cls)
     method = "reconstruct" if family == "reconstruction" else "infer"
@@ -335,7 +336,7 @@ def inference_cases(cls: Any) -> Rows:
             infer(lambda i: {**i, "pred": poke(i["pred"], np.nan)}),
             raises(InputError, "NaN"),
         )
-    fit = conf.get("fit")
+    fit = conf.fit
     if fit is not None:
         add(
             "use",

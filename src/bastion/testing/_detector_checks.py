@@ -1,11 +1,12 @@
 """Generic checks that every poison detector (``detect(x, y) -> DetectionResult``) must pass.
 
 How a check runs a detector: it builds it with :func:`detector_params` (fast settings, refined
-by the class's ``_conformance["params"]``), prepares it on the problem's held-out clean data
-when the detector needs that first (``fit(x_clean)`` for run-time detectors such as STRIP,
-``reverse_engineer(x_clean)`` for trigger reverse engineering), and calls ``detect(x, y)``,
-filling the keyword arguments ``sources``, ``x_val`` and ``y_val`` from the problem when
-``detect`` takes them (provenance-based detectors).
+by the ``params`` of the class's :class:`~bastion.testing.ConformanceSpec`), prepares it on the
+problem's held-out clean data when the detector needs that first (``fit(x_clean)`` for run-time
+detectors such as STRIP, ``reverse_engineer(x_clean)`` for trigger reverse engineering), and
+calls ``detect(x, y)``, filling the keyword arguments ``sources``, ``x_val`` and ``y_val`` from
+the problem when ``detect`` takes them (provenance-based detectors); the ``skip`` of its spec
+names the checks it skips, each with a reason.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ _EXTRAS = ("sources", "x_val", "y_val")
 
 
 def detector_params(cls: Any, **overrides: Any) -> dict[str, Any]:
-    """Small, fast hyper-parameters for ``cls`` (``_conformance["params"]`` refines them)."""
+    """Small, fast hyper-parameters for ``cls`` (its spec's ``params`` refine them)."""
     return fast_params(cls, _FAST, overrides)
 
 

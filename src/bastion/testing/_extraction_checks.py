@@ -1,19 +1,20 @@
 """Generic checks that every model-extraction attack (``extract(x_pool) -> thief``) must pass.
 
 How a check builds an attack: extraction attacks are built on the victim (positional) and,
-most of them, a fresh ``thief`` model to train; each class says how in its ``_conformance``:
+most of them, a fresh ``thief`` model to train; each class says how in its
+:class:`~bastion.testing.ConformanceSpec` (:func:`~bastion.testing.conformance_spec`):
 
-- ``"factory"``: ``factory(cls, problem, **params)`` returns an instance of ``cls``
+- ``factory``: ``factory(cls, problem, **params)`` returns an instance of ``cls``
   (default: ``cls(problem.victim, thief=problem.make_thief(0), **params)``, a fresh seeded
   thief on every call); ``problem`` is an :class:`ExtractionProblem`;
-- ``"params"``: small, fast hyper-parameters (``random_state=0`` is added where it applies);
-- ``"problem"``: ``"relu"`` for :func:`relu_extraction_problem`, else
+- ``params``: small, fast hyper-parameters (``random_state=0`` is added where it applies);
+- ``problem``: ``"relu"`` for :func:`relu_extraction_problem`, else
   :func:`extraction_problem`;
-- ``"budget"``: ``budget(params, n_pool)``, the documented most victim queries one
+- ``queries``: ``queries(params, n_pool)``, the documented most victim queries one
   ``extract`` may spend (absent: only the accounting of ``queries_`` is checked);
-- ``"min_fidelity"``: the agreement with the victim on held-out inputs the stolen model must
+- ``min_fidelity``: the agreement with the victim on held-out inputs the stolen model must
   reach (default 0.4; chance is about ``1 / nb_classes``);
-- ``"skip"``: ``{"check_name": "reason"}``.
+- ``skip``: ``{"check_name": "reason"}``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from bastion.exceptions import InputError
 from bastion.testing._attack_checks import (
     _invalid_value,
     check_params_protocol,
-    conformance_spec,
     expect_invalid_params,
     fast_params,
     run_checks,
@@ -42,6 +42,7 @@ from bastion.testing._problems import (
     extraction_problem,
     relu_extraction_problem,
 )
+from bastion.testing._specs import conformance_spec
 
 ExtractionCheck = Callable[[Any, ExtractionProblem], None]
 
@@ -54,17 +55,17 @@ _FAST = {"nb_queries": 100, "epochs": 3, "batch_size": 32, "learning_rate": 1e-2
 
 def extraction_params(cls: Any, **overrides: Any) -> dict[str, Any]:
     """Small, fast hyper-parameters for ``cls`` (tiny query budgets and training, then
-    ``_conformance["params"]``)."""
+    its spec's ``params``)."""
     return fast_params(cls, _FAST, overrides)
 
 
 def default_extraction_problem(cls: Any) -> ExtractionProblem:
-    """The problem ``cls`` runs on (``_conformance["problem"]``, default ``"digits"``)."""
-    return _PROBLEMS[conformance_spec(cls).get("problem", "digits")]()
+    """The problem ``cls`` runs on (its spec's ``problem``, default ``"digits"``)."""
+    return _PROBLEMS[conformance_spec(cls).problem or "digits"]()
 
 
 def _make(cls: Any, problem: ExtractionProblem, **overrides: Any) -> Any:
-    factory = conformance_spec(cls).get("factory")
+    factory = conformance_spec(cls).factory
     params = extraction_params(cls, **overrides)
     if factory is None:
         assert problem.make_thief is not None, "the problem has no thief to train"
@@ -165,14 +166,14 @@ def check_result(cls: Any, problem: ExtractionProblem) -> None:
 
 def check_query_budget(cls: Any, problem: ExtractionProblem) -> None:
     """The victim's ``query_count`` grows by exactly ``queries_`` (every query counted), which
-    is positive and at most the documented budget (``_conformance["budget"]``)."""
+    is positive and at most the documented budget (its spec's ``queries``)."""
     attack = _make(cls, problem)
     start = problem.victim.query_count
     attack.extract(problem.x_pool)
     spent = problem.victim.query_count - start
     assert spent > 0, "the victim was never queried"
     assert attack.queries_ == spent, f"queries_={attack.queries_}, but the victim saw {spent}"
-    budget = conformance_spec(cls).get("budget")
+    budget = conformance_spec(cls).queries
     if budget is not None:
         most = int(budget(extraction_params(cls), len(problem.x_pool)))
         assert spent <= most, f"{spent} victim queries, over the budget of {most}"
@@ -225,11 +226,11 @@ def check_bad_input(cls: Any, problem: ExtractionProblem) -> None:
 
 def check_effective(cls: Any, problem: ExtractionProblem) -> None:
     """With tiny budgets the stolen model already agrees with the victim's top-1 label on
-    held-out inputs far above chance (``_conformance["min_fidelity"]``, default 0.4)."""
+    held-out inputs far above chance (its spec's ``min_fidelity``, default 0.4)."""
     stolen = _make(cls, problem).extract(problem.x_pool)
     ours = _stolen_predictions(stolen, problem.x_test).argmax(1)
     fidelity = float(np.mean(ours == _victim_labels(problem)))
-    least = float(conformance_spec(cls).get("min_fidelity", 0.4))
+    least = float(conformance_spec(cls).min_fidelity)
     assert fidelity >= least, f"fidelity {fidelity:.2f} < {least}"
 
 
@@ -262,7 +263,7 @@ def check_extraction_attack(cls: Any, problem: ExtractionProblem | None = None) 
         instance).
     problem : ExtractionProblem, optional
         Default: the class's own (:func:`extraction_problem`, or
-        :func:`relu_extraction_problem` for ``_conformance["problem"] == "relu"``).
+        :func:`relu_extraction_problem` where its spec's ``problem`` is ``"relu"``).
 
     Returns
     -------

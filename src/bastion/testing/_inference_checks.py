@@ -2,39 +2,41 @@
 inversion, reconstruction) must pass.
 
 Inference attacks fall into families that take and return different things, so each class
-names its family, and says how it is built and run, in its ``_conformance``:
+names its family, and says how it is built and run, in its
+:class:`~bastion.testing.ConformanceSpec` (:func:`~bastion.testing.conformance_spec`):
 
-- ``"family"``: ``"membership"`` (``fit(x, y)`` where the attack calibrates, ``infer(x, y) ->
+- ``family``: ``"membership"`` (``fit(x, y)`` where the attack calibrates, ``infer(x, y) ->
   scores``, higher meaning more likely a member), ``"attribute"`` (``fit(records)`` where
   the attack learns, ``infer(known features, ...) -> values`` of the hidden attribute),
   ``"inversion"`` (``infer(x, y) -> x_inverted``, class representatives) or
   ``"reconstruction"`` (``reconstruct(x, y) -> (x_target, y_target)``, the missing record);
   each family has its problem (:func:`membership_problem`, :func:`attribute_problem`,
   :func:`inversion_problem`, :func:`reconstruction_problem`);
-- ``"factory"``: ``factory(cls, problem, **params)`` returns an instance of ``cls``
+- ``factory``: ``factory(cls, problem, **params)`` returns an instance of ``cls``
   (default: ``cls(problem.estimator, **params)``, with ``attack_feature=problem.
   attack_feature`` for attribute inference); ``problem`` is an :class:`InferenceProblem`;
-- ``"params"``: small, fast hyper-parameters (``random_state=0`` is added where it applies);
-- ``"fit"``: ``fit(attack, problem, **problem.fit_inputs)`` (default: ``attack.fit(x, y)``
+- ``params``: small, fast hyper-parameters (``random_state=0`` is added where it applies);
+- ``fit``: ``fit(attack, problem, **problem.fit_inputs)`` (default: ``attack.fit(x, y)``
   for membership attacks that need a fit, ``attack.fit(x)`` for attribute attacks with a
   ``fit``; none for the others);
-- ``"infer"``: ``infer(attack, problem, **problem.inputs)`` returns the result (default:
+- ``infer``: ``infer(attack, problem, **problem.inputs)`` returns the result (default:
   ``attack.infer(x, y)``, ``attack.reconstruct(x, y)`` for reconstruction); the inputs it
   names are those the attack uses (the bad-input check changes only those);
-- ``"score_range"``: ``(low, high)``, the range membership scores lie in (default: any
+- ``score_range``: ``(low, high)``, the range membership scores lie in (default: any
   finite value);
-- ``"decide"``: ``decide(attack, problem, x, y)`` returns membership verdicts, for attacks
+- ``decide``: ``decide(attack, problem, x, y)`` returns membership verdicts, for attacks
   that give them;
-- ``"queries"``: ``queries(params, n)``, the most target queries one ``infer`` on ``n``
+- ``queries``: ``queries(params, n)``, the most target queries one ``infer`` on ``n``
   samples may spend (absent: the query count is not checked), counted by the estimator's
-  ``query_count`` or by the counter named in ``"counter"`` (``"gradient_count"``);
-- ``"min_auc"``: the ROC AUC a membership attack must reach on the overfit target (default
+  ``query_count`` or by the counter named in ``counter`` (``"gradient_count"``);
+- ``min_auc``: the ROC AUC a membership attack must reach on the overfit target (default
   0.6; chance is 0.5);
-- ``"skip"``: ``{"check_name": "reason"}``.
+- ``skip``: ``{"check_name": "reason"}``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Iterator
@@ -49,7 +51,6 @@ from bastion.testing._attack_checks import (
     _invalid_value,
     check_parametrized_signature,
     check_params_protocol,
-    conformance_spec,
     expect_invalid_params,
     fast_params,
     run_checks,
@@ -63,6 +64,7 @@ from bastion.testing._problems import (
     membership_problem,
     reconstruction_problem,
 )
+from bastion.testing._specs import ConformanceSpec, conformance_spec
 
 InferenceCheck = Callable[[Any, InferenceProblem], None]
 
@@ -91,26 +93,48 @@ def _family_defaults(cls: Any, family: str) -> dict[str, Any]:
     return {"infer": lambda a, p, x, y: a.infer(x, y)}
 
 
-def _conf(cls: Any) -> dict[str, Any]:
+def _conf(cls: Any) -> ConformanceSpec:
+    """The class's spec, with its family's defaults where it leaves ``factory``, ``fit`` or
+    ``infer`` unset."""
     own = conformance_spec(cls)
-    family = own.get("family")
-    assert family in _PROBLEMS, f"{cls.__name__}: _conformance['family'] must be one of {_PROBLEMS}"
-    return {**_family_defaults(cls, family), **own}
+    family = own.family
+    assert family in _PROBLEMS, (
+        f"{cls.__name__}: its ConformanceSpec's family must be one of {list(_PROBLEMS)}"
+        " (bastion.testing.register_conformance)"
+    )
+    defaults = _family_defaults(cls, family)
+    return dataclasses.replace(
+        own, **{k: v for k, v in defaults.items() if getattr(own, k) is None}
+    )
+
+
+def _family(cls: Any) -> str:
+    """The class's family (checked by :func:`_conf`)."""
+    family = _conf(cls).family
+    assert family is not None
+    return family
+
+
+def _infer(cls: Any) -> Callable[..., Any]:
+    """The class's ``infer`` callable (its own, or its family's default)."""
+    infer = _conf(cls).infer
+    assert infer is not None, f"{cls.__name__}: its ConformanceSpec needs an infer callable"
+    return infer
 
 
 def inference_params(cls: Any, **overrides: Any) -> dict[str, Any]:
     """Small, fast hyper-parameters for ``cls`` (few shadow or reference models, small query
-    budgets, then ``_conformance["params"]``)."""
+    budgets, then its spec's ``params``)."""
     return fast_params(cls, _FAST, overrides)
 
 
 def default_inference_problem(cls: Any) -> InferenceProblem:
-    """The problem of ``cls``'s family (``_conformance["family"]``)."""
-    return _PROBLEMS[_conf(cls)["family"]]()
+    """The problem of ``cls``'s family (its spec's ``family``)."""
+    return _PROBLEMS[_family(cls)]()
 
 
 def _make(cls: Any, problem: InferenceProblem, **overrides: Any) -> Any:
-    factory = _conf(cls).get("factory")
+    factory = _conf(cls).factory
     params = inference_params(cls, **overrides)
     if factory is None:
         return cls(problem.estimator, **params)
@@ -120,7 +144,7 @@ def _make(cls: Any, problem: InferenceProblem, **overrides: Any) -> Any:
 def _fitted(
     attack: Any, problem: InferenceProblem, fit_inputs: dict[str, Any] | None = None
 ) -> Any:
-    fit = _conf(type(attack)).get("fit")
+    fit = _conf(type(attack)).fit
     if fit is not None:
         fit(attack, problem, **(problem.fit_inputs if fit_inputs is None else fit_inputs))
     return attack
@@ -128,7 +152,7 @@ def _fitted(
 
 def _uses(cls: Any) -> list[str]:
     """The inputs the class's ``infer`` callable names."""
-    params = list(inspect.signature(_conf(cls)["infer"]).parameters.values())[2:]
+    params = list(inspect.signature(_infer(cls)).parameters.values())[2:]
     return [p.name for p in params if p.kind is not p.VAR_KEYWORD]
 
 
@@ -143,7 +167,7 @@ def _run(
     problem's)."""
     attack = _fitted(_make(cls, problem, **over), problem, fit_inputs)
     given = problem.inputs if inputs is None else inputs
-    return _conf(cls)["infer"](attack, problem, **{k: given[k] for k in _uses(cls)})
+    return _infer(cls)(attack, problem, **{k: given[k] for k in _uses(cls)})
 
 
 def _np(a: Any) -> np.ndarray:
@@ -159,7 +183,7 @@ def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def _method(cls: Any) -> Any:
-    return cls.reconstruct if _conf(cls)["family"] == "reconstruction" else cls.infer
+    return cls.reconstruct if _family(cls) == "reconstruction" else cls.infer
 
 
 # --------------------------------------------------------------------------- checks
@@ -183,7 +207,7 @@ def check_signature(cls: Any, problem: InferenceProblem) -> None:
         # No work (and no validation) in __init__: a bad value is only reported when used.
         cls(**{k: _invalid_value(c) for k, c in cls._parameter_constraints.items()})
     names = list(inspect.signature(_method(cls)).parameters)[1:]
-    family = _conf(cls)["family"]
+    family = _family(cls)
     expected = ["x"] if family == "attribute" else ["x", "y"]
     assert names[: len(expected)] == expected, f"{cls.__name__}: {_method(cls).__name__}{names}"
 
@@ -217,7 +241,7 @@ def check_invalid_params(cls: Any, problem: InferenceProblem) -> None:
     def use(name: str, value: Any) -> Any:
         attack = _fitted(_make(cls, problem).set_params(**{name: value}), problem)
         given = {k: problem.inputs[k] for k in _uses(cls)}
-        return _conf(cls)["infer"](attack, problem, **given)
+        return _infer(cls)(attack, problem, **given)
 
     expect_invalid_params(cls, use)
 
@@ -227,9 +251,9 @@ def _check_membership_result(cls: Any, problem: InferenceProblem, scores: Any) -
     assert isinstance(scores, np.ndarray), f"scores are a {type(scores).__name__}"
     assert scores.shape == (n,) and scores.dtype == np.float64, f"scores: {scores.shape}"
     assert np.all(np.isfinite(scores)), "non-finite scores"
-    lo, hi = _conf(cls).get("score_range", (-np.inf, np.inf))
+    lo, hi = _conf(cls).score_range
     assert scores.min() >= lo and scores.max() <= hi, f"scores outside [{lo}, {hi}]"
-    decide = _conf(cls).get("decide")
+    decide = _conf(cls).decide
     if decide is not None:
         x, y = problem.inputs["x"], problem.inputs["y"]
         verdicts = decide(_fitted(_make(cls, problem), problem), problem, x, y)
@@ -291,7 +315,7 @@ def check_result(cls: Any, problem: InferenceProblem) -> None:
     value of the attribute per record; an inversion has the shape and dtype of ``x`` (or the
     estimator's ``input_shape`` when started from nothing) and stays inside ``clip_values``;
     a reconstruction is one finite record and a one-hot label."""
-    _RESULT_CHECKS[_conf(cls)["family"]](cls, problem, _run(cls, problem))
+    _RESULT_CHECKS[_family(cls)](cls, problem, _run(cls, problem))
 
 
 def check_aligned(cls: Any, problem: InferenceProblem) -> None:
@@ -321,7 +345,7 @@ def check_tensor_input(cls: Any, problem: InferenceProblem) -> None:
     for u, v in zip(a, b, strict=True):
         assert isinstance(v, torch.Tensor), f"tensors in gave a {type(v).__name__}"
         assert v.device == inputs["x"].device, "the result left x's device"
-        if u.dtype.kind == "f" and _conf(cls)["family"] in ("inversion", "reconstruction"):
+        if u.dtype.kind == "f" and _family(cls) in ("inversion", "reconstruction"):
             assert v.dtype == inputs["x"].dtype, f"dtype {v.dtype}, not x's"
         np.testing.assert_allclose(_np(v), u, rtol=1e-5, atol=1e-6, err_msg="tensors differ")
 
@@ -384,7 +408,7 @@ def check_infer_before_fit(cls: Any, problem: InferenceProblem) -> None:
     attack = _make(cls, problem)
     given = {k: problem.inputs[k] for k in _uses(cls)}
     try:
-        _conf(cls)["infer"](attack, problem, **given)
+        _infer(cls)(attack, problem, **given)
     except NotFittedError as err:
         assert "fit" in str(err), f"the message must say to call fit: {err}"
     else:
@@ -393,17 +417,19 @@ def check_infer_before_fit(cls: Any, problem: InferenceProblem) -> None:
 
 def check_query_count(cls: Any, problem: InferenceProblem) -> None:
     """``infer`` queries the target (``query_count``, or the estimator counter named by
-    ``_conformance["counter"]``, e.g. ``gradient_count``) at least once per sample and at most
-    the documented budget (``_conformance["queries"]``), every query counted; an ``n_iter_``
+    its spec's ``counter``, e.g. ``gradient_count``) at least once per sample and at most
+    the documented budget (its spec's ``queries``), every query counted; an ``n_iter_``
     never exceeds ``max_iter``."""
     attack = _fitted(_make(cls, problem), problem)
     est, n = problem.estimator, len(problem.truth)
-    counter = _conf(cls).get("counter", "query_count")
+    conf = _conf(cls)
+    assert conf.queries is not None, f"{cls.__name__}: its ConformanceSpec gives no queries"
+    counter = conf.counter
     before = getattr(est, counter)
-    _conf(cls)["infer"](attack, problem, **{k: problem.inputs[k] for k in _uses(cls)})
+    _infer(cls)(attack, problem, **{k: problem.inputs[k] for k in _uses(cls)})
     spent = getattr(est, counter) - before
     params = inference_params(cls)
-    most = int(_conf(cls)["queries"](params, n))
+    most = int(conf.queries(params, n))
     assert n <= spent <= most, f"{spent} target queries for {n} samples (budget {most})"
     if hasattr(attack, "n_iter_") and "max_iter" in params:
         assert np.max(attack.n_iter_) <= params["max_iter"], "n_iter_ exceeds max_iter"
@@ -411,7 +437,7 @@ def check_query_count(cls: Any, problem: InferenceProblem) -> None:
 
 def _effective_membership(cls: Any, problem: InferenceProblem) -> None:
     auc = roc_auc(_np(_run(cls, problem)), problem.truth)
-    least = float(_conf(cls).get("min_auc", 0.6))
+    least = float(_conf(cls).min_auc)
     assert auc >= least, f"AUC {auc:.3f} < {least} on members versus non-members"
 
 
@@ -449,7 +475,7 @@ def check_effective(cls: Any, problem: InferenceProblem) -> None:
     inference beats always guessing the majority value by 10 points; every class
     representative MIFace-style inversion finds from its default start (90% of them) is
     classified as its class; the reconstructed record is the missing one (up to 1e-6)."""
-    _EFFECTIVE[_conf(cls)["family"]](cls, problem)
+    _EFFECTIVE[_family(cls)](cls, problem)
 
 
 def inference_checks(cls: Any) -> Iterator[InferenceCheck]:
@@ -462,7 +488,7 @@ def inference_checks(cls: Any) -> Iterator[InferenceCheck]:
         check_invalid_params,
         check_result,
     ]
-    if conf["family"] in ("membership", "attribute"):
+    if conf.family in ("membership", "attribute"):
         checks.append(check_aligned)
     checks += [
         check_input_not_mutated,
@@ -471,9 +497,9 @@ def inference_checks(cls: Any) -> Iterator[InferenceCheck]:
         check_nan_input,
         check_bad_input,
     ]
-    if conf.get("fit") is not None:
+    if conf.fit is not None:
         checks.append(check_infer_before_fit)
-    if conf.get("queries") is not None:
+    if conf.queries is not None:
         checks.append(check_query_count)
     checks.append(check_effective)
     return without_skips(cls, checks)

@@ -1,18 +1,19 @@
 """Generic checks that every poisoning attack (``poison(x, y) -> (x_p, y_p, mask)``) must pass.
 
 How a check builds an attack: poisoning attacks are built on different things (a trigger, a
-model, target images, a validation set), so each class says how in its ``_conformance``:
+model, target images, a validation set), so each class says how in its
+:class:`~bastion.testing.ConformanceSpec` (:func:`~bastion.testing.conformance_spec`):
 
-- ``"factory"``: ``factory(cls, problem, **params)`` returns an instance of ``cls``
+- ``factory``: ``factory(cls, problem, **params)`` returns an instance of ``cls``
   (default: ``cls(problem.estimator, **params)``); ``problem`` is a :class:`PoisoningProblem`;
-- ``"params"``: small, fast hyper-parameters (``random_state=0`` is added where it applies);
-- ``"problem"``: ``"svm"`` for :func:`svm_poisoning_problem`, else :func:`poisoning_problem`;
-- ``"clean_label"``: True if labels are never changed (else poisoned labels must change);
-- ``"stamps_trigger"``: True if every poisoned sample carries the problem's trigger;
-- ``"budget"``: the name of an L-infinity budget bounding ``|x_p - x|`` (outside the trigger);
-- ``"progress"``: ``(attribute, "up" | "down")``, a history of the attack's objective (a list,
+- ``params``: small, fast hyper-parameters (``random_state=0`` is added where it applies);
+- ``problem``: ``"svm"`` for :func:`svm_poisoning_problem`, else :func:`poisoning_problem`;
+- ``clean_label``: True if labels are never changed (else poisoned labels must change);
+- ``stamps_trigger``: True if every poisoned sample carries the problem's trigger;
+- ``budget``: the name of an L-infinity budget bounding ``|x_p - x|`` (outside the trigger);
+- ``progress``: ``(attribute, "up" | "down")``, a history of the attack's objective (a list,
   or a list of lists, one per attack point) that must improve from first to last value;
-- ``"skip"``: ``{"check_name": "reason"}``.
+- ``skip``: ``{"check_name": "reason"}``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from bastion.testing._attack_checks import (
     _invalid_value,
     check_parametrized_signature,
     check_params_protocol,
-    conformance_spec,
     expect_invalid_params,
     fast_params,
     run_checks,
@@ -38,6 +38,7 @@ from bastion.testing._attack_checks import (
 )
 from bastion.testing._detector_checks import _section
 from bastion.testing._problems import PoisoningProblem, poisoning_problem, svm_poisoning_problem
+from bastion.testing._specs import conformance_spec
 
 PoisoningCheck = Callable[[Any, PoisoningProblem], None]
 
@@ -48,17 +49,17 @@ _PROBLEMS: dict[str, Callable[[], PoisoningProblem]] = {
 
 
 def poisoning_params(cls: Any, **overrides: Any) -> dict[str, Any]:
-    """Small, fast hyper-parameters for ``cls`` (``_conformance["params"]``)."""
+    """Small, fast hyper-parameters for ``cls`` (its spec's ``params``)."""
     return fast_params(cls, {}, overrides)
 
 
 def default_poisoning_problem(cls: Any) -> PoisoningProblem:
-    """The problem ``cls`` runs on (``_conformance["problem"]``, default ``"image"``)."""
-    return _PROBLEMS[conformance_spec(cls).get("problem", "image")]()
+    """The problem ``cls`` runs on (its spec's ``problem``, default ``"image"``)."""
+    return _PROBLEMS[conformance_spec(cls).problem or "image"]()
 
 
 def _make(cls: Any, problem: PoisoningProblem, **overrides: Any) -> Any:
-    factory = conformance_spec(cls).get("factory")
+    factory = conformance_spec(cls).factory
     params = poisoning_params(cls, **overrides)
     if factory is None:
         return cls(problem.estimator, **params)
@@ -90,7 +91,7 @@ def check_signature(cls: Any, problem: PoisoningProblem) -> None:
     given = poisoning_params(cls)
     fits = (
         params[0].name == "estimator"
-        and conformance_spec(cls).get("factory") is None
+        and conformance_spec(cls).factory is None
         and all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in params[1:])
     )
     if fits:
@@ -277,7 +278,7 @@ def check_labels(cls: Any, problem: PoisoningProblem) -> None:
     """Clean-label attacks leave every label as it was; the others relabel what they
     poison."""
     _, y_p, mask = _poison(cls, problem)
-    if conformance_spec(cls).get("clean_label"):
+    if conformance_spec(cls).clean_label:
         np.testing.assert_array_equal(y_p, problem.y, err_msg="a clean-label attack relabelled")
     else:
         assert np.all(y_p[mask] != problem.y[mask]), "poisoned samples kept their labels"
@@ -289,7 +290,7 @@ def check_trigger(cls: Any, problem: PoisoningProblem) -> None:
     attack's budget (0 when it has none)."""
     x_p, _, mask = _poison(cls, problem)
     assert np.all(x_p[mask][..., -2:, -2:] == 1.0), "a poisoned sample lacks the trigger"
-    name = conformance_spec(cls).get("budget")
+    name = conformance_spec(cls).budget
     eps = float(poisoning_params(cls)[name]) if name else 0.0
     outside = np.abs(x_p - problem.x)[mask]
     outside[..., -2:, -2:] = 0.0
@@ -299,18 +300,21 @@ def check_trigger(cls: Any, problem: PoisoningProblem) -> None:
 def check_budget(cls: Any, problem: PoisoningProblem) -> None:
     """Attacks with an L-infinity budget stay within it (+1e-6) (outside the trigger where they
     stamp one, see ``check_trigger``)."""
-    name = conformance_spec(cls)["budget"]
+    name = conformance_spec(cls).budget
+    assert name is not None, f"{cls.__name__} declares no budget"
     eps = float(poisoning_params(cls)[name])
     x_p, _, _ = _poison(cls, problem)
     delta = np.abs(x_p - problem.x)
-    if conformance_spec(cls).get("stamps_trigger"):
+    if conformance_spec(cls).stamps_trigger:
         delta[..., -2:, -2:] = 0.0
     assert delta.max() <= eps + 1e-6, f"perturbation {delta.max():.3g} > {name}={eps}"
 
 
 def check_progress(cls: Any, problem: PoisoningProblem) -> None:
     """The attack's recorded objective improves from its first to its last value."""
-    attr, direction = conformance_spec(cls)["progress"]
+    progress = conformance_spec(cls).progress
+    assert progress is not None, f"{cls.__name__} declares no progress"
+    attr, direction = progress
     attack = _make(cls, problem)
     attack.poison(problem.x, problem.y)
     history = getattr(attack, attr)
@@ -323,7 +327,7 @@ def check_progress(cls: Any, problem: PoisoningProblem) -> None:
 
 def poisoning_checks(cls: Any) -> Iterator[PoisoningCheck]:
     """The checks that apply to ``cls``, minus those it skips with a written reason."""
-    conf = conformance_spec(cls)
+    spec = conformance_spec(cls)
     checks: list[PoisoningCheck] = [
         check_signature,
         check_docstring,
@@ -336,15 +340,15 @@ def poisoning_checks(cls: Any) -> Iterator[PoisoningCheck]:
         check_bad_input,
         check_labels,
     ]
-    if "estimator" in inspect.signature(cls.__init__).parameters and "problem" not in conf:
+    if "estimator" in inspect.signature(cls.__init__).parameters and spec.problem is None:
         checks.append(check_wrong_sample_shape)
     if getattr(cls, "_class_parameters", ()):
         checks.append(check_class_parameters)
-    if conf.get("stamps_trigger"):
+    if spec.stamps_trigger:
         checks.append(check_trigger)
-    if conf.get("budget"):
+    if spec.budget:
         checks.append(check_budget)
-    if conf.get("progress"):
+    if spec.progress:
         checks.append(check_progress)
     return without_skips(cls, checks)
 
@@ -358,7 +362,7 @@ def check_poisoning_attack(cls: Any, problem: PoisoningProblem | None = None) ->
         A :class:`~bastion.attacks.poisoning.PoisoningAttack` subclass (not an instance).
     problem : PoisoningProblem, optional
         Default: the class's own (:func:`poisoning_problem`, or
-        :func:`svm_poisoning_problem` for ``_conformance["problem"] == "svm"``).
+        :func:`svm_poisoning_problem` where its spec's ``problem`` is ``"svm"``).
 
     Returns
     -------

@@ -21,6 +21,7 @@ from bastion._validation import (
 )
 from bastion.attacks._optim import adam_step
 from bastion.attacks.base import BATCH_SIZE, RANDOM_STATE, VERBOSE, EvasionAttack, checked_input
+from bastion.estimators.base import SupportsLossGradient
 from bastion.exceptions import EstimatorError, NotFittedError
 
 __all__ = ["AdversarialPatch"]
@@ -137,6 +138,8 @@ class AdversarialPatch(EvasionAttack):
     True
     """
 
+    estimator: SupportsLossGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "target": [NONE, Interval(int, 0, None)],
         "patch_shape": [NONE, Satisfies(_is_patch_shape, "a tuple (C, h, w) of positive ints")],
@@ -151,14 +154,11 @@ class AdversarialPatch(EvasionAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_iter": 10, "scale_min": 0.4, "scale_max": 0.6, "learning_rate": 0.1},
-    }
     _estimator_requirements = ("loss_gradient",)
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsLossGradient,
         *,
         target: int | None = None,
         patch_shape: tuple[int, int, int] | None = None,

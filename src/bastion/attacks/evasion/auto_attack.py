@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -37,11 +37,18 @@ from bastion.attacks.evasion._auto_attack_state import (
     load_progress,
     save_progress,
 )
+from bastion.estimators.base import SupportsClassGradient, SupportsLossGradient
 from bastion.exceptions import InputError, InvalidParameterError
 
 __all__ = ["AutoAttack", "AutoAttackResult", "EvaluationFlag"]
 
 _LOG = logging.getLogger("bastion")
+
+
+class _SupportsLossAndClassGradient(SupportsClassGradient, SupportsLossGradient, Protocol):
+    """What AutoAttack's ensemble uses: loss gradients (APGD-CE), class gradients and logits
+    (APGD-DLR, APGD-T, FAB, the check of the logits) and predictions (Square)."""
+
 
 #: The attacks AutoAttack knows by name.
 ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -336,6 +343,8 @@ class AutoAttack(FixedBudgetAttack):
     True
     """
 
+    estimator: _SupportsLossAndClassGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": BUDGET,
         "norm": [NORM],
@@ -354,13 +363,10 @@ class AutoAttack(FixedBudgetAttack):
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("predict", "logits", "loss_gradient", "class_gradient")
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"version": "custom", "attacks": ["apgd-ce", "apgd-t", "fab-t"], "max_iter": 5},
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: _SupportsLossAndClassGradient,
         *,
         eps: Any = 0.3,
         norm: Any = "inf",

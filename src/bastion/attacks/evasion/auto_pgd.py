@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 
@@ -32,7 +32,11 @@ from bastion.attacks.base import (
     FixedBudgetAttack,
     is_adversarial,
 )
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import (
+    SupportsClassGradient,
+    SupportsLossGradient,
+    require_capabilities,
+)
 
 __all__ = ["APGD", "AutoProjectedGradientDescent"]
 
@@ -176,6 +180,8 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
     True
     """
 
+    estimator: SupportsLossGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": BUDGET,
         "norm": [NORM],
@@ -191,11 +197,10 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("predict", "loss_gradient")
-    _conformance: ClassVar[dict[str, Any]] = {"params": {"max_iter": 5}}
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsLossGradient,
         *,
         eps: Any = 0.3,
         norm: Any = "inf",
@@ -252,9 +257,11 @@ class AutoProjectedGradientDescent(FixedBudgetAttack):
             if self.targeted:
                 return -grad, -loss, logits
             return grad, loss, logits
+        # loss="dlr": _validate required the class_gradient capability.
+        est_dlr = cast(SupportsClassGradient, est)
         if self.targeted and source is not None:
-            return est.objective_gradient_tensor(x, lambda z: _dlr_loss(z, source, y))
-        return est.objective_gradient_tensor(x, lambda z: _dlr_loss(z, y, None))
+            return est_dlr.objective_gradient_tensor(x, lambda z: _dlr_loss(z, source, y))
+        return est_dlr.objective_gradient_tensor(x, lambda z: _dlr_loss(z, y, None))
 
     # ------------------------------------------------------------------ one run
 

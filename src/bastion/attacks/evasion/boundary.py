@@ -14,6 +14,7 @@ from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import lp_norm
 from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, TARGETED, VERBOSE
 from bastion.attacks.decision import DecisionBasedAttack
+from bastion.estimators.base import SupportsPredict
 
 __all__ = ["BoundaryAttack"]
 
@@ -130,21 +131,12 @@ class BoundaryAttack(DecisionBasedAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 200},
-        "skip": {
-            "check_batch_size_invariance": (
-                "the random walk draws its directions for the whole batch at once, so another "
-                "batch composition draws other directions"
-            ),
-        },
-    }
 
     norm = 2  # not a parameter: the attack is defined in L2
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         targeted: bool = False,
         max_queries: int = 5000,

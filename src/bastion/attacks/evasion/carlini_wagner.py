@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -18,6 +18,7 @@ from bastion.attacks._optim import (
     keep_best,
 )
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
+from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["CW", "CarliniWagnerL2", "CarliniWagnerLinf"]
 
@@ -131,23 +132,17 @@ class CarliniWagnerL2(MinimumNormAttack):
     True
     """
 
+    estimator: SupportsClassGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         **_COMMON,
         "binary_search_steps": [Interval(int, 1, None)],
     }
     _estimator_requirements = ("predict", "logits", "class_gradient")
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {
-            "max_iter": 20,
-            "binary_search_steps": 2,
-            "initial_const": 1.0,
-            "learning_rate": 0.1,
-        }
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         confidence: float = 0.0,
         targeted: bool = False,
@@ -312,6 +307,8 @@ class CarliniWagnerLinf(MinimumNormAttack):
     True
     """
 
+    estimator: SupportsClassGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         **_COMMON,
         "tau_decrease": [Interval(float, 0, 1, closed="neither")],
@@ -320,13 +317,10 @@ class CarliniWagnerLinf(MinimumNormAttack):
         "reduce_const": [TARGETED[0]],
     }
     _estimator_requirements = ("predict", "logits", "class_gradient")
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_iter": 10, "learning_rate": 0.02, "initial_const": 0.1}
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         confidence: float = 0.0,
         targeted: bool = False,

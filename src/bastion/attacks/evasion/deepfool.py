@@ -9,6 +9,7 @@ import torch
 from bastion._validation import Constraint, Interval, Options
 from bastion.attacks._lp import canonical_norm
 from bastion.attacks.base import BATCH_SIZE, VERBOSE, MinimumNormAttack
+from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["DeepFool"]
 
@@ -75,6 +76,8 @@ class DeepFool(MinimumNormAttack):
     True
     """
 
+    estimator: SupportsClassGradient
+
     _renamed: ClassVar[dict[str, Any]] = {"epsilon": "tol"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "norm": [Options(["inf", float("inf"), 2])],
@@ -92,7 +95,7 @@ class DeepFool(MinimumNormAttack):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         norm: Any = 2,
         max_iter: int = 50,

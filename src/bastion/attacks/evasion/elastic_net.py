@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -12,6 +12,7 @@ from bastion.attacks._batch import rows as _rows
 from bastion.attacks._optim import ConstSearch, const_search_runs, keep_best
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
 from bastion.attacks.evasion.carlini_wagner import _margin, _weighted_hinge
+from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["EAD", "ElasticNet"]
 
@@ -91,6 +92,8 @@ class ElasticNet(MinimumNormAttack):
     True
     """
 
+    estimator: SupportsClassGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "confidence": [Interval(float, 0, None)],
         "targeted": TARGETED,
@@ -106,18 +109,10 @@ class ElasticNet(MinimumNormAttack):
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("predict", "logits", "class_gradient")
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {
-            "max_iter": 10,
-            "binary_search_steps": 2,
-            "initial_const": 1.0,
-            "learning_rate": 0.1,
-        }
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         confidence: float = 0.0,
         targeted: bool = False,

@@ -17,6 +17,7 @@ from bastion.attacks.base import (
     VERBOSE,
     MinimumNormAttack,
 )
+from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["FAB", "project_hyperplane_box"]
 
@@ -192,6 +193,8 @@ class FAB(MinimumNormAttack):
     True
     """
 
+    estimator: SupportsClassGradient
+
     _renamed: ClassVar[dict[str, Any]] = {
         "n_restarts": ("num_random_init", lambda k: k - 1 if isinstance(k, int) else k),
         "n_target_classes": "nb_target_classes",
@@ -211,11 +214,10 @@ class FAB(MinimumNormAttack):
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("predict", "logits", "class_gradient")
-    _conformance: ClassVar[dict[str, Any]] = {"params": {"max_iter": 10}}
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         norm: Any = "inf",
         max_iter: int = 100,
@@ -358,11 +360,14 @@ class FAB(MinimumNormAttack):
                 o = other
                 if o is None:  # the strongest class other than the target, at x1
                     o = logits.scatter(1, cls.view(-1, 1), -math.inf).argmax(dim=1)
+
                 # One backward pass, of the logit difference itself.
-                grad, f_s, logits = est.objective_gradient_tensor(
-                    x1.reshape(shape),
-                    lambda z, c=cls, o=o: z[rows, c] - z[rows, o],
-                )
+                def margin(
+                    z: torch.Tensor, c: torch.Tensor = cls, o: torch.Tensor = o
+                ) -> torch.Tensor:
+                    return z[rows, c] - z[rows, o]
+
+                grad, f_s, logits = est.objective_gradient_tensor(x1.reshape(shape), margin)
                 w = grad.flatten(1)
                 if mask is not None:
                     w = w * mask

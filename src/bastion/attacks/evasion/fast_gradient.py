@@ -9,6 +9,7 @@ import torch
 from bastion._validation import Constraint, Interval
 from bastion.attacks._lp import canonical_norm, steepest_direction
 from bastion.attacks.base import BATCH_SIZE, BUDGET, NORM, TARGETED, VERBOSE, FixedBudgetAttack
+from bastion.estimators.base import SupportsLossGradient
 
 __all__ = ["FGSM", "FastGradientMethod"]
 
@@ -57,6 +58,8 @@ class FastGradientMethod(FixedBudgetAttack):
     True
     """
 
+    estimator: SupportsLossGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": BUDGET,
         "norm": [NORM],
@@ -69,7 +72,7 @@ class FastGradientMethod(FixedBudgetAttack):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsLossGradient,
         *,
         eps: Any = 0.3,
         norm: Any = "inf",

@@ -12,6 +12,7 @@ from bastion._validation import NONE, Constraint, Interval, Options, Satisfies
 from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._lp import canonical_norm, lp_norm, project_lp_box
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
+from bastion.estimators.base import SupportsClassGradient
 from bastion.exceptions import InputError
 
 __all__ = ["FMN", "FastMinimumNorm"]
@@ -112,6 +113,8 @@ class FastMinimumNorm(MinimumNormAttack):
     True
     """
 
+    estimator: SupportsClassGradient
+
     _renamed: ClassVar[dict[str, Any]] = {"starting_points": "x_init"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "norm": [Options(["inf", float("inf"), 2, 1, 0])],
@@ -127,11 +130,10 @@ class FastMinimumNorm(MinimumNormAttack):
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("predict", "logits", "class_gradient")
-    _conformance: ClassVar[dict[str, Any]] = {"params": {"max_iter": 10}}
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         norm: Any = "inf",
         targeted: bool = False,

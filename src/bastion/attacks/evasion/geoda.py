@@ -14,6 +14,7 @@ from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import canonical_norm, lp_norm
 from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, VERBOSE
 from bastion.attacks.decision import DecisionBasedAttack
+from bastion.estimators.base import SupportsPredict
 
 __all__ = ["GeoDA"]
 
@@ -177,19 +178,12 @@ class GeoDA(DecisionBasedAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 120},
-        "skip": {
-            "check_batch_size_invariance": "random probes are drawn for the whole batch at "
-            "once, so each sample's draws depend on which samples share its batch",
-        },
-    }
     # Not a parameter: the paper defines GeoDA for the untargeted case.
     targeted = False
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         norm: Any = 2,
         max_queries: int = 1000,

@@ -14,6 +14,7 @@ from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import canonical_norm, lp_norm
 from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, TARGETED, VERBOSE
 from bastion.attacks.decision import DecisionBasedAttack
+from bastion.estimators.base import SupportsPredict
 
 __all__ = ["HopSkipJump"]
 
@@ -138,19 +139,10 @@ class HopSkipJump(DecisionBasedAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 300, "nb_init_evals": 20},
-        "skip": {
-            "check_batch_size_invariance": (
-                "the Monte-Carlo probes and noise starts are drawn for the whole batch at once, "
-                "so another batch composition draws other probes"
-            ),
-        },
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         norm: Any = 2,
         targeted: bool = False,

@@ -19,6 +19,7 @@ from bastion.attacks.base import (
     FixedBudgetAttack,
 )
 from bastion.attacks.evasion.projected_gradient import ProjectedGradientDescent
+from bastion.estimators.base import SupportsLossGradient
 
 __all__ = ["BIM", "MIM", "BasicIterativeMethod", "MomentumIterativeMethod"]
 
@@ -92,7 +93,7 @@ class BasicIterativeMethod(ProjectedGradientDescent):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsLossGradient,
         *,
         eps: Any = 0.3,
         eps_step: Any = 0.01,
@@ -162,6 +163,8 @@ class MomentumIterativeMethod(FixedBudgetAttack):
     True
     """
 
+    estimator: SupportsLossGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": BUDGET,
         "eps_step": BUDGET,
@@ -176,7 +179,7 @@ class MomentumIterativeMethod(FixedBudgetAttack):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsLossGradient,
         *,
         eps: Any = 0.3,
         eps_step: Any = 0.03,

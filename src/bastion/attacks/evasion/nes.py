@@ -25,6 +25,7 @@ from bastion.attacks.base import (
     is_adversarial,
 )
 from bastion.attacks.query import QueryAttack
+from bastion.estimators.base import SupportsPredict
 
 __all__ = ["BanditsAttack", "NESAttack"]
 
@@ -207,17 +208,10 @@ class NESAttack(_EstimatedGradientAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 220, "nb_samples": 10, "sigma": 0.01},
-        "skip": {
-            "check_batch_size_invariance": "the Gaussian probes are drawn for the whole batch "
-            "at once, so the draws (and the result) depend on the batch composition",
-        },
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         eps: Any = 0.3,
         eps_step: Any = 0.01,
@@ -402,17 +396,10 @@ class BanditsAttack(_EstimatedGradientAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 300, "tile_size": 2, "online_learning_rate": 10.0},
-        "skip": {
-            "check_batch_size_invariance": "the exploration noise is drawn for the whole batch "
-            "at once, so the draws (and the result) depend on the batch composition",
-        },
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         eps: Any = 0.3,
         eps_step: Any = None,

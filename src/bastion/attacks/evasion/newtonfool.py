@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from bastion._validation import Constraint, Interval
 from bastion.attacks._batch import per_sample as _view
 from bastion.attacks.base import BATCH_SIZE, VERBOSE, MinimumNormAttack
+from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["NewtonFool"]
 
@@ -52,6 +53,8 @@ class NewtonFool(MinimumNormAttack):
     torch.Size([5, 4])
     """
 
+    estimator: SupportsClassGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "max_iter": [Interval(int, 0, None)],
         "eta": [Interval(float, 0, None, closed="neither")],
@@ -64,7 +67,7 @@ class NewtonFool(MinimumNormAttack):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         max_iter: int = 100,
         eta: float = 0.01,

@@ -25,6 +25,7 @@ from bastion.attacks.base import (
     FixedBudgetAttack,
     is_adversarial,
 )
+from bastion.estimators.base import SupportsLossGradient
 
 __all__ = ["PGD", "ProjectedGradientDescent"]
 
@@ -82,6 +83,8 @@ class ProjectedGradientDescent(FixedBudgetAttack):
     True
     """
 
+    estimator: SupportsLossGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": BUDGET,
         "eps_step": BUDGET,
@@ -98,7 +101,7 @@ class ProjectedGradientDescent(FixedBudgetAttack):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsLossGradient,
         *,
         eps: Any = 0.3,
         eps_step: Any = 0.01,

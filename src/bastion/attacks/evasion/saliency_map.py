@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from bastion._validation import Constraint, Interval
 from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
+from bastion.estimators.base import SupportsClassGradient
 from bastion.exceptions import InvalidParameterError
 
 __all__ = ["JSMA", "SaliencyMapMethod"]
@@ -69,6 +70,8 @@ class SaliencyMapMethod(MinimumNormAttack):
     5
     """
 
+    estimator: SupportsClassGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "theta": [Interval(float, None, None)],
         "gamma": [Interval(float, 0, 1, closed="right")],
@@ -77,12 +80,10 @@ class SaliencyMapMethod(MinimumNormAttack):
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("predict", "class_gradient")
-    #: The conformance problem is small (64 features): allow a larger fraction to change.
-    _conformance: ClassVar[dict[str, Any]] = {"params": {"gamma": 0.5}}
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         theta: float = 1.0,
         gamma: float = 0.1,

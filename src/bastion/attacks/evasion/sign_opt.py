@@ -13,6 +13,7 @@ from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._batch import rows as _rows
 from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, TARGETED, VERBOSE
 from bastion.attacks.decision import DecisionBasedAttack
+from bastion.estimators.base import SupportsPredict
 from bastion.exceptions import InputError
 
 __all__ = ["SignOPT"]
@@ -142,19 +143,12 @@ class SignOPT(DecisionBasedAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 150, "nb_init_directions": 20, "nb_grad_queries": 20},
-        "skip": {
-            "check_batch_size_invariance": "random directions are drawn for the whole batch "
-            "at once, so each sample's draws depend on which samples share its batch",
-        },
-    }
     # Not a parameter: Sign-OPT as described here is an L2 attack.
     norm = 2
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         targeted: bool = False,
         max_queries: int = 4000,

@@ -18,6 +18,7 @@ from bastion.attacks.base import (
 )
 from bastion.attacks.evasion.square import _as_images
 from bastion.attacks.query import QueryAttack
+from bastion.estimators.base import SupportsPredict
 
 __all__ = ["SimBA", "dct_2d", "dct_matrix", "idct_2d"]
 
@@ -144,19 +145,10 @@ class SimBA(QueryAttack, MinimumNormAttack):
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("predict",)
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 200, "eps_step": 0.2},
-        "skip": {
-            "check_batch_size_invariance": (
-                "each sample's random order of directions is drawn per batch, so it depends on "
-                "the batch composition (seeded determinism is checked instead)"
-            ),
-        },
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         eps_step: float = 0.2,
         basis: str = "dct",

@@ -22,6 +22,7 @@ from bastion.attacks.base import (
     is_adversarial,
 )
 from bastion.attacks.query import QueryAttack
+from bastion.estimators.base import SupportsPredict
 
 __all__ = ["SquareAttack", "p_schedule"]
 
@@ -205,20 +206,10 @@ class SquareAttack(QueryAttack, FixedBudgetAttack):
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("predict",)
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_queries": 100},
-        "skip": {
-            "check_batch_size_invariance": (
-                "the squares and signs are drawn per batch, so the random search depends on "
-                "the batch composition and the attack has no deterministic configuration "
-                "(seeded determinism is checked instead)"
-            ),
-        },
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         eps: Any = 0.3,
         norm: Any = "inf",

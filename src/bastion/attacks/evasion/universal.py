@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +17,7 @@ from bastion.attacks.base import (
     FixedBudgetAttack,
     checked_input,
 )
+from bastion.estimators.base import SupportsClassGradient, SupportsPredict
 from bastion.exceptions import NotFittedError
 
 __all__ = ["UniversalPerturbation"]
@@ -99,21 +100,12 @@ class UniversalPerturbation(FixedBudgetAttack):
         "batch_size": BATCH_SIZE,
         "verbose": VERBOSE,
     }
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"max_iter": 2},
-        "skip": {
-            "check_batch_size_invariance": (
-                "v is updated after each mini-batch, so batch_size changes the trajectory "
-                "(batch_size=1 is the paper's sequential algorithm)"
-            ),
-        },
-    }
     _estimator_requirements = ("predict",)
     targeted = False
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         attacker: EvasionAttack | None = None,
         eps: float = 0.3,
@@ -137,7 +129,8 @@ class UniversalPerturbation(FixedBudgetAttack):
             return self.attacker
         from bastion.attacks.evasion.deepfool import DeepFool
 
-        return DeepFool(self.estimator, batch_size=self.batch_size)
+        # DeepFool checks the class_gradient capability it needs when it runs.
+        return DeepFool(cast(SupportsClassGradient, self.estimator), batch_size=self.batch_size)
 
     def _fit_tensor(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         est = self.estimator

@@ -9,6 +9,7 @@ import torch
 from bastion._validation import Constraint, Interval
 from bastion.attacks._batch import per_sample as _view
 from bastion.attacks.base import BATCH_SIZE, BUDGET, RANDOM_STATE, VERBOSE, FixedBudgetAttack
+from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["VirtualAdversarialMethod"]
 
@@ -63,6 +64,8 @@ class VirtualAdversarialMethod(FixedBudgetAttack):
     True
     """
 
+    estimator: SupportsClassGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": BUDGET,
         "max_iter": [Interval(int, 1, None)],
@@ -72,21 +75,12 @@ class VirtualAdversarialMethod(FixedBudgetAttack):
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("predict", "class_gradient")
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"eps": 2.0},
-        "skip": {
-            "check_batch_size_invariance": (
-                "the random starting direction is drawn per batch and the attack has no "
-                "deterministic configuration (seeded determinism is checked instead)"
-            ),
-        },
-    }
     #: The perturbation is measured in L2.
     norm = 2
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         eps: Any = 2.0,
         max_iter: int = 1,

@@ -21,6 +21,7 @@ from bastion.attacks.base import (
 )
 from bastion.attacks.evasion.nes import score_objective
 from bastion.attacks.query import QueryAttack
+from bastion.estimators.base import SupportsPredict
 
 __all__ = ["ZooAttack"]
 
@@ -175,24 +176,10 @@ class ZooAttack(QueryAttack, MinimumNormAttack):
         "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {
-            "max_queries": 1500,
-            "nb_parallel": 16,
-            "max_iter": 30,
-            "binary_search_steps": 2,
-            "initial_const": 1.0,
-            "learning_rate": 0.1,
-        },
-        "skip": {
-            "check_batch_size_invariance": "the coordinates are drawn for the whole batch at "
-            "once, so the draws (and the result) depend on the batch composition",
-        },
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         confidence: float = 0.0,
         targeted: bool = False,

@@ -10,7 +10,7 @@ import torch
 from bastion._params import Parametrized
 from bastion._tensor import resolve_random_state, to_tensor
 from bastion._validation import Boolean, Constraint, Interval, RandomState, check_x
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import SupportsFitAndPredict, SupportsPredict, require_capabilities
 from bastion.exceptions import InputError
 
 __all__ = ["ExtractionAttack"]
@@ -45,8 +45,8 @@ class ExtractionAttack(Parametrized):
     _victim_requirements: ClassVar[tuple[str, ...]] = ("predict",)
     _thief_requirements: ClassVar[tuple[str, ...]] = ("predict", "fit")
 
-    victim: Any
-    thief: Any
+    victim: SupportsPredict
+    thief: SupportsFitAndPredict
     random_state: Any
     verbose: bool = False
     #: Victim queries spent by the last :meth:`extract` (samples whose outputs were returned).

@@ -8,6 +8,7 @@ import torch
 
 from bastion._validation import Boolean, Constraint
 from bastion.attacks.extraction._base import THIEF_CONSTRAINTS, ExtractionAttack
+from bastion.estimators.base import SupportsFitAndPredict, SupportsPredict
 
 __all__ = ["CopycatCNN"]
 
@@ -78,16 +79,11 @@ class CopycatCNN(ExtractionAttack):
         "use_probabilities": [Boolean()],
     }
 
-    _conformance: ClassVar[dict[str, Any]] = {
-        "note": "hard labels of nb_queries pool samples; the thief is trained on them",
-        "budget": lambda p, n: min(p["nb_queries"], n),
-    }
-
     def __init__(
         self,
-        victim: Any,
+        victim: SupportsPredict,
         *,
-        thief: Any,
+        thief: SupportsFitAndPredict,
         nb_queries: int = 1000,
         epochs: int = 10,
         batch_size: int = 64,

@@ -149,20 +149,9 @@ class FunctionallyEquivalentExtraction(Parametrized):
         "random_state": [RandomState()],
     }
 
-    _conformance: ClassVar[dict[str, Any]] = {
-        "factory": lambda cls, p, **kw: cls(p.victim, nb_neurons=4, **kw),
-        "problem": "relu",
-        "note": "recovers the float64 ReLU network of relu_extraction_problem; no thief",
-        "min_fidelity": 0.99,
-        "skip": {
-            "check_nan_input": "x_pool is ignored (documented): the attack crafts its queries",
-            "check_bad_input": "x_pool is ignored (documented): the attack crafts its queries",
-        },
-    }
-
     def __init__(
         self,
-        victim: Any,
+        victim: Any,  # an estimator with predict, or a callable returning scores
         *,
         nb_neurons: int,
         input_dim: int | None = None,

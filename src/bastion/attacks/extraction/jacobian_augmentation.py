@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from bastion._validation import Boolean, Constraint, Interval
 from bastion.attacks.extraction._base import THIEF_CONSTRAINTS, ExtractionAttack
+from bastion.estimators.base import SupportsClassGradient, SupportsFit, SupportsPredict
 
 __all__ = ["JacobianAugmentation"]
+
+
+class _SupportsClassGradientAndFit(SupportsClassGradient, SupportsFit, Protocol):
+    """The thief of JacobianAugmentation: trained, and its class gradients augment the data."""
 
 
 class JacobianAugmentation(ExtractionAttack):
@@ -72,6 +77,8 @@ class JacobianAugmentation(ExtractionAttack):
     40
     """
 
+    thief: _SupportsClassGradientAndFit
+
     _renamed: ClassVar[dict[str, Any]] = {"lmbda": "eps_step", "lr": "learning_rate"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         **{k: v for k, v in THIEF_CONSTRAINTS.items() if k != "nb_queries"},
@@ -82,17 +89,11 @@ class JacobianAugmentation(ExtractionAttack):
     }
     _thief_requirements: ClassVar[tuple[str, ...]] = ("predict", "fit", "class_gradient")
 
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"nb_rounds": 2},
-        "note": "the pool is the seed set; it doubles once (two rounds)",
-        "budget": lambda p, n: n * 2 ** (p["nb_rounds"] - 1),
-    }
-
     def __init__(
         self,
-        victim: Any,
+        victim: SupportsPredict,
         *,
-        thief: Any,
+        thief: _SupportsClassGradientAndFit,
         nb_rounds: int = 4,
         eps_step: float = 0.1,
         tau: int = 2,

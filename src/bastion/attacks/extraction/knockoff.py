@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +12,14 @@ from bastion._clustering import kmeans
 from bastion._tensor import to_tensor
 from bastion._validation import Boolean, Constraint, Interval, Options
 from bastion.attacks.extraction._base import THIEF_CONSTRAINTS, ExtractionAttack
+from bastion.estimators.base import SupportsFit, SupportsLogits, SupportsPredict
 from bastion.exceptions import InputError
 
 __all__ = ["KnockoffNets"]
+
+
+class _SupportsLogitsAndFit(SupportsLogits, SupportsFit, Protocol):
+    """The thief of KnockoffNets: trained, and scored with its logits."""
 
 
 class KnockoffNets(ExtractionAttack):
@@ -97,6 +102,8 @@ class KnockoffNets(ExtractionAttack):
     40
     """
 
+    thief: _SupportsLogitsAndFit
+
     #: The adaptive strategy scores each query batch with the thief's logits.
     _thief_requirements: ClassVar[tuple[str, ...]] = ("predict", "logits", "fit")
     _renamed: ClassVar[dict[str, Any]] = {
@@ -113,17 +120,11 @@ class KnockoffNets(ExtractionAttack):
         "use_probabilities": [Boolean()],
     }
 
-    _conformance: ClassVar[dict[str, Any]] = {
-        "params": {"sampling": "adaptive", "nb_actions": 4},
-        "note": "adaptive (gradient-bandit) sampling over k-means clusters of the pool",
-        "budget": lambda p, n: min(p["nb_queries"], n),
-    }
-
     def __init__(
         self,
-        victim: Any,
+        victim: SupportsPredict,
         *,
-        thief: Any,
+        thief: _SupportsLogitsAndFit,
         nb_queries: int = 1000,
         sampling: str = "random",
         reward: str = "all",

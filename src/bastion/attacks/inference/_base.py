@@ -19,7 +19,7 @@ import hashlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,12 @@ from bastion._validation import (
     check_x,
     validate_params,
 )
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import (
+    SupportsClone,
+    SupportsLogits,
+    SupportsPredict,
+    require_capabilities,
+)
 from bastion.estimators.persistence import SUFFIXES, load_estimator, save_estimator
 from bastion.exceptions import EstimatorError, InputError, NotFittedError
 
@@ -57,7 +62,7 @@ REFERENCE_TEMPLATE: list[Constraint] = [
 TRUSTED_TYPES: list[Constraint] = [Satisfies(_is_type_names, "a list or tuple of type names (str)")]
 
 
-def log_scores(estimator: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def log_scores(estimator: SupportsPredict, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Class scores whose softmax is the prediction, in float64, without gradients: the logits
     where the estimator has them, else the log-probabilities (the same up to a constant per
     row). Every row is one query of ``estimator``."""
@@ -66,8 +71,8 @@ def log_scores(estimator: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
             xb = x[i : i + batch_size]
-            if use_logits:
-                z = estimator.logits_tensor(xb)
+            if use_logits:  # the estimator declares logits: it is a SupportsLogits
+                z = cast(SupportsLogits, estimator).logits_tensor(xb)
             else:
                 z = estimator.predict_tensor(xb).clamp_min(1e-38).log()
             out.append(z.to(torch.float64))
@@ -103,7 +108,7 @@ class MembershipInferenceAttack(Parametrized):
     #: True when :meth:`infer` needs a prior :meth:`fit`.
     _needs_fit: ClassVar[bool] = False
 
-    estimator: Any
+    estimator: SupportsPredict
     batch_size: int
 
     @classmethod
@@ -232,7 +237,7 @@ class ReferenceModelAttack(MembershipInferenceAttack):
     _needs_fit = True
     reference_trainer: Any
     nb_reference_models: int
-    reference_template: Any
+    reference_template: SupportsClone | None
     trusted_types: Any
     save_path: Any
     random_state: Any
@@ -244,7 +249,9 @@ class ReferenceModelAttack(MembershipInferenceAttack):
 
     # ------------------------------------------------------------------ hooks
 
-    def _statistic(self, estimator: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _statistic(
+        self, estimator: SupportsPredict, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         """Per-sample statistic of ``estimator`` on ``(x, y)``, shape (n, A) float64."""
         raise NotImplementedError
 
@@ -305,7 +312,7 @@ class ReferenceModelAttack(MembershipInferenceAttack):
     def _after_fit(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Extra work at the end of :meth:`fit` (e.g. RMIA's population samples)."""
 
-    def _check_model(self, model: Any) -> None:
+    def _check_model(self, model: Any) -> None:  # whatever reference_trainer returned
         name = f"{type(self).__name__} (a model returned by reference_trainer)"
         require_capabilities(model, ("predict",), name)
         if model.nb_classes != self.estimator.nb_classes:
@@ -403,7 +410,7 @@ class ReferenceModelAttack(MembershipInferenceAttack):
             )
         return torch.as_tensor(keep)
 
-    def _save_model(self, model: Any, stem: Path, x: torch.Tensor) -> None:
+    def _save_model(self, model: SupportsPredict, stem: Path, x: torch.Tensor) -> None:
         try:
             save_estimator(model, stem, probe=x[: self._PROBE_SIZE])
         except EstimatorError as err:
@@ -426,7 +433,7 @@ class ReferenceModelAttack(MembershipInferenceAttack):
                 f"save_path {str(directory)!r} holds several files for reference model {i} "
                 f"({', '.join(p.name for p in files)}); delete all but one."
             )
-        template = self.reference_template
+        template: SupportsClone | SupportsPredict | None = self.reference_template
         if template is None:
             template = self.estimator
         try:

@@ -23,7 +23,7 @@ The hidden feature is one column of tabular ``x``, with a finite set of values. 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from bastion._validation import (
     Satisfies,
     check_labels,
 )
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import SupportsPredict, require_capabilities
 from bastion.exceptions import EstimatorError, InputError, NotFittedError
 
 __all__ = [
@@ -194,6 +194,8 @@ class AttributeInferenceBlackBox(_AttackModelMixin):
     (200,)
     """
 
+    estimator: SupportsPredict
+
     _parameter_constraints = {  # noqa: RUF012
         "attack_feature": _FEATURE,
         "attack_model": _ATTACK_MODEL,
@@ -201,15 +203,9 @@ class AttributeInferenceBlackBox(_AttackModelMixin):
         "random_state": [RandomState()],
     }
 
-    #: How the conformance suite runs it (see ``bastion.testing``).
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "attribute",
-        "infer": lambda a, p, x, pred, **_: a.infer(x, pred=pred),
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         attack_feature: int = 0,
         attack_model: Any = "rf",
@@ -322,13 +318,6 @@ class AttributeInferenceBaseline(_AttackModelMixin):
         "random_state": [RandomState()],
     }
 
-    #: How the conformance suite runs it (see ``bastion.testing``).
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "attribute",
-        "factory": lambda cls, p, **kw: cls(**{"attack_feature": p.attack_feature, **kw}),
-        "infer": lambda a, p, x, **_: a.infer(x),
-    }
-
     def __init__(
         self,
         *,
@@ -403,6 +392,8 @@ def _candidates(
 
 
 class _TreeAttack(Parametrized):
+    # A fitted scikit-learn decision tree, or a SklearnClassifier around one: the attacks read
+    # the tree itself (``tree_``, ``apply``), which no estimator protocol offers.
     estimator: Any
     attack_feature: int
 
@@ -477,13 +468,7 @@ class AttributeInferenceWhiteBoxDecisionTree(_TreeAttack):
     True
     """
 
-    #: How the conformance suite runs it (see ``bastion.testing``).
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "attribute",
-        "infer": lambda a, p, x, y, **_: a.infer(x, y, values=p.values),
-    }
-
-    def __init__(self, estimator: Any, *, attack_feature: int = 0) -> None:
+    def __init__(self, estimator: Any, *, attack_feature: int = 0) -> None:  # see _TreeAttack
         self.estimator = estimator
         self.attack_feature = attack_feature
 
@@ -571,13 +556,7 @@ class AttributeInferenceWhiteBoxLifestyleDecisionTree(_TreeAttack):
     (5,)
     """
 
-    #: How the conformance suite runs it (see ``bastion.testing``).
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "attribute",
-        "infer": lambda a, p, x, **_: a.infer(x, values=p.values),
-    }
-
-    def __init__(self, estimator: Any, *, attack_feature: int = 0) -> None:
+    def __init__(self, estimator: Any, *, attack_feature: int = 0) -> None:  # see _TreeAttack
         self.estimator = estimator
         self.attack_feature = attack_feature
 

@@ -14,6 +14,7 @@ from bastion._validation import Constraint, Interval, Options, RandomState
 from bastion.attacks.base import BATCH_SIZE, VERBOSE
 from bastion.attacks.evasion.hop_skip_jump import HopSkipJump
 from bastion.attacks.inference._base import MembershipInferenceAttack
+from bastion.estimators.base import SupportsPredict
 from bastion.exceptions import InputError
 
 __all__ = ["LabelOnly"]
@@ -103,21 +104,9 @@ class LabelOnly(MembershipInferenceAttack):
         "verbose": VERBOSE,
     }
 
-    #: How the conformance suite runs it (see ``bastion.testing``): the boundary distance
-    #: with HopSkipJump at 50 queries per sample.
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "membership",
-        "score_range": (0.0, math.inf),
-        "queries": lambda params, n: n * (1 + params["max_queries"]),
-        "skip": {
-            "check_aligned": "its random draws (HopSkipJump's) are made batch by batch in "
-            "sample order, so permuted samples get other draws and other distances",
-        },
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         method: str = "boundary",
         norm: Any = 2,

@@ -26,6 +26,7 @@ from bastion.attacks.inference._base import (
     log_scores,
     logit_confidence,
 )
+from bastion.estimators.base import SupportsClone, SupportsPredict
 
 __all__ = ["LiRA", "image_augmentations"]
 
@@ -235,17 +236,9 @@ class LiRA(ReferenceModelAttack):
         "verbose": VERBOSE,
     }
 
-    #: How the conformance suite runs it (see ``bastion.testing``): 4 logistic-regression
-    #: reference models, online (the candidates are in the population).
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "membership",
-        "factory": lambda cls, p, **kw: cls(p.estimator, reference_trainer=p.trainer, **kw),
-        "queries": lambda params, n: n * len(params.get("augmentations") or [None]),
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         reference_trainer: Callable[..., Any] | None = None,
         nb_reference_models: int = 16,
@@ -253,7 +246,7 @@ class LiRA(ReferenceModelAttack):
         fix_variance: bool | str = "auto",
         augmentations: Sequence[Augmentation] | None = None,
         save_path: Any = None,
-        reference_template: Any = None,
+        reference_template: SupportsClone | None = None,
         trusted_types: Sequence[str] = (),
         batch_size: int = 256,
         random_state: Any = None,
@@ -272,7 +265,9 @@ class LiRA(ReferenceModelAttack):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _statistic(self, estimator: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _statistic(
+        self, estimator: SupportsPredict, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         augs = self.augmentations or [lambda t: t]
         phis = [logit_confidence(log_scores(estimator, a(x), self.batch_size), y) for a in augs]
         return torch.stack(phis, dim=1)

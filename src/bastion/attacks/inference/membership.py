@@ -15,6 +15,7 @@ from bastion.attacks.inference._base import (
     cross_entropy,
     log_scores,
 )
+from bastion.estimators.base import SupportsPredict
 from bastion.exceptions import InputError
 
 __all__ = ["GapAttack", "LossThreshold"]
@@ -72,15 +73,9 @@ class LossThreshold(MembershipInferenceAttack):
         "batch_size": BATCH_SIZE,
     }
 
-    #: How the conformance suite runs it (see ``bastion.testing``).
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "membership",
-        "score_range": (-np.inf, 0.0),  # log p_y
-        "decide": lambda a, p, x, y: a.fit(x, y, is_member=p.truth).predict(x, y),
-        "queries": lambda params, n: n,
-    }
-
-    def __init__(self, estimator: Any, *, threshold: float | None = None, batch_size: int = 256):
+    def __init__(
+        self, estimator: SupportsPredict, *, threshold: float | None = None, batch_size: int = 256
+    ):
         self.estimator = estimator
         self.threshold = threshold
         self.batch_size = batch_size
@@ -168,14 +163,7 @@ class GapAttack(MembershipInferenceAttack):
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"batch_size": BATCH_SIZE}
 
-    #: How the conformance suite runs it (see ``bastion.testing``).
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "membership",
-        "score_range": (0.0, 1.0),
-        "queries": lambda params, n: n,
-    }
-
-    def __init__(self, estimator: Any, *, batch_size: int = 256):
+    def __init__(self, estimator: SupportsPredict, *, batch_size: int = 256):
         self.estimator = estimator
         self.batch_size = batch_size
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -11,7 +11,7 @@ from bastion._params import Parametrized
 from bastion._tensor import to_tensor
 from bastion._validation import Boolean, Interval, check_labels
 from bastion.attacks.base import checked_input
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import SupportsClassGradient, require_capabilities
 from bastion.exceptions import InputError
 
 __all__ = ["MIFace"]
@@ -80,6 +80,8 @@ class MIFace(Parametrized):
     True
     """
 
+    estimator: SupportsClassGradient
+
     _parameter_constraints = {  # noqa: RUF012
         "max_iter": [Interval(int, 1, None)],
         "window_length": [Interval(int, 1, None)],
@@ -89,18 +91,9 @@ class MIFace(Parametrized):
         "verbose": [Boolean()],
     }
 
-    #: How the conformance suite runs it (see ``bastion.testing``): at most 300 steps, one
-    #: gradient per sample and step (and one for the start).
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "inversion",
-        "params": {"max_iter": 300, "threshold": 0.05, "learning_rate": 2.0},
-        "queries": lambda params, n: n * (params["max_iter"] + 1),
-        "counter": "gradient_count",
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         max_iter: int = 10000,
         window_length: int = 100,

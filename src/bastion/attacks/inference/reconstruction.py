@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,9 +60,8 @@ class DatabaseReconstruction(Parametrized):
     (True, 0)
     """
 
-    #: How the conformance suite runs it (see ``bastion.testing``): Gaussian naive Bayes on iris.
-    _conformance: ClassVar[dict[str, Any]] = {"family": "reconstruction"}
-
+    # A fitted GaussianNB or LogisticRegression, or a SklearnClassifier around one: the attack
+    # reads the model's parameters, which no estimator protocol offers.
     def __init__(self, estimator: Any) -> None:
         self.estimator = estimator
 

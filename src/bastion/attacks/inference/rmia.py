@@ -16,6 +16,7 @@ from bastion.attacks.inference._base import (
     ReferenceModelAttack,
     log_scores,
 )
+from bastion.estimators.base import SupportsClone, SupportsPredict
 
 __all__ = ["RMIA"]
 
@@ -120,18 +121,9 @@ class RMIA(ReferenceModelAttack):
         "verbose": VERBOSE,
     }
 
-    #: How the conformance suite runs it (see ``bastion.testing``): 4 logistic-regression
-    #: reference models, offline.
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "membership",
-        "factory": lambda cls, p, **kw: cls(p.estimator, reference_trainer=p.trainer, **kw),
-        "score_range": (0.0, 1.0),
-        "queries": lambda params, n: n,
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         reference_trainer: Callable[..., Any] | None = None,
         nb_reference_models: int = 1,
@@ -140,7 +132,7 @@ class RMIA(ReferenceModelAttack):
         gamma: float = 2.0,
         nb_population_samples: int | None = None,
         save_path: Any = None,
-        reference_template: Any = None,
+        reference_template: SupportsClone | None = None,
         trusted_types: Sequence[str] = (),
         batch_size: int = 256,
         random_state: Any = None,
@@ -160,7 +152,9 @@ class RMIA(ReferenceModelAttack):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _statistic(self, estimator: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _statistic(
+        self, estimator: SupportsPredict, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         z = log_scores(estimator, x, self.batch_size)
         return torch.softmax(z, dim=1).gather(1, y[:, None])  # (n, 1)
 

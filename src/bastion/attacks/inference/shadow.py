@@ -13,7 +13,7 @@ from bastion._tensor import resolve_random_state
 from bastion._validation import NONE, Constraint, Interval, Options, RandomState, Satisfies
 from bastion.attacks.base import BATCH_SIZE, VERBOSE
 from bastion.attacks.inference._base import MembershipInferenceAttack, log_scores
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import SupportsPredict, require_capabilities
 from bastion.exceptions import InputError
 
 __all__ = ["ShadowModelAttack"]
@@ -99,19 +99,9 @@ class ShadowModelAttack(MembershipInferenceAttack):
         "verbose": VERBOSE,
     }
 
-    #: How the conformance suite runs it (see ``bastion.testing``): 2 logistic-regression
-    #: shadow models, one global attack model.
-    _conformance: ClassVar[dict[str, Any]] = {
-        "family": "membership",
-        "factory": lambda cls, p, **kw: cls(p.estimator, shadow_trainer=p.trainer, **kw),
-        "params": {"attack_model": "global"},
-        "score_range": (0.0, 1.0),
-        "queries": lambda params, n: n,
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         shadow_trainer: Callable[..., Any] | None = None,
         nb_shadow_models: int = 4,
@@ -130,7 +120,7 @@ class ShadowModelAttack(MembershipInferenceAttack):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _features(self, estimator: Any, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    def _features(self, estimator: SupportsPredict, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
         probs = torch.softmax(log_scores(estimator, x, self.batch_size), dim=1)
         if self.attack_model == "global":
             onehot = torch.nn.functional.one_hot(y, probs.shape[1]).to(probs)

@@ -22,7 +22,7 @@ from bastion._validation import (
     check_x,
     invalid_parameter,
 )
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import SupportsActivations, SupportsPredict, require_capabilities
 from bastion.exceptions import InputError
 
 __all__ = ["PoisoningAttack"]
@@ -98,7 +98,7 @@ def _share(labels: torch.Tensor, cls: int, fraction: float) -> int:
     return math.floor(fraction * int((labels == cls).sum()) + 0.5)
 
 
-def _resolve_layer(estimator: Any, layer: str | int, owner: str) -> str:
+def _resolve_layer(estimator: SupportsActivations, layer: str | int, owner: str) -> str:
     """The name of the feature ``layer`` (a name of ``estimator.layer_names`` or an index)."""
     names = list(estimator.layer_names)
     if isinstance(layer, int):
@@ -112,7 +112,9 @@ def _resolve_layer(estimator: Any, layer: str | int, owner: str) -> str:
     return layer
 
 
-def _target_images(value: Any, estimator: Any, owner: str, *, single: bool) -> torch.Tensor:
+def _target_images(
+    value: Any, estimator: SupportsPredict, owner: str, *, single: bool
+) -> torch.Tensor:
     """The ``target`` image(s) of a targeted poison, ``(T, *input_shape)`` on the estimator's
     device and dtype (``T == 1`` when ``single``), inside its ``clip_values``."""
     t, _ = to_tensor(value, device=estimator.device, dtype=estimator.dtype)
@@ -168,7 +170,9 @@ class PoisoningAttack(Parametrized):
     _sample_ndim: ClassVar[int | None] = 3
     _class_parameters: ClassVar[tuple[str, ...]] = ()
 
-    estimator: Any  # the model the attack works on, where it has one
+    # The model the attack works on, where it has one: each attack narrows it to the protocol
+    # of what it uses (SVMPoisoning takes a scikit-learn SVC).
+    estimator: Any
     nb_classes_: int
     poison_indices_: np.ndarray
 

@@ -117,14 +117,6 @@ class BackdoorAttack(_TriggerAttack):
     }
     _class_parameters = ("target",)
 
-    #: How the conformance suite builds it (see ``bastion.testing``): on the problem's trigger.
-    _conformance: ClassVar[dict[str, Any]] = {
-        "factory": lambda cls, p, **kw: cls(p.trigger, **kw),
-        "params": {"target": 0, "fraction": 0.2},
-        "note": "dirty-label: needs no model; poisons a fifth of every class but the target",
-        "stamps_trigger": True,
-    }
-
     def __init__(
         self,
         trigger: Trigger,

@@ -17,6 +17,7 @@ from bastion._validation import Constraint, Interval, RandomState
 from bastion.attacks.base import BATCH_SIZE, BUDGET, NORM, VERBOSE
 from bastion.attacks.poisoning._base import _pick, _share
 from bastion.attacks.poisoning.triggers import TRIGGER, Trigger, _TriggerAttack
+from bastion.estimators.base import SupportsLossGradient
 
 __all__ = ["CleanLabelBackdoor"]
 
@@ -91,6 +92,8 @@ class CleanLabelBackdoor(_TriggerAttack):
     (2, True, 1.0)
     """
 
+    estimator: SupportsLossGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "trigger": TRIGGER,
         "target": [Interval(int, 0, None)],
@@ -108,19 +111,9 @@ class CleanLabelBackdoor(_TriggerAttack):
     _estimator_requirements = ("predict", "loss_gradient")
     _class_parameters = ("target",)
 
-    #: How the conformance suite builds it (see ``bastion.testing``): a 3-step PGD.
-    _conformance: ClassVar[dict[str, Any]] = {
-        "factory": lambda cls, p, **kw: cls(p.estimator, p.trigger, **kw),
-        "params": {"target": 0, "fraction": 0.5, "eps": 0.1, "eps_step": 0.05, "max_iter": 3},
-        "note": "PGD within eps, then the trigger is stamped; labels never change",
-        "clean_label": True,
-        "stamps_trigger": True,
-        "budget": "eps",
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsLossGradient,
         trigger: Trigger,
         *,
         target: int,

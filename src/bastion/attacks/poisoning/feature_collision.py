@@ -23,6 +23,7 @@ from bastion.attacks.poisoning._base import (
     _resolve_layer,
     _target_images,
 )
+from bastion.estimators.base import SupportsActivationGradientAndPredict
 
 __all__ = ["FeatureCollision"]
 
@@ -109,6 +110,8 @@ class FeatureCollision(PoisoningAttack):
     (torch.Size([3, 1, 4, 4]), True)
     """
 
+    estimator: SupportsActivationGradientAndPredict
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "target": [Satisfies(_is_array, "a finite array (one image)")],
         "layer": _LAYER,
@@ -124,17 +127,9 @@ class FeatureCollision(PoisoningAttack):
     _estimator_requirements = ("activations", "activation_gradient")
     _sample_ndim = None  # any input shape: (N, *input_shape)
 
-    #: How the conformance suite builds it (see ``bastion.testing``): 3 steps, one target.
-    _conformance: ClassVar[dict[str, Any]] = {
-        "factory": lambda cls, p, **kw: cls(p.estimator, p.x_val[0], **kw),
-        "params": {"max_iter": 3},
-        "note": "every base becomes a poison (the mask is all True); labels never change",
-        "clean_label": True,
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsActivationGradientAndPredict,
         target: Any,
         *,
         layer: str | int = -2,

@@ -9,7 +9,7 @@ scratch on the poisoned set then follows that gradient and misclassifies the tar
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +18,7 @@ from bastion._tensor import RandomStateLike
 from bastion._validation import Constraint, Interval, RandomState, Satisfies
 from bastion.attacks.base import VERBOSE
 from bastion.attacks.poisoning._base import PoisoningAttack, _is_array, _pick, _target_images
+from bastion.estimators.base import SupportsParameterGradient, SupportsPredict
 
 __all__ = ["GradientMatching"]
 
@@ -25,6 +26,10 @@ __all__ = ["GradientMatching"]
 def _dot(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Inner product of two parameter gradients (one tensor per parameter)."""
     return torch.stack([(u * v).sum() for u, v in zip(a, b, strict=True)]).sum()
+
+
+class _SupportsParameterGradientAndPredict(SupportsParameterGradient, SupportsPredict, Protocol):
+    """Parameter gradients, and the input shape, range and device of the estimator."""
 
 
 class GradientMatching(PoisoningAttack):
@@ -104,6 +109,8 @@ class GradientMatching(PoisoningAttack):
     (4, True, True)
     """
 
+    estimator: _SupportsParameterGradientAndPredict
+
     _renamed: ClassVar[dict[str, Any]] = {"restarts": "num_random_init"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "target": [Satisfies(_is_array, "a finite array (one or more images)")],
@@ -120,19 +127,9 @@ class GradientMatching(PoisoningAttack):
     _sample_ndim = None  # any input shape: (N, *input_shape)
     _class_parameters = ("target_label",)
 
-    #: How the conformance suite builds it (see ``bastion.testing``): 3 steps, one target.
-    _conformance: ClassVar[dict[str, Any]] = {
-        "factory": lambda cls, p, **kw: cls(p.estimator, p.x_val[0], **kw),
-        "params": {"target_label": 0, "budget": 0.1, "eps": 0.05, "max_iter": 3},
-        "note": "perturbs a budget of target-class samples within eps; labels never change",
-        "clean_label": True,
-        "budget": "eps",
-        "progress": ("alignment_history_", "up"),
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: _SupportsParameterGradientAndPredict,
         target: Any,
         *,
         target_label: int,

@@ -9,7 +9,7 @@ images to the target class.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from bastion._validation import Constraint, Interval, RandomState, invalid_param
 from bastion.attacks.base import VERBOSE
 from bastion.attacks.poisoning._base import _LAYER, _pick, _resolve_layer, _share
 from bastion.attacks.poisoning.triggers import TRIGGER, Trigger, _TriggerAttack
+from bastion.estimators.base import SupportsActivationGradientAndPredict
 
 __all__ = ["HiddenTriggerBackdoor"]
 
@@ -114,6 +115,8 @@ class HiddenTriggerBackdoor(_TriggerAttack):
     (5, True, True)
     """
 
+    estimator: SupportsActivationGradientAndPredict
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "trigger": TRIGGER,
         "target": [Interval(int, 0, None)],
@@ -131,19 +134,9 @@ class HiddenTriggerBackdoor(_TriggerAttack):
     _estimator_requirements = ("activations", "activation_gradient")
     _class_parameters = ("target", "source")
 
-    #: How the conformance suite builds it (see ``bastion.testing``): 5 steps.
-    _conformance: ClassVar[dict[str, Any]] = {
-        "factory": lambda cls, p, **kw: cls(p.estimator, p.trigger, **kw),
-        "params": {"target": 0, "source": 1, "eps": 0.1, "max_iter": 5, "reassign_every": 5},
-        "note": "the trigger is hidden: poisons are target images within eps, labels kept",
-        "clean_label": True,
-        "budget": "eps",
-        "progress": ("loss_history_", "down"),
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsActivationGradientAndPredict,
         trigger: Trigger,
         *,
         target: int,

@@ -160,18 +160,9 @@ class SVMPoisoning(PoisoningAttack):
     }
     _sample_ndim = 1  # feature vectors (N, d)
 
-    #: How the conformance suite builds it (see ``bastion.testing``): 2 points, 5 steps.
-    _conformance: ClassVar[dict[str, Any]] = {
-        "factory": lambda cls, p, **kw: cls(p.estimator, x_val=p.x_val, y_val=p.y_val, **kw),
-        "params": {"nb_points": 2, "eps_step": 0.5, "max_iter": 5, "clip_values": (0.0, 1.0)},
-        "note": "on a linear SVC, digits 0 versus 1 (svm_poisoning_problem)",
-        "problem": "svm",
-        "progress": ("loss_history_", "up"),
-    }
-
     def __init__(
         self,
-        estimator: Any,
+        estimator: Any,  # a scikit-learn SVC: no estimator protocol exposes its dual
         *,
         x_val: Any,
         y_val: Any,

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from bastion.attacks._optim import adam_step
+from bastion.estimators.base import SupportsClassGradient
 
 if TYPE_CHECKING:
     from bastion.defenses.poisoning.neural_cleanse import NeuralCleanse
@@ -143,7 +144,7 @@ class TriggerSearch:
     # ------------------------------------------------------------------ one epoch
 
     def gradients(
-        self, estimator: Any, xb: torch.Tensor, ids: torch.Tensor
+        self, estimator: SupportsClassGradient, xb: torch.Tensor, ids: torch.Tensor
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
         """Gradients of each class's loss on the batch ``xb`` with respect to its mask and
         pattern parameters, with the logits and the mask norms ``(grads, logits, reg)``.
@@ -184,7 +185,7 @@ class TriggerSearch:
 
     def epoch(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         x: torch.Tensor,
         ids: torch.Tensor,
         batch_size: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from bastion._validation import (
 )
 from bastion.defenses.poisoning._clustering import mosaic, reduce, silhouettes
 from bastion.defenses.poisoning.base import DetectionResult, PoisonDetector, _sklearn_seeds
+from bastion.estimators.base import SupportsActivationsAndPredict, SupportsCloneFitAndPredict
 from bastion.exceptions import EstimatorError, InputError
 
 __all__ = ["ActivationClustering"]
@@ -146,6 +147,8 @@ class ActivationClustering(PoisonDetector):
     ((40,), [0, 1])
     """
 
+    estimator: SupportsActivationsAndPredict
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "layer": _LAYER,
         "nb_clusters": [Interval(int, 2, None)],
@@ -162,7 +165,7 @@ class ActivationClustering(PoisonDetector):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsActivationsAndPredict,
         *,
         layer: str | int | None = None,
         nb_clusters: int = 2,
@@ -416,7 +419,8 @@ class ActivationClustering(PoisonDetector):
         ``(x, y)``."""
         try:
             self._require(("clone", "fit"), "exclusionary_reclassification")
-            fresh = self.estimator.clone(reinitialize=True, random_state=seed)
+            retrainable = cast(SupportsCloneFitAndPredict, self.estimator)  # checked just above
+            fresh = retrainable.clone(reinitialize=True, random_state=seed)
         except EstimatorError as err:
             raise EstimatorError(
                 f"{err} Or pass train_fn=lambda x, y: <a freshly trained estimator>."

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from bastion._params import Parametrized
 from bastion._tensor import ArrayKind, to_tensor
 from bastion._validation import NONE, Constraint, Satisfies, check_labels, check_x
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import SupportsPredict, require_capabilities
 from bastion.exceptions import InputError, NotFittedError
 
 __all__ = ["DetectionResult", "PoisonDefense", "PoisonDetector"]
@@ -119,6 +119,8 @@ class PoisonDefense(Parametrized):
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict",)
     _not_params: ClassVar[tuple[str, ...]] = ("estimator",)
 
+    #: Each defence narrows this to the ``Supports*`` protocol of what it uses (the layer
+    #: helpers below serve those with ``activations``).
     estimator: Any
     layer: Any
     batch_size: int
@@ -254,7 +256,7 @@ class PoisonDefense(Parametrized):
         return torch.cat(rows)
 
     @staticmethod
-    def _predicted(estimator: Any, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def _predicted(estimator: SupportsPredict, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         """The class ``estimator`` predicts for each row of ``x`` (int64, on ``x``'s device)."""
         with torch.no_grad():
             return torch.cat(

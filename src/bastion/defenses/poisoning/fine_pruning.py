@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -13,6 +13,13 @@ from tqdm.auto import tqdm
 from bastion._tensor import RandomStateLike, resolve_random_state
 from bastion._validation import Boolean, Constraint, Interval, RandomState
 from bastion.defenses.poisoning.base import LAYER, PoisonDefense
+from bastion.estimators.base import (
+    SupportsActivationsAndPredict,
+    SupportsClone,
+    SupportsFit,
+    SupportsPredict,
+    SupportsPrune,
+)
 from bastion.exceptions import InputError
 
 __all__ = ["FinePruning"]
@@ -21,6 +28,12 @@ __all__ = ["FinePruning"]
 #: follow one.
 _CONVOLUTION = re.compile(r"(Lazy)?Conv(Transpose)?[123]d")
 _ACTIVATIONS = frozenset({"ReLU", "LeakyReLU", "ELU", "GELU", "SiLU", "Tanh", "Sigmoid"})
+
+
+class _SupportsFinePruning(
+    SupportsActivationsAndPredict, SupportsClone, SupportsPrune, SupportsFit, Protocol
+):
+    """Activations to rank the units, a clone to prune them in and training to fine-tune it."""
 
 
 class FinePruning(PoisonDefense):
@@ -98,6 +111,8 @@ class FinePruning(PoisonDefense):
     ('1', True)
     """
 
+    estimator: _SupportsFinePruning
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "layer": LAYER,
         "accuracy_drop": [Interval(float, 0, 1, closed="left")],
@@ -118,7 +133,7 @@ class FinePruning(PoisonDefense):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: _SupportsFinePruning,
         *,
         layer: str | int | None = None,
         accuracy_drop: float = 0.04,
@@ -198,11 +213,16 @@ class FinePruning(PoisonDefense):
             return str(names[i + 1])
         return str(names[i])
 
-    def _accuracy(self, estimator: Any, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _accuracy(self, estimator: SupportsPredict, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((self._predicted(estimator, x, self.batch_size) == y).float().mean())
 
     def _prune(
-        self, pruned: Any, layer: str, order: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+        self,
+        pruned: _SupportsFinePruning,
+        layer: str,
+        order: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
     ) -> tuple[int, float]:
         """Prune the units of ``layer`` of the clone ``pruned`` in ``order`` while the clean
         accuracy stays within ``accuracy_drop``; returns the number pruned and the accuracy."""

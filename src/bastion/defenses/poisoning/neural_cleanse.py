@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, cast
 
 import numpy as np
 import torch
@@ -20,13 +20,28 @@ from bastion._validation import (
 )
 from bastion.defenses.poisoning._trigger_search import TriggerSearch
 from bastion.defenses.poisoning.base import LAYER, DetectionResult, PoisonDetector
-from bastion.estimators.base import Classifier, EstimatorWrapper
+from bastion.estimators.base import (
+    EstimatorWrapper,
+    SupportsClassGradient,
+    SupportsClone,
+    SupportsCloneFitAndPredict,
+    SupportsPredict,
+    SupportsPrune,
+)
 from bastion.exceptions import InputError
 
 __all__ = ["NeuralCleanse"]
 
 MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of a normal's std
 _FORWARD_BATCH = 256  # samples per forward pass when reading activations and predictions
+
+
+class _SupportsCloneAndPredict(SupportsClone, SupportsPredict, Protocol):
+    """What every ``mitigate`` but the filter needs on top of the detection's capabilities."""
+
+
+class _SupportsCloneAndPrune(_SupportsCloneAndPredict, SupportsPrune, Protocol):
+    """What ``mitigate(method="pruning")`` needs on top of the detection's capabilities."""
 
 
 def anomaly_index(norms: np.ndarray) -> np.ndarray:
@@ -154,6 +169,8 @@ class NeuralCleanse(PoisonDetector):
     ((3, 1, 4, 4), (3, 1, 4, 4), (3,))
     """
 
+    estimator: SupportsClassGradient
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "max_epochs": [Interval(int, 1, None)],
         "learning_rate": [Interval(float, 0, None, closed="neither")],
@@ -173,17 +190,10 @@ class NeuralCleanse(PoisonDetector):
         "verbose": [Boolean()],
     }
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict", "logits", "class_gradient")
-    _conformance: ClassVar[dict[str, Any]] = {
-        "skip": {
-            "check_batch_size_invariance": "batch_size is the mini-batch of the trigger "
-            "optimisation (one Adam step per batch), so it changes the reversed triggers by "
-            "design; it is not only a forward-pass setting",
-        }
-    }
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsClassGradient,
         *,
         max_epochs: int = 100,
         learning_rate: float = 0.1,
@@ -405,7 +415,7 @@ class NeuralCleanse(PoisonDetector):
         fraction: float = 0.2,
         max_prune_ratio: float = 0.5,
         success_threshold: float = 0.05,
-    ) -> Classifier:
+    ) -> SupportsPredict:
         """Repair the model against the infected classes' triggers; returns a new estimator.
 
         Parameters
@@ -428,7 +438,7 @@ class NeuralCleanse(PoisonDetector):
 
         Returns
         -------
-        Classifier
+        estimator
             A clone of the estimator (``estimator.clone()``, its own model: unlearning,
             pruning) or a predict-only filtering wrapper; the original estimator and its model
             are left unchanged. With no infected class, a warning and an unchanged clone.
@@ -474,7 +484,7 @@ class NeuralCleanse(PoisonDetector):
                 "NeuralCleanse found no infected class: the returned model is an unchanged copy.",
                 stacklevel=2,
             )
-            return self.estimator.clone()
+            return cast(_SupportsCloneAndPredict, self.estimator).clone()  # checked above
         if method == "unlearning":
             return self._unlearn(xt, yt, epochs, learning_rate, fraction)
         return self._prune(xt, yt, max_prune_ratio, success_threshold)
@@ -494,7 +504,7 @@ class NeuralCleanse(PoisonDetector):
         ]
         x_ft = x.clone()
         x_ft[chosen] = self._stamp(x[chosen], which)
-        model = self.estimator.clone()
+        model = cast(SupportsCloneFitAndPredict, self.estimator).clone()  # checked by mitigate
         model.fit(
             x_ft,
             y,
@@ -517,7 +527,7 @@ class NeuralCleanse(PoisonDetector):
         gap = torch.stack([self._act(self._stamp(x, c)).mean(dim=0) - clean for c in infected])
         order = torch.argsort(gap.sum(dim=0), descending=True)
         stamped = [(self._stamp(x[y != c], c), c) for c in infected]
-        pruned = self.estimator.clone()
+        pruned = cast(_SupportsCloneAndPrune, self.estimator).clone()  # checked by mitigate
 
         def success() -> float:
             """The largest success rate of a reversed trigger on the pruned clone."""

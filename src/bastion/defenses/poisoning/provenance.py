@@ -21,7 +21,11 @@ from bastion._validation import (
     check_x,
 )
 from bastion.defenses.poisoning.base import DetectionResult, PoisonDetector
-from bastion.estimators.base import require_capabilities
+from bastion.estimators.base import (
+    SupportsCloneFitAndPredict,
+    SupportsPredict,
+    require_capabilities,
+)
 from bastion.exceptions import InputError
 
 __all__ = ["ProvenanceDefense"]
@@ -112,18 +116,10 @@ class ProvenanceDefense(PoisonDetector):
         "verbose": [Boolean()],
     }
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict", "clone", "fit")
-    _conformance: ClassVar[dict[str, Any]] = {
-        "skip": {
-            "check_effective": "the shared problem is a backdoor, which leaves the clean "
-            "accuracy intact and so is outside this defence's threat model (see the "
-            "docstring): removing the poisoned source does not raise the trusted accuracy. "
-            "tests/defenses/test_provenance.py checks it on a label-flipping source",
-        }
-    }
 
     def __init__(
         self,
-        estimator: Any = None,
+        estimator: SupportsCloneFitAndPredict | None = None,
         *,
         train_fn: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
         eps: float = 0.01,
@@ -145,7 +141,7 @@ class ProvenanceDefense(PoisonDetector):
             raise InputError("ProvenanceDefense needs an estimator or a train_fn.")
         return self._estimator_requirements
 
-    def _train(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> Any:
+    def _train(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> SupportsPredict:
         if self.train_fn is not None:
             model = self.train_fn(x, y)
             require_capabilities(model, ("predict",), "ProvenanceDefense (the train_fn result)")
@@ -199,7 +195,7 @@ class ProvenanceDefense(PoisonDetector):
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
         y_dev = torch.as_tensor(labels, device=xt.device)
 
-        def accuracy(model: Any) -> float:
+        def accuracy(model: SupportsPredict) -> float:
             probs = model.predict(xv)
             if isinstance(probs, torch.Tensor):
                 probs = probs.detach().cpu().numpy()

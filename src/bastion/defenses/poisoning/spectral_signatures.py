@@ -10,6 +10,7 @@ import torch
 
 from bastion._validation import Boolean, Constraint, Interval
 from bastion.defenses.poisoning.base import LAYER, DetectionResult, PoisonDetector
+from bastion.estimators.base import SupportsActivationsAndPredict
 
 __all__ = ["SpectralSignatures"]
 
@@ -86,6 +87,8 @@ class SpectralSignatures(PoisonDetector):
     6
     """
 
+    estimator: SupportsActivationsAndPredict
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "layer": LAYER,
         "expected_poison_fraction": [Interval(float, 0, 1, closed="right")],
@@ -96,7 +99,7 @@ class SpectralSignatures(PoisonDetector):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsActivationsAndPredict,
         *,
         layer: str | int | None = None,
         expected_poison_fraction: float = 0.05,

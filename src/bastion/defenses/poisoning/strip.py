@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from bastion._tensor import resolve_random_state
 from bastion._validation import Boolean, Constraint, Interval, Options, RandomState
 from bastion.defenses.poisoning.base import DetectionResult, PoisonDetector
+from bastion.estimators.base import SupportsPredict
 from bastion.exceptions import InputError
 
 __all__ = ["STRIP"]
@@ -92,6 +93,8 @@ class STRIP(PoisonDetector):
     ((10,), dtype('bool'))
     """
 
+    estimator: SupportsPredict
+
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "nb_samples": [Interval(int, 1, None)],
         "superimpose": [Options(["add", "blend"])],
@@ -105,7 +108,7 @@ class STRIP(PoisonDetector):
 
     def __init__(
         self,
-        estimator: Any,
+        estimator: SupportsPredict,
         *,
         nb_samples: int = 20,
         superimpose: str = "add",

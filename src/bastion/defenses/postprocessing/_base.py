@@ -9,7 +9,7 @@ import torch
 
 from bastion._params import Parametrized
 from bastion._tensor import to_tensor
-from bastion.estimators.base import EstimatorWrapper
+from bastion.estimators.base import EstimatorWrapper, SupportsPredict
 from bastion.exceptions import InputError, InvalidParameterError
 
 __all__ = ["PostprocessedClassifier", "Postprocessor"]
@@ -91,7 +91,9 @@ class PostprocessedClassifier(EstimatorWrapper):
 
     forwarded = frozenset({"predict"})
 
-    def __init__(self, estimator: Any, *, postprocessors: Sequence[Postprocessor]) -> None:
+    def __init__(
+        self, estimator: SupportsPredict, *, postprocessors: Sequence[Postprocessor]
+    ) -> None:
         super().__init__(estimator)
         owner = type(self).__name__
         if isinstance(postprocessors, Postprocessor):

@@ -26,7 +26,7 @@ from bastion._validation import (
     probe_classes,
     validate_params,
 )
-from bastion.estimators.base import EstimatorWrapper
+from bastion.estimators.base import EstimatorWrapper, SupportsPredict
 
 __all__ = ["ConfidenceMasking", "train_label_smoothing"]
 
@@ -152,7 +152,9 @@ class ConfidenceMasking(EstimatorWrapper):
 
     forwarded = frozenset({"predict"})
 
-    def __init__(self, estimator: Any, *, top_k: int = 1, decimals: int | None = None) -> None:
+    def __init__(
+        self, estimator: SupportsPredict, *, top_k: int = 1, decimals: int | None = None
+    ) -> None:
         super().__init__(estimator)
         name = type(self).__name__
         validate_params(
