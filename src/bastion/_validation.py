@@ -20,6 +20,17 @@ import torch
 from bastion.exceptions import InputError, InvalidParameterError, ModelError
 
 __all__ = [
+    "BATCH_SIZE",
+    "BUDGET",
+    "LAYER",
+    "MAX_QUERIES",
+    "NONE",
+    "NORM",
+    "OPTIONAL_LAYER",
+    "OPTIONAL_PATH",
+    "RANDOM_STATE",
+    "TARGETED",
+    "VERBOSE",
     "Boolean",
     "Constraint",
     "Interval",
@@ -322,3 +333,43 @@ def check_trained(model: torch.nn.Module, owner: str) -> torch.nn.Module:
                 "values (lower the learning rate, or check the data and the loss)."
             )
     return model
+
+
+# ---------------------------------------------------------------- shared constraints
+# The constraints that many public classes share, so each is written (and worded) once.
+
+
+def _is_budget_array(value: Any) -> bool:
+    if isinstance(value, (numbers.Real, str, bool)) or value is None:
+        return False
+    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    return arr.ndim == 1 and arr.size > 0 and bool(np.all(np.isfinite(arr)) and np.all(arr >= 0))
+
+
+#: A budget: a non-negative float, or one non-negative value per sample.
+BUDGET: list[Constraint] = [
+    Interval(float, 0, None),
+    Satisfies(_is_budget_array, "an array-like of non-negative floats, one per sample"),
+]
+NORM = Options(["inf", float("inf"), 1, 2])
+BATCH_SIZE: list[Constraint] = [Interval(int, 1, None)]
+VERBOSE: list[Constraint] = [Boolean()]
+TARGETED: list[Constraint] = [Boolean()]
+#: An optional directory or file path (str, bytes or any ``os.PathLike``).
+OPTIONAL_PATH: list[Constraint] = [
+    Satisfies(lambda v: isinstance(v, (str, bytes)) or hasattr(v, "__fspath__"), "a path"),
+    NONE,
+]
+RANDOM_STATE: list[Constraint] = [RandomState()]
+MAX_QUERIES: list[Constraint] = [Interval(int, 1, None)]
+#: A layer: a name of ``estimator.layer_names`` or an index into it.
+LAYER: list[Constraint] = [
+    Satisfies(
+        lambda v: (
+            isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
+        ),
+        "a layer name (str) or index (int)",
+    )
+]
+#: A layer, or ``None`` for the class's default layer.
+OPTIONAL_LAYER: list[Constraint] = [*LAYER, NONE]

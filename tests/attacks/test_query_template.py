@@ -10,16 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from bastion._validation import BATCH_SIZE, BUDGET, MAX_QUERIES, RANDOM_STATE
 from bastion.attacks._queries import QueryCounter
 from bastion.attacks._search import bisect, first_adversarial
-from bastion.attacks.base import (
-    BATCH_SIZE,
-    BUDGET,
-    MAX_QUERIES,
-    RANDOM_STATE,
-    FixedBudgetAttack,
-    MinimumNormAttack,
-)
+from bastion.attacks.base import FixedBudgetAttack, MinimumNormAttack
 from bastion.attacks.evasion.boundary import BoundaryAttack
 from bastion.attacks.evasion.geoda import GeoDA
 from bastion.attacks.evasion.hop_skip_jump import HopSkipJump

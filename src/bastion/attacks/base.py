@@ -17,7 +17,6 @@ budgets, per-sample success, the partial result of an interrupted attack) and
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -28,13 +27,6 @@ from tqdm.auto import tqdm
 from bastion._params import Parametrized
 from bastion._tensor import ArrayKind, resolve_random_state, to_tensor
 from bastion._validation import (
-    NONE,
-    Boolean,
-    Constraint,
-    Interval,
-    Options,
-    RandomState,
-    Satisfies,
     check_labels,
     check_x,
 )
@@ -108,31 +100,6 @@ class Attack(Parametrized):
         """Check hyper-parameters and estimator capabilities (called at the start of work)."""
         super()._validate()
         require_capabilities(self.estimator, self._estimator_requirements, type(self).__name__)
-
-
-def _is_budget_array(value: Any) -> bool:
-    if isinstance(value, (numbers.Real, str, bool)) or value is None:
-        return False
-    arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-    return arr.ndim == 1 and arr.size > 0 and bool(np.all(np.isfinite(arr)) and np.all(arr >= 0))
-
-
-#: A budget: a non-negative float, or one non-negative value per sample.
-BUDGET: list[Constraint] = [
-    Interval(float, 0, None),
-    Satisfies(_is_budget_array, "an array-like of non-negative floats, one per sample"),
-]
-NORM = Options(["inf", float("inf"), 1, 2])
-BATCH_SIZE: list[Constraint] = [Interval(int, 1, None)]
-VERBOSE: list[Constraint] = [Boolean()]
-TARGETED: list[Constraint] = [Boolean()]
-#: An optional directory or file path (str, bytes or any ``os.PathLike``).
-OPTIONAL_PATH: list[Constraint] = [
-    Satisfies(lambda v: isinstance(v, (str, bytes)) or hasattr(v, "__fspath__"), "a path"),
-    NONE,
-]
-RANDOM_STATE: list[Constraint] = [RandomState()]
-MAX_QUERIES: list[Constraint] = [Interval(int, 1, None)]
 
 
 class EvasionAttack(Attack):

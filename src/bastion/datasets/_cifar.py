@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bastion._validation import Boolean, validate_params
+from bastion._validation import VERBOSE, Boolean, validate_params
 from bastion.datasets._digits import Split
 from bastion.datasets._download import fetch, resolve_cache_dir
 from bastion.exceptions import BastionError
@@ -172,7 +172,7 @@ def load_cifar10(
     validate_params(
         "load_cifar10",
         {"download": download, "verbose": verbose},
-        {"download": [Boolean()], "verbose": [Boolean()]},
+        {"download": [Boolean()], "verbose": VERBOSE},
     )
     path: Path = fetch(
         url,

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
 
 from bastion._tensor import RandomStateLike
-from bastion._validation import Interval, Options, RandomState, validate_params
+from bastion._validation import RANDOM_STATE, Interval, Options, validate_params
 
 __all__ = ["Split", "load_digits"]
 
@@ -81,7 +81,7 @@ def load_digits(
         {
             "size": [Options((8, 28))],
             "test_size": [Interval(float, 0, 1, closed="neither")],
-            "random_state": [RandomState()],
+            "random_state": RANDOM_STATE,
         },
     )
     digits = sklearn.datasets.load_digits()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from bastion._validation import Boolean, validate_params
+from bastion._validation import VERBOSE, Boolean, validate_params
 from bastion.datasets._digits import Split
 from bastion.datasets._download import fetch, resolve_cache_dir
 from bastion.exceptions import BastionError
@@ -122,7 +122,7 @@ def load_mnist(
     validate_params(
         "load_mnist",
         {"download": download, "verbose": verbose},
-        {"download": [Boolean()], "verbose": [Boolean()]},
+        {"download": [Boolean()], "verbose": VERBOSE},
     )
     folder = resolve_cache_dir(cache_dir, "mnist")
     verify = base_url == MNIST_URL

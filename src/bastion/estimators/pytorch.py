@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 from bastion._params import renamed_keywords
 from bastion._tensor import RandomStateLike, as_device, resolve_random_state, to_tensor
 from bastion._validation import (
+    BATCH_SIZE,
+    RANDOM_STATE,
     Boolean,
     Interval,
-    RandomState,
     invalid_parameter,
     validate_params,
 )
@@ -487,7 +488,7 @@ class TorchClassifier(Classifier):
         validate_params(
             "TorchClassifier.clone",
             {"reinitialize": reinitialize, "random_state": random_state},
-            {"reinitialize": [Boolean()], "random_state": [RandomState()]},
+            {"reinitialize": [Boolean()], "random_state": RANDOM_STATE},
         )
         model = copy.deepcopy(self.model)
         if reinitialize:
@@ -615,10 +616,10 @@ class TorchClassifier(Classifier):
             },
             {
                 "epochs": [Interval(int, 1, None)],
-                "batch_size": [Interval(int, 1, None)],
+                "batch_size": BATCH_SIZE,
                 "learning_rate": [Interval(float, 0, None, closed="neither")],
                 "warm_start": [Boolean()],
-                "random_state": [RandomState()],
+                "random_state": RANDOM_STATE,
             },
         )
         xt, _ = self._input(x)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bastion._tensor import resolve_random_state
-from bastion._validation import Interval, RandomState, Satisfies, validate_params
+from bastion._validation import RANDOM_STATE, Interval, Satisfies, validate_params
 from bastion.estimators.base import EstimatorWrapper, SupportsPredict
 
 __all__ = ["EOT", "ExpectationOverTransformation"]
@@ -87,7 +87,7 @@ class ExpectationOverTransformation(EstimatorWrapper):
             {
                 "nb_samples": [Interval(int, 1, None)],
                 "transform": [Satisfies(lambda t: t is None or callable(t), "None or a callable")],
-                "random_state": [RandomState()],
+                "random_state": RANDOM_STATE,
             },
         )
         self.nb_samples = nb_samples

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bastion._tensor import to_tensor
-from bastion._validation import Interval, check_labels, validate_params
+from bastion._validation import BATCH_SIZE, check_labels, validate_params
 from bastion.estimators.base import SupportsPredict, require_capabilities
 from bastion.exceptions import InputError
 
@@ -106,7 +106,7 @@ def detection_f1(is_poison_pred: Any, is_poison_true: Any) -> float:
 
 
 def _predicted(estimator: SupportsPredict, x: Any, batch_size: int, user: str) -> np.ndarray:
-    validate_params(user, {"batch_size": batch_size}, {"batch_size": [Interval(int, 1, None)]})
+    validate_params(user, {"batch_size": batch_size}, {"batch_size": BATCH_SIZE})
     require_capabilities(estimator, ["predict"], user)
     probs = estimator.predict(x, batch_size=batch_size)
     if isinstance(probs, torch.Tensor):

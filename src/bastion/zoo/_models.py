@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bastion._tensor import RandomStateLike
-from bastion._validation import Interval, RandomState, Satisfies, validate_params
+from bastion._validation import RANDOM_STATE, Interval, Satisfies, validate_params
 from bastion.zoo._init import initialize, layers_device
 
 __all__ = ["MLP", "SmallCNN", "SmallResNet"]
@@ -89,7 +89,7 @@ class SmallCNN(nn.Sequential):
                 "in_channels": [Interval(int, 1, None)],
                 "nb_classes": [Interval(int, 2, None)],
                 "input_size": [Interval(int, 4, None)],
-                "random_state": [RandomState()],
+                "random_state": RANDOM_STATE,
             },
         )
         side = input_size // 2 // 2
@@ -167,7 +167,7 @@ class MLP(nn.Sequential):
                 "in_features": [Interval(int, 1, None)],
                 "nb_classes": [Interval(int, 2, None)],
                 "hidden": [_positive_ints()],
-                "random_state": [RandomState()],
+                "random_state": RANDOM_STATE,
             },
         )
         widths = [in_features, *hidden]
@@ -275,7 +275,7 @@ class SmallResNet(nn.Sequential):
                 "in_channels": [Interval(int, 1, None)],
                 "width": [Interval(int, 1, None)],
                 "blocks": [_positive_ints(3)],
-                "random_state": [RandomState()],
+                "random_state": RANDOM_STATE,
             },
         )
         with layers_device(random_state):

@@ -12,9 +12,10 @@ from tqdm.auto import trange
 from bastion._params import renamed_keywords
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
-    Boolean,
+    BATCH_SIZE,
+    RANDOM_STATE,
+    VERBOSE,
     Interval,
-    RandomState,
     check_labels,
     check_trained,
     check_x,
@@ -131,11 +132,11 @@ def train_classifier(
         },
         {
             "epochs": [Interval(int, 1, None)],
-            "batch_size": [Interval(int, 1, None)],
+            "batch_size": BATCH_SIZE,
             "learning_rate": [Interval(float, 0, None, closed="neither")],
             "weight_decay": [Interval(float, 0, None, closed="left")],
-            "random_state": [RandomState()],
-            "verbose": [Boolean()],
+            "random_state": RANDOM_STATE,
+            "verbose": VERBOSE,
         },
     )
     dev = _resolve_device(model, device)

@@ -12,7 +12,10 @@ from tqdm.auto import tqdm
 
 from bastion._tensor import resolve_random_state
 from bastion._validation import (
+    BATCH_SIZE,
     NONE,
+    RANDOM_STATE,
+    VERBOSE,
     Constraint,
     Interval,
     Options,
@@ -20,7 +23,7 @@ from bastion._validation import (
     invalid_parameter,
 )
 from bastion.attacks._optim import adam_step
-from bastion.attacks.base import BATCH_SIZE, RANDOM_STATE, VERBOSE, EvasionAttack, checked_input
+from bastion.attacks.base import EvasionAttack, checked_input
 from bastion.estimators.base import SupportsLossGradient
 from bastion.exceptions import EstimatorError, NotFittedError
 

@@ -17,18 +17,20 @@ import numpy as np
 import torch
 
 from bastion._tensor import ArrayKind, resolve_random_state, to_tensor
-from bastion._validation import NONE, Constraint, Interval, Options, Satisfies
-from bastion.attacks._lp import canonical_norm, lp_norm
-from bastion.attacks.base import (
+from bastion._validation import (
     BATCH_SIZE,
     BUDGET,
+    NONE,
     NORM,
     RANDOM_STATE,
     VERBOSE,
-    EvasionAttack,
-    FixedBudgetAttack,
-    checked_input,
+    Constraint,
+    Interval,
+    Options,
+    Satisfies,
 )
+from bastion.attacks._lp import canonical_norm, lp_norm
+from bastion.attacks.base import EvasionAttack, FixedBudgetAttack, checked_input
 from bastion.attacks.evasion._auto_attack_state import (
     CLEAN,
     FIRST,

@@ -10,7 +10,18 @@ from typing import Any, ClassVar, cast
 
 import torch
 
-from bastion._validation import Constraint, Interval, Options, invalid_parameter
+from bastion._validation import (
+    BATCH_SIZE,
+    BUDGET,
+    NORM,
+    RANDOM_STATE,
+    TARGETED,
+    VERBOSE,
+    Constraint,
+    Interval,
+    Options,
+    invalid_parameter,
+)
 from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import (
@@ -22,16 +33,7 @@ from bastion.attacks._lp import (
     steepest_direction,
 )
 from bastion.attacks._restarts import Best, Outcome, best_of_restarts
-from bastion.attacks.base import (
-    BATCH_SIZE,
-    BUDGET,
-    NORM,
-    RANDOM_STATE,
-    TARGETED,
-    VERBOSE,
-    FixedBudgetAttack,
-    is_adversarial,
-)
+from bastion.attacks.base import FixedBudgetAttack, is_adversarial
 from bastion.estimators.base import (
     SupportsClassGradient,
     SupportsLossGradient,

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from bastion._validation import Constraint, Interval
+from bastion._validation import BATCH_SIZE, TARGETED, VERBOSE, Constraint, Interval
 from bastion.attacks._batch import rows as _rows
 from bastion.attacks._optim import (
     ConstSearch,
@@ -17,7 +17,7 @@ from bastion.attacks._optim import (
     const_search_runs,
     keep_best,
 )
-from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
+from bastion.attacks.base import MinimumNormAttack
 from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["CW", "CarliniWagnerL2", "CarliniWagnerLinf"]

@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._validation import Constraint, Interval, Options
+from bastion._validation import BATCH_SIZE, VERBOSE, Constraint, Interval, Options
 from bastion.attacks._lp import canonical_norm
-from bastion.attacks.base import BATCH_SIZE, VERBOSE, MinimumNormAttack
+from bastion.attacks.base import MinimumNormAttack
 from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["DeepFool"]

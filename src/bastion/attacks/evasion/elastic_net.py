@@ -7,10 +7,10 @@ from typing import ClassVar
 
 import torch
 
-from bastion._validation import Constraint, Interval, Options
+from bastion._validation import BATCH_SIZE, TARGETED, VERBOSE, Constraint, Interval, Options
 from bastion.attacks._batch import rows as _rows
 from bastion.attacks._optim import ConstSearch, const_search_runs, keep_best
-from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
+from bastion.attacks.base import MinimumNormAttack
 from bastion.attacks.evasion.carlini_wagner import _margin, _weighted_hinge
 from bastion.estimators.base import SupportsClassGradient
 

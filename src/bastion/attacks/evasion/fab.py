@@ -7,16 +7,19 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._validation import NONE, Constraint, Interval, Options
-from bastion.attacks._lp import canonical_norm, lp_norm
-from bastion.attacks._restarts import Best, Outcome, best_of_restarts
-from bastion.attacks.base import (
+from bastion._validation import (
     BATCH_SIZE,
+    NONE,
     RANDOM_STATE,
     TARGETED,
     VERBOSE,
-    MinimumNormAttack,
+    Constraint,
+    Interval,
+    Options,
 )
+from bastion.attacks._lp import canonical_norm, lp_norm
+from bastion.attacks._restarts import Best, Outcome, best_of_restarts
+from bastion.attacks.base import MinimumNormAttack
 from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["FAB", "project_hyperplane_box"]

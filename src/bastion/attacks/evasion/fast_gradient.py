@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._validation import Constraint, Interval
+from bastion._validation import BATCH_SIZE, BUDGET, NORM, TARGETED, VERBOSE, Constraint, Interval
 from bastion.attacks._lp import canonical_norm, steepest_direction
-from bastion.attacks.base import BATCH_SIZE, BUDGET, NORM, TARGETED, VERBOSE, FixedBudgetAttack
+from bastion.attacks.base import FixedBudgetAttack
 from bastion.estimators.base import SupportsLossGradient
 
 __all__ = ["FGSM", "FastGradientMethod"]

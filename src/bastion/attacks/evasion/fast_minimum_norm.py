@@ -8,10 +8,19 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from bastion._validation import NONE, Constraint, Interval, Options, Satisfies
+from bastion._validation import (
+    BATCH_SIZE,
+    NONE,
+    TARGETED,
+    VERBOSE,
+    Constraint,
+    Interval,
+    Options,
+    Satisfies,
+)
 from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._lp import canonical_norm, lp_norm, project_lp_box
-from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
+from bastion.attacks.base import MinimumNormAttack
 from bastion.estimators.base import SupportsClassGradient
 from bastion.exceptions import InputError
 

@@ -8,11 +8,20 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._validation import NONE, Constraint, Interval, Options
+from bastion._validation import (
+    BATCH_SIZE,
+    MAX_QUERIES,
+    NONE,
+    RANDOM_STATE,
+    TARGETED,
+    VERBOSE,
+    Constraint,
+    Interval,
+    Options,
+)
 from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import canonical_norm, lp_norm
-from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, TARGETED, VERBOSE
 from bastion.attacks.decision import DecisionBasedAttack
 from bastion.estimators.base import SupportsPredict
 

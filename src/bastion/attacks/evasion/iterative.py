@@ -7,17 +7,19 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._validation import Constraint, Interval, Options
-from bastion.attacks._batch import per_sample as _view
-from bastion.attacks._lp import canonical_norm, project_point, steepest_direction
-from bastion.attacks.base import (
+from bastion._validation import (
     BATCH_SIZE,
     BUDGET,
     NORM,
     TARGETED,
     VERBOSE,
-    FixedBudgetAttack,
+    Constraint,
+    Interval,
+    Options,
 )
+from bastion.attacks._batch import per_sample as _view
+from bastion.attacks._lp import canonical_norm, project_point, steepest_direction
+from bastion.attacks.base import FixedBudgetAttack
 from bastion.attacks.evasion.projected_gradient import ProjectedGradientDescent
 from bastion.estimators.base import SupportsLossGradient
 

@@ -10,20 +10,22 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bastion._validation import NONE, Constraint, Interval, Options
-from bastion.attacks._batch import per_sample as _view
-from bastion.attacks._batch import rows as _rows
-from bastion.attacks._lp import canonical_norm, project_point, steepest_direction
-from bastion.attacks.base import (
+from bastion._validation import (
     BATCH_SIZE,
     BUDGET,
     MAX_QUERIES,
+    NONE,
     RANDOM_STATE,
     TARGETED,
     VERBOSE,
-    FixedBudgetAttack,
-    is_adversarial,
+    Constraint,
+    Interval,
+    Options,
 )
+from bastion.attacks._batch import per_sample as _view
+from bastion.attacks._batch import rows as _rows
+from bastion.attacks._lp import canonical_norm, project_point, steepest_direction
+from bastion.attacks.base import FixedBudgetAttack, is_adversarial
 from bastion.attacks.query import QueryAttack
 from bastion.estimators.base import SupportsPredict
 

@@ -6,9 +6,9 @@ from typing import ClassVar
 
 import torch
 
-from bastion._validation import Constraint, Interval
+from bastion._validation import BATCH_SIZE, VERBOSE, Constraint, Interval
 from bastion.attacks._batch import per_sample as _view
-from bastion.attacks.base import BATCH_SIZE, VERBOSE, MinimumNormAttack
+from bastion.attacks.base import MinimumNormAttack
 from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["NewtonFool"]

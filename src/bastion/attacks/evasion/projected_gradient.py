@@ -6,7 +6,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._validation import Constraint, Interval
+from bastion._validation import (
+    BATCH_SIZE,
+    BUDGET,
+    NORM,
+    RANDOM_STATE,
+    TARGETED,
+    VERBOSE,
+    Constraint,
+    Interval,
+)
 from bastion.attacks._batch import rows as _rows
 from bastion.attacks._lp import (
     canonical_norm,
@@ -15,16 +24,7 @@ from bastion.attacks._lp import (
     steepest_direction,
 )
 from bastion.attacks._restarts import Best, Outcome, best_of_restarts
-from bastion.attacks.base import (
-    BATCH_SIZE,
-    BUDGET,
-    NORM,
-    RANDOM_STATE,
-    TARGETED,
-    VERBOSE,
-    FixedBudgetAttack,
-    is_adversarial,
-)
+from bastion.attacks.base import FixedBudgetAttack, is_adversarial
 from bastion.estimators.base import SupportsLossGradient
 
 __all__ = ["PGD", "ProjectedGradientDescent"]

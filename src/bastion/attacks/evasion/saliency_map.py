@@ -6,8 +6,8 @@ from typing import ClassVar
 
 import torch
 
-from bastion._validation import Constraint, Interval
-from bastion.attacks.base import BATCH_SIZE, TARGETED, VERBOSE, MinimumNormAttack
+from bastion._validation import BATCH_SIZE, TARGETED, VERBOSE, Constraint, Interval
+from bastion.attacks.base import MinimumNormAttack
 from bastion.estimators.base import SupportsClassGradient
 from bastion.exceptions import InvalidParameterError
 

@@ -8,10 +8,19 @@ import numpy as np
 import torch
 
 from bastion._tensor import to_tensor
-from bastion._validation import NONE, Constraint, Interval, Satisfies
+from bastion._validation import (
+    BATCH_SIZE,
+    MAX_QUERIES,
+    NONE,
+    RANDOM_STATE,
+    TARGETED,
+    VERBOSE,
+    Constraint,
+    Interval,
+    Satisfies,
+)
 from bastion.attacks._batch import per_sample as _view
 from bastion.attacks._batch import rows as _rows
-from bastion.attacks.base import BATCH_SIZE, MAX_QUERIES, RANDOM_STATE, TARGETED, VERBOSE
 from bastion.attacks.decision import DecisionBasedAttack
 from bastion.estimators.base import SupportsPredict
 from bastion.exceptions import InputError

@@ -7,15 +7,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._validation import NONE, Constraint, Interval, Options
-from bastion.attacks.base import (
+from bastion._validation import (
     BATCH_SIZE,
     MAX_QUERIES,
+    NONE,
     RANDOM_STATE,
     TARGETED,
     VERBOSE,
-    MinimumNormAttack,
+    Constraint,
+    Interval,
+    Options,
 )
+from bastion.attacks.base import MinimumNormAttack
 from bastion.attacks.evasion.square import _as_images
 from bastion.attacks.query import QueryAttack
 from bastion.estimators.base import SupportsPredict

@@ -7,16 +7,9 @@ from typing import Any, ClassVar, cast
 import torch
 from tqdm.auto import tqdm
 
-from bastion._validation import Constraint, Interval, Satisfies
+from bastion._validation import BATCH_SIZE, NORM, VERBOSE, Constraint, Interval, Satisfies
 from bastion.attacks._lp import canonical_norm, project_lp
-from bastion.attacks.base import (
-    BATCH_SIZE,
-    NORM,
-    VERBOSE,
-    EvasionAttack,
-    FixedBudgetAttack,
-    checked_input,
-)
+from bastion.attacks.base import EvasionAttack, FixedBudgetAttack, checked_input
 from bastion.estimators.base import SupportsClassGradient, SupportsPredict
 from bastion.exceptions import NotFittedError
 

@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._validation import Constraint, Interval
+from bastion._validation import BATCH_SIZE, BUDGET, RANDOM_STATE, VERBOSE, Constraint, Interval
 from bastion.attacks._batch import per_sample as _view
-from bastion.attacks.base import BATCH_SIZE, BUDGET, RANDOM_STATE, VERBOSE, FixedBudgetAttack
+from bastion.attacks.base import FixedBudgetAttack
 from bastion.estimators.base import SupportsClassGradient
 
 __all__ = ["VirtualAdversarialMethod"]

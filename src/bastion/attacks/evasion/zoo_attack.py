@@ -8,17 +8,19 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from bastion._validation import Boolean, Constraint, Interval
-from bastion.attacks._batch import rows as _rows
-from bastion.attacks._optim import ConstSearch, EarlyAbort, adam_step, keep_best
-from bastion.attacks.base import (
+from bastion._validation import (
     BATCH_SIZE,
     MAX_QUERIES,
     RANDOM_STATE,
     TARGETED,
     VERBOSE,
-    MinimumNormAttack,
+    Boolean,
+    Constraint,
+    Interval,
 )
+from bastion.attacks._batch import rows as _rows
+from bastion.attacks._optim import ConstSearch, EarlyAbort, adam_step, keep_best
+from bastion.attacks.base import MinimumNormAttack
 from bastion.attacks.evasion.nes import score_objective
 from bastion.attacks.query import QueryAttack
 from bastion.estimators.base import SupportsPredict

@@ -9,7 +9,14 @@ import torch
 
 from bastion._params import Parametrized
 from bastion._tensor import resolve_random_state, to_tensor
-from bastion._validation import Boolean, Constraint, Interval, RandomState, check_x
+from bastion._validation import (
+    BATCH_SIZE,
+    RANDOM_STATE,
+    VERBOSE,
+    Constraint,
+    Interval,
+    check_x,
+)
 from bastion.estimators.base import SupportsFitAndPredict, SupportsPredict, require_capabilities
 from bastion.exceptions import InputError
 
@@ -20,10 +27,10 @@ __all__ = ["ExtractionAttack"]
 THIEF_CONSTRAINTS: dict[str, list[Constraint]] = {
     "nb_queries": [Interval(int, 1, None)],
     "epochs": [Interval(int, 1, None)],
-    "batch_size": [Interval(int, 1, None)],
+    "batch_size": BATCH_SIZE,
     "learning_rate": [Interval(float, 0, None, closed="neither")],
-    "random_state": [RandomState()],
-    "verbose": [Boolean()],
+    "random_state": RANDOM_STATE,
+    "verbose": VERBOSE,
 }
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from bastion._params import Parametrized
 from bastion._tensor import resolve_random_state
-from bastion._validation import Constraint, Interval, RandomState, Satisfies
+from bastion._validation import RANDOM_STATE, Constraint, Interval, Satisfies
 from bastion.estimators.base import require_capabilities
 from bastion.exceptions import BastionError, InvalidParameterError, ModelError
 
@@ -146,7 +146,7 @@ class FunctionallyEquivalentExtraction(Parametrized):
         "line_length": [Interval(float, 0, None, closed="neither")],
         "scale": [Interval(float, 0, None, closed="neither")],
         "tol": [Interval(float, 0, None, closed="neither")],
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
     }
 
     def __init__(

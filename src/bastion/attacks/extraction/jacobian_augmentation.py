@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from bastion._validation import Boolean, Constraint, Interval
+from bastion._validation import VERBOSE, Constraint, Interval
 from bastion.attacks.extraction._base import THIEF_CONSTRAINTS, ExtractionAttack
 from bastion.estimators.base import SupportsClassGradient, SupportsFit, SupportsPredict
 
@@ -85,7 +85,7 @@ class JacobianAugmentation(ExtractionAttack):
         "nb_rounds": [Interval(int, 1, None)],
         "eps_step": [Interval(float, 0, None, closed="neither")],
         "tau": [Interval(int, 1, None)],
-        "verbose": [Boolean()],
+        "verbose": VERBOSE,
     }
     _thief_requirements: ClassVar[tuple[str, ...]] = ("predict", "fit", "class_gradient")
 

@@ -36,10 +36,10 @@ from sklearn.preprocessing import StandardScaler
 from bastion._params import Parametrized
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
+    RANDOM_STATE,
     Constraint,
     Interval,
     Options,
-    RandomState,
     Satisfies,
     check_labels,
 )
@@ -200,7 +200,7 @@ class AttributeInferenceBlackBox(_AttackModelMixin):
         "attack_feature": _FEATURE,
         "attack_model": _ATTACK_MODEL,
         "prediction": [Options(["probabilities", "label"])],
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
     }
 
     def __init__(
@@ -315,7 +315,7 @@ class AttributeInferenceBaseline(_AttackModelMixin):
     _parameter_constraints = {  # noqa: RUF012
         "attack_feature": _FEATURE,
         "attack_model": _ATTACK_MODEL,
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
     }
 
     def __init__(

@@ -10,8 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from bastion._tensor import resolve_random_state
-from bastion._validation import Constraint, Interval, Options, RandomState
-from bastion.attacks.base import BATCH_SIZE, VERBOSE
+from bastion._validation import (
+    BATCH_SIZE,
+    RANDOM_STATE,
+    VERBOSE,
+    Constraint,
+    Interval,
+    Options,
+)
 from bastion.attacks.evasion.hop_skip_jump import HopSkipJump
 from bastion.attacks.inference._base import MembershipInferenceAttack
 from bastion.estimators.base import SupportsPredict
@@ -100,7 +106,7 @@ class LabelOnly(MembershipInferenceAttack):
         "nb_augmentations": [Interval(int, 1, None)],
         "noise_std": [Interval(float, 0, None, closed="neither")],
         "batch_size": BATCH_SIZE,
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
 

@@ -10,15 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from bastion._validation import (
+    BATCH_SIZE,
     NONE,
+    OPTIONAL_PATH,
+    RANDOM_STATE,
+    VERBOSE,
     Boolean,
     Constraint,
     Interval,
     Options,
-    RandomState,
     Satisfies,
 )
-from bastion.attacks.base import BATCH_SIZE, OPTIONAL_PATH, VERBOSE
 from bastion.attacks.inference._base import (
     REFERENCE_TEMPLATE,
     TRUSTED_TYPES,
@@ -232,7 +234,7 @@ class LiRA(ReferenceModelAttack):
         "reference_template": REFERENCE_TEMPLATE,
         "trusted_types": TRUSTED_TYPES,
         "batch_size": BATCH_SIZE,
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
 

@@ -8,8 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from bastion._validation import NONE, Constraint, Interval
-from bastion.attacks.base import BATCH_SIZE
+from bastion._validation import BATCH_SIZE, NONE, Constraint, Interval
 from bastion.attacks.inference._base import (
     MembershipInferenceAttack,
     cross_entropy,

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from bastion._params import Parametrized
 from bastion._tensor import to_tensor
-from bastion._validation import Boolean, Interval, check_labels
+from bastion._validation import BATCH_SIZE, VERBOSE, Interval, check_labels
 from bastion.attacks.base import checked_input
 from bastion.estimators.base import SupportsClassGradient, require_capabilities
 from bastion.exceptions import InputError
@@ -87,8 +87,8 @@ class MIFace(Parametrized):
         "window_length": [Interval(int, 1, None)],
         "threshold": [Interval(float, 0, 1)],
         "learning_rate": [Interval(float, 0, None, closed="neither")],
-        "batch_size": [Interval(int, 1, None)],
-        "verbose": [Boolean()],
+        "batch_size": BATCH_SIZE,
+        "verbose": VERBOSE,
     }
 
     def __init__(

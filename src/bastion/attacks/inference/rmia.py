@@ -8,8 +8,17 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._tensor import resolve_random_state
-from bastion._validation import NONE, Boolean, Constraint, Interval, RandomState, Satisfies
-from bastion.attacks.base import BATCH_SIZE, OPTIONAL_PATH, VERBOSE
+from bastion._validation import (
+    BATCH_SIZE,
+    NONE,
+    OPTIONAL_PATH,
+    RANDOM_STATE,
+    VERBOSE,
+    Boolean,
+    Constraint,
+    Interval,
+    Satisfies,
+)
 from bastion.attacks.inference._base import (
     REFERENCE_TEMPLATE,
     TRUSTED_TYPES,
@@ -117,7 +126,7 @@ class RMIA(ReferenceModelAttack):
         "reference_template": REFERENCE_TEMPLATE,
         "trusted_types": TRUSTED_TYPES,
         "batch_size": BATCH_SIZE,
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
 

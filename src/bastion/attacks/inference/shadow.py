@@ -10,8 +10,16 @@ import torch
 from tqdm.auto import tqdm
 
 from bastion._tensor import resolve_random_state
-from bastion._validation import NONE, Constraint, Interval, Options, RandomState, Satisfies
-from bastion.attacks.base import BATCH_SIZE, VERBOSE
+from bastion._validation import (
+    BATCH_SIZE,
+    NONE,
+    RANDOM_STATE,
+    VERBOSE,
+    Constraint,
+    Interval,
+    Options,
+    Satisfies,
+)
 from bastion.attacks.inference._base import MembershipInferenceAttack, log_scores
 from bastion.estimators.base import SupportsPredict, require_capabilities
 from bastion.exceptions import InputError
@@ -95,7 +103,7 @@ class ShadowModelAttack(MembershipInferenceAttack):
         "attack_model": [Options(["per_class", "global"])],
         "attack_model_factory": [Satisfies(callable, "a callable"), NONE],
         "batch_size": BATCH_SIZE,
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
 

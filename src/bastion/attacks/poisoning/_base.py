@@ -45,16 +45,6 @@ def _is_array(value: Any) -> bool:
     return arr.ndim >= 1 and arr.size > 0 and bool(np.all(np.isfinite(arr.astype(np.float64))))
 
 
-#: A feature layer: a name of ``estimator.layer_names`` or an index into it.
-_LAYER: list[Constraint] = [
-    Satisfies(
-        lambda v: (
-            isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
-        ),
-        "a layer name (str) or index (int)",
-    )
-]
-
 #: How each sample must look, by the number of its dimensions (``_sample_ndim``).
 _SAMPLE_SHAPES = {3: "channel-first images of shape (N, C, H, W)", 1: "samples of shape (N, d)"}
 

@@ -18,10 +18,10 @@ import torch
 from bastion._tensor import RandomStateLike, to_tensor
 from bastion._validation import (
     NONE,
+    RANDOM_STATE,
     Constraint,
     Interval,
     Options,
-    RandomState,
     Satisfies,
     invalid_parameter,
 )
@@ -113,7 +113,7 @@ class BackdoorAttack(_TriggerAttack):
         "source": [NONE, Satisfies(_is_class_list, "a non-empty sequence of distinct ints >= 0")],
         "fraction": [Interval(float, 0, 1, closed="right")],
         "nb_classes": [NONE, Interval(int, 2, None)],
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
     }
     _class_parameters = ("target",)
 

@@ -13,8 +13,15 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._tensor import RandomStateLike
-from bastion._validation import Constraint, Interval, RandomState
-from bastion.attacks.base import BATCH_SIZE, BUDGET, NORM, VERBOSE
+from bastion._validation import (
+    BATCH_SIZE,
+    BUDGET,
+    NORM,
+    RANDOM_STATE,
+    VERBOSE,
+    Constraint,
+    Interval,
+)
 from bastion.attacks.poisoning._base import _pick, _share
 from bastion.attacks.poisoning.triggers import TRIGGER, Trigger, _TriggerAttack
 from bastion.estimators.base import SupportsLossGradient
@@ -104,7 +111,7 @@ class CleanLabelBackdoor(_TriggerAttack):
         "norm": [NORM],
         "num_random_init": [Interval(int, 0, None)],
         "batch_size": BATCH_SIZE,
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
     # What the PGD it runs needs.

@@ -14,10 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bastion._validation import NONE, Constraint, Interval, Satisfies
-from bastion.attacks.base import BATCH_SIZE, VERBOSE
+from bastion._validation import BATCH_SIZE, LAYER, NONE, VERBOSE, Constraint, Interval, Satisfies
 from bastion.attacks.poisoning._base import (
-    _LAYER,
     PoisoningAttack,
     _is_array,
     _resolve_layer,
@@ -114,7 +112,7 @@ class FeatureCollision(PoisoningAttack):
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "target": [Satisfies(_is_array, "a finite array (one image)")],
-        "layer": _LAYER,
+        "layer": LAYER,
         "beta": [NONE, Interval(float, 0, None)],
         "learning_rate": [Interval(float, 0, None, closed="neither")],
         "max_iter": [Interval(int, 0, None)],

@@ -15,8 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bastion._tensor import RandomStateLike
-from bastion._validation import Constraint, Interval, RandomState, Satisfies
-from bastion.attacks.base import VERBOSE
+from bastion._validation import RANDOM_STATE, VERBOSE, Constraint, Interval, Satisfies
 from bastion.attacks.poisoning._base import PoisoningAttack, _is_array, _pick, _target_images
 from bastion.estimators.base import SupportsParameterGradient, SupportsPredict
 
@@ -120,7 +119,7 @@ class GradientMatching(PoisoningAttack):
         "learning_rate": [Interval(float, 0, None, closed="neither")],
         "max_iter": [Interval(int, 0, None)],
         "num_random_init": [Interval(int, 1, None)],
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("parameter_gradient",)

@@ -16,9 +16,15 @@ import torch
 from tqdm.auto import tqdm
 
 from bastion._tensor import RandomStateLike
-from bastion._validation import Constraint, Interval, RandomState, invalid_parameter
-from bastion.attacks.base import VERBOSE
-from bastion.attacks.poisoning._base import _LAYER, _pick, _resolve_layer, _share
+from bastion._validation import (
+    LAYER,
+    RANDOM_STATE,
+    VERBOSE,
+    Constraint,
+    Interval,
+    invalid_parameter,
+)
+from bastion.attacks.poisoning._base import _pick, _resolve_layer, _share
 from bastion.attacks.poisoning.triggers import TRIGGER, Trigger, _TriggerAttack
 from bastion.estimators.base import SupportsActivationGradientAndPredict
 
@@ -121,14 +127,14 @@ class HiddenTriggerBackdoor(_TriggerAttack):
         "trigger": TRIGGER,
         "target": [Interval(int, 0, None)],
         "source": [Interval(int, 0, None)],
-        "layer": _LAYER,
+        "layer": LAYER,
         "fraction": [Interval(float, 0, 1, closed="right")],
         "eps": [Interval(float, 0, None, closed="neither")],
         "learning_rate": [Interval(float, 0, None, closed="neither")],
         "max_iter": [Interval(int, 0, None)],
         "decay": [Interval(float, 0, 1, closed="right")],
         "reassign_every": [Interval(int, 1, None)],
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
     _estimator_requirements = ("activations", "activation_gradient")

@@ -18,13 +18,13 @@ from tqdm.auto import tqdm
 from bastion._tensor import RandomStateLike
 from bastion._validation import (
     NONE,
+    RANDOM_STATE,
+    VERBOSE,
     Constraint,
     Interval,
-    RandomState,
     Satisfies,
     invalid_parameter,
 )
-from bastion.attacks.base import VERBOSE
 from bastion.attacks.poisoning._base import _CLIP, PoisoningAttack
 from bastion.exceptions import EstimatorError, InputError
 
@@ -155,7 +155,7 @@ class SVMPoisoning(PoisoningAttack):
         "max_iter": [Interval(int, 0, None)],
         "tol": [Interval(float, 0, None)],
         "clip_values": [NONE, *_CLIP],
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
         "verbose": VERBOSE,
     }
     _sample_ndim = 1  # feature vectors (N, d)

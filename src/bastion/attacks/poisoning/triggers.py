@@ -19,10 +19,10 @@ from bastion._params import Parametrized
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
     NONE,
+    RANDOM_STATE,
     Constraint,
     Interval,
     Options,
-    RandomState,
     Satisfies,
     invalid_parameter,
 )
@@ -361,7 +361,7 @@ class BlendTrigger(Trigger):
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "pattern": [Options(["random"]), Satisfies(_is_array, "a finite array")],
         "alpha": [Interval(float, 0, 1)],
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
         "clip_values": _CLIP,
     }
 

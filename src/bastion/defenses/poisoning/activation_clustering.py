@@ -13,13 +13,13 @@ import torch
 from bastion._clustering import kmeans_batch
 from bastion._tensor import resolve_random_state, to_tensor
 from bastion._validation import (
-    NONE,
-    Boolean,
+    BATCH_SIZE,
+    OPTIONAL_LAYER,
+    RANDOM_STATE,
+    VERBOSE,
     Constraint,
     Interval,
     Options,
-    RandomState,
-    Satisfies,
     check_labels,
     validate_params,
 )
@@ -32,13 +32,6 @@ __all__ = ["ActivationClustering"]
 
 #: k-means++ starts per class, run as one batch (whitened classes have many local optima).
 _KMEANS_STARTS = 64
-
-_LAYER = [
-    NONE,
-    Satisfies(
-        lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "a layer name or index"
-    ),
-]
 
 
 class ActivationClustering(PoisonDetector):
@@ -150,7 +143,7 @@ class ActivationClustering(PoisonDetector):
     estimator: SupportsActivationsAndPredict
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "layer": _LAYER,
+        "layer": OPTIONAL_LAYER,
         "nb_clusters": [Interval(int, 2, None)],
         "nb_dims": [Interval(int, 1, None)],
         "reduce": [Options(["whiten", "pca", "fastica", "umap"])],
@@ -158,9 +151,9 @@ class ActivationClustering(PoisonDetector):
         "analysis": [Options(["smaller", "relative-size", "distance", "silhouette"])],
         "size_threshold": [Interval(float, 0, 1)],
         "silhouette_threshold": [Interval(float, -1, 1)],
-        "batch_size": [Interval(int, 1, None)],
-        "random_state": [RandomState()],
-        "verbose": [Boolean()],
+        "batch_size": BATCH_SIZE,
+        "random_state": RANDOM_STATE,
+        "verbose": VERBOSE,
     }
 
     def __init__(

@@ -28,20 +28,11 @@ from tqdm.auto import tqdm
 
 from bastion._params import Parametrized
 from bastion._tensor import ArrayKind, to_tensor
-from bastion._validation import NONE, Constraint, Satisfies, check_labels, check_x
+from bastion._validation import Constraint, check_labels, check_x
 from bastion.estimators.base import SupportsPredict, require_capabilities
 from bastion.exceptions import InputError, NotFittedError
 
 __all__ = ["DetectionResult", "PoisonDefense", "PoisonDetector"]
-
-#: Constraint of a ``layer`` parameter: ``None`` (the defence's default layer), or a name of
-#: ``estimator.layer_names`` or an index into it.
-LAYER: list[Constraint] = [
-    NONE,
-    Satisfies(
-        lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "a layer name or index"
-    ),
-]
 
 
 @dataclass

@@ -11,8 +11,15 @@ import torch
 from tqdm.auto import tqdm
 
 from bastion._tensor import RandomStateLike, resolve_random_state
-from bastion._validation import Boolean, Constraint, Interval, RandomState
-from bastion.defenses.poisoning.base import LAYER, PoisonDefense
+from bastion._validation import (
+    BATCH_SIZE,
+    OPTIONAL_LAYER,
+    RANDOM_STATE,
+    VERBOSE,
+    Constraint,
+    Interval,
+)
+from bastion.defenses.poisoning.base import PoisonDefense
 from bastion.estimators.base import (
     SupportsActivationsAndPredict,
     SupportsClone,
@@ -114,14 +121,14 @@ class FinePruning(PoisonDefense):
     estimator: _SupportsFinePruning
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "layer": LAYER,
+        "layer": OPTIONAL_LAYER,
         "accuracy_drop": [Interval(float, 0, 1, closed="left")],
         "max_prune_ratio": [Interval(float, 0, 1, closed="neither")],
         "epochs": [Interval(int, 0, None)],
         "learning_rate": [Interval(float, 0, None, closed="neither")],
-        "batch_size": [Interval(int, 1, None)],
-        "random_state": [RandomState()],
-        "verbose": [Boolean()],
+        "batch_size": BATCH_SIZE,
+        "random_state": RANDOM_STATE,
+        "verbose": VERBOSE,
     }
     _estimator_requirements: ClassVar[tuple[str, ...]] = (
         "predict",

@@ -11,15 +11,18 @@ import torch
 
 from bastion._tensor import RandomStateLike, resolve_random_state
 from bastion._validation import (
+    BATCH_SIZE,
+    OPTIONAL_LAYER,
+    RANDOM_STATE,
+    VERBOSE,
     Boolean,
     Constraint,
     Interval,
     Options,
-    RandomState,
     validate_params,
 )
 from bastion.defenses.poisoning._trigger_search import TriggerSearch
-from bastion.defenses.poisoning.base import LAYER, DetectionResult, PoisonDetector
+from bastion.defenses.poisoning.base import DetectionResult, PoisonDetector
 from bastion.estimators.base import (
     EstimatorWrapper,
     SupportsClassGradient,
@@ -182,12 +185,12 @@ class NeuralCleanse(PoisonDetector):
         "early_stop_threshold": [Interval(float, 0, 1, closed="right")],
         "early_stop_patience": [Interval(int, 1, None)],
         "anomaly_threshold": [Interval(float, 0, None, closed="neither")],
-        "layer": LAYER,
+        "layer": OPTIONAL_LAYER,
         "neuron_fraction": [Interval(float, 0, 1, closed="right")],
         "false_positive_rate": [Interval(float, 0, 1, closed="neither")],
-        "batch_size": [Interval(int, 1, None)],
-        "random_state": [RandomState()],
-        "verbose": [Boolean()],
+        "batch_size": BATCH_SIZE,
+        "random_state": RANDOM_STATE,
+        "verbose": VERBOSE,
     }
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict", "logits", "class_gradient")
 

@@ -13,10 +13,10 @@ from tqdm.auto import tqdm
 from bastion._tensor import RandomStateLike, resolve_random_state
 from bastion._validation import (
     NONE,
-    Boolean,
+    RANDOM_STATE,
+    VERBOSE,
     Constraint,
     Interval,
-    RandomState,
     Satisfies,
     check_x,
 )
@@ -112,8 +112,8 @@ class ProvenanceDefense(PoisonDetector):
         "train_fn": [NONE, Satisfies(callable, "a callable train_fn(x, y) -> Classifier")],
         "eps": [Interval(float, 0, 1, closed="left")],
         "fit_params": [NONE, Satisfies(lambda v: isinstance(v, dict), "a dict")],
-        "random_state": [RandomState()],
-        "verbose": [Boolean()],
+        "random_state": RANDOM_STATE,
+        "verbose": VERBOSE,
     }
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict", "clone", "fit")
 

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from bastion._validation import Boolean, Constraint, Interval
-from bastion.defenses.poisoning.base import LAYER, DetectionResult, PoisonDetector
+from bastion._validation import BATCH_SIZE, OPTIONAL_LAYER, VERBOSE, Constraint, Interval
+from bastion.defenses.poisoning.base import DetectionResult, PoisonDetector
 from bastion.estimators.base import SupportsActivationsAndPredict
 
 __all__ = ["SpectralSignatures"]
@@ -90,11 +90,11 @@ class SpectralSignatures(PoisonDetector):
     estimator: SupportsActivationsAndPredict
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "layer": LAYER,
+        "layer": OPTIONAL_LAYER,
         "expected_poison_fraction": [Interval(float, 0, 1, closed="right")],
         "eps_multiplier": [Interval(float, 0, None, closed="neither")],
-        "batch_size": [Interval(int, 1, None)],
-        "verbose": [Boolean()],
+        "batch_size": BATCH_SIZE,
+        "verbose": VERBOSE,
     }
 
     def __init__(

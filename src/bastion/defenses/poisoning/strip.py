@@ -9,7 +9,14 @@ import torch
 from tqdm.auto import tqdm
 
 from bastion._tensor import resolve_random_state
-from bastion._validation import Boolean, Constraint, Interval, Options, RandomState
+from bastion._validation import (
+    BATCH_SIZE,
+    RANDOM_STATE,
+    VERBOSE,
+    Constraint,
+    Interval,
+    Options,
+)
 from bastion.defenses.poisoning.base import DetectionResult, PoisonDetector
 from bastion.estimators.base import SupportsPredict
 from bastion.exceptions import InputError
@@ -100,9 +107,9 @@ class STRIP(PoisonDetector):
         "superimpose": [Options(["add", "blend"])],
         "alpha": [Interval(float, 0, 1, closed="neither")],
         "false_rejection_rate": [Interval(float, 0, 1, closed="neither")],
-        "batch_size": [Interval(int, 1, None)],
-        "random_state": [RandomState()],
-        "verbose": [Boolean()],
+        "batch_size": BATCH_SIZE,
+        "random_state": RANDOM_STATE,
+        "verbose": VERBOSE,
     }
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict",)
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from bastion._tensor import resolve_random_state
-from bastion._validation import Boolean, Constraint, Interval, RandomState
+from bastion._validation import RANDOM_STATE, Boolean, Constraint, Interval
 from bastion.defenses.postprocessing._base import Postprocessor
 
 __all__ = ["GaussianNoise", "LabelsOnly", "ReverseSigmoid", "Rounding", "TopK"]
@@ -171,7 +171,7 @@ class GaussianNoise(Postprocessor):
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "scale": [Interval(float, 0, None)],
-        "random_state": [RandomState()],
+        "random_state": RANDOM_STATE,
     }
 
     def __init__(self, *, scale: float = 0.2, random_state: Any = None) -> None:

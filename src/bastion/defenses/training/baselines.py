@@ -16,9 +16,10 @@ from torch import nn
 from bastion._params import renamed_keywords
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
+    BATCH_SIZE,
     NONE,
+    RANDOM_STATE,
     Interval,
-    RandomState,
     check_labels,
     check_trained,
     check_x,
@@ -89,9 +90,9 @@ def train_label_smoothing(
         {
             "smoothing": [Interval(float, 0, 1, closed="left")],
             "epochs": [Interval(int, 1, None)],
-            "batch_size": [Interval(int, 1, None)],
+            "batch_size": BATCH_SIZE,
             "learning_rate": [Interval(float, 0, None, closed="neither")],
-            "random_state": [RandomState()],
+            "random_state": RANDOM_STATE,
         },
     )
     if not isinstance(model, nn.Module) or next(model.parameters(), None) is None:

@@ -24,11 +24,12 @@ from tqdm.auto import trange
 from bastion._params import Parametrized, renamed_keywords
 from bastion._tensor import RandomStateLike, resolve_random_state, to_tensor
 from bastion._validation import (
+    BATCH_SIZE,
     NONE,
-    Boolean,
+    RANDOM_STATE,
+    VERBOSE,
     Interval,
     Options,
-    RandomState,
     check_labels,
     check_trained,
     check_x,
@@ -139,13 +140,13 @@ class DPSGDTrainer(Parametrized):
         "target_delta": [NONE, Interval(float, 0, 1, closed="neither")],
         "max_grad_norm": [Interval(float, 0, None, closed="neither")],
         "epochs": [Interval(int, 1, None)],
-        "batch_size": [Interval(int, 1, None)],
+        "batch_size": BATCH_SIZE,
         "learning_rate": [Interval(float, 0, None, closed="neither")],
         "optimizer": [Options(["sgd", "adam"])],
         "momentum": [Interval(float, 0, 1, closed="left")],
         "accountant": [Options(["prv", "rdp", "gdp"])],
-        "random_state": [RandomState()],
-        "verbose": [Boolean()],
+        "random_state": RANDOM_STATE,
+        "verbose": VERBOSE,
     }
 
     epsilon_: float
