@@ -5,10 +5,10 @@ accuracy). Each library steals it with ``--budget`` queries drawn from the 1,347
 digits (the attacker's natural data), training a fresh SmallCNN thief (same seed for every
 library) for ``--epochs`` epochs with Adam (lr 1e-3, batch 64). Reported per (attack, library):
 wall-clock time of ``extract`` (median of ``--repeats``), victim queries, fidelity (agreement
-with the victim on the 450 test digits) and the thief's test accuracy. ART gets the models as a
-user has them (NCHW weights); bastion's ``TorchClassifier`` stores convolution weights
-channels-last on the CPU (``memory_format="auto"``); ``--same-layout`` gives ART channels-last
-models too.
+with the victim on the 450 test digits) and the thief's test accuracy. Both libraries get the
+models as a user has them (NCHW weights: bastion's ``TorchClassifier`` with its faithful
+defaults, ``memory_format="preserve"``); ``--same-layout`` gives ART channels-last models (what
+bastion's opt-in ``memory_format="auto"`` would do).
 
 Run with the comparison venv (``bash benchmarks/setup_compare.sh``)::
 
@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument(
         "--same-layout",
         action="store_true",
-        help="give ART channels-last models too (bastion's TorchClassifier default on the CPU)",
+        help="give ART channels-last models (bastion's opt-in memory_format='auto' layout)",
     )
     args = p.parse_args()
     (x_tr, y_tr), (x_te, y_te) = load_digits(size=28, random_state=0)
