@@ -21,6 +21,7 @@ from bastion.estimators.base import (
     require_capabilities,
 )
 from bastion.estimators.blackbox import BlackBoxClassifier
+from bastion.estimators.defended import DefendedEstimator
 from bastion.estimators.pytorch import TorchClassifier
 from bastion.estimators.sklearn import SklearnClassifier
 from bastion.estimators.wrappers import EOT, ExpectationOverTransformation
@@ -30,6 +31,7 @@ __all__ = [
     "EOT",
     "BlackBoxClassifier",
     "Classifier",
+    "DefendedEstimator",
     "EstimatorWrapper",
     "ExpectationOverTransformation",
     "SklearnClassifier",

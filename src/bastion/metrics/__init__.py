@@ -7,8 +7,11 @@
   :func:`thief_accuracy`, :func:`accuracy_vs_queries`.
 - Privacy: :mod:`bastion.metrics.privacy` (ROC, AUC, TPR at low FPR, membership advantage,
   log-log ROC plot) and :func:`pdtp` (per-sample leakage, Long et al. 2017).
+- Detection of adversarial inputs: :func:`robust_accuracy_with_rejection` (an input is
+  defended when classified correctly or rejected).
 """
 
+from bastion.metrics.detection import RejectionResult, robust_accuracy_with_rejection
 from bastion.metrics.extraction import accuracy_vs_queries, fidelity, thief_accuracy
 from bastion.metrics.pdtp import PDTPResult, pdtp
 from bastion.metrics.poisoning import (
@@ -22,6 +25,7 @@ from bastion.metrics.poisoning import (
 
 __all__ = [
     "PDTPResult",
+    "RejectionResult",
     "accuracy_vs_queries",
     "attack_success_rate",
     "clean_accuracy",
@@ -31,5 +35,6 @@ __all__ = [
     "detection_scores",
     "fidelity",
     "pdtp",
+    "robust_accuracy_with_rejection",
     "thief_accuracy",
 ]

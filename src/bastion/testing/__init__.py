@@ -45,6 +45,7 @@ from bastion.testing._discovery import (
     all_extraction_attacks,
     all_inference_attacks,
     all_poisoning_attacks,
+    all_preprocessors,
 )
 from bastion.testing._estimator_checks import check_estimator, estimator_checks
 from bastion.testing._extraction_checks import (
@@ -100,6 +101,7 @@ __all__ = [
     "all_extraction_attacks",
     "all_inference_attacks",
     "all_poisoning_attacks",
+    "all_preprocessors",
     "attack_checks",
     "attribute_problem",
     "bad_input_cases",

@@ -20,7 +20,7 @@ def _exported(module: str) -> list[Any]:
 
 def _defence_objects() -> list[Any]:
     """The public classes of :mod:`bastion.defenses` that take data or wrap a model: the
-    estimator wrappers, the postprocessors, the poison defences that are not detectors
+    estimator wrappers, the pre- and postprocessors, the poison defences that are not detectors
     (Fine-Pruning) and the trainers; not the templates and result types."""
     from bastion.defenses.poisoning import (
         DetectionResult,
@@ -28,10 +28,11 @@ def _defence_objects() -> list[Any]:
         PoisonDetector,
     )
     from bastion.defenses.postprocessing import Postprocessor
+    from bastion.defenses.preprocessing import Preprocessor
 
-    templates = {DetectionResult, PoisonDefense, PoisonDetector, Postprocessor}
+    templates = {DetectionResult, PoisonDefense, PoisonDetector, Postprocessor, Preprocessor}
     found = []
-    for package in ("poisoning", "postprocessing", "training"):
+    for package in ("poisoning", "postprocessing", "preprocessing", "training"):
         for obj in _exported(f"bastion.defenses.{package}"):
             if obj in templates or (
                 inspect.isclass(obj) and issubclass(obj, PoisonDetector)
@@ -59,8 +60,8 @@ def bad_input_owners() -> list[Any]:
     :func:`~bastion.testing.all_inference_attacks` and
     :func:`~bastion.testing.all_estimators`; the triggers of
     :mod:`bastion.attacks.poisoning`; the public classes and functions of
-    :mod:`bastion.defenses` (wrappers, postprocessors, Fine-Pruning, the trainers); the public
-    metric functions."""
+    :mod:`bastion.defenses` (wrappers, pre- and postprocessors, Fine-Pruning, the trainers);
+    the public metric functions."""
     from bastion.attacks.poisoning import Trigger
     from bastion.testing._discovery import (
         all_attacks,
@@ -97,6 +98,7 @@ def _builders() -> list[tuple[Callable[[Any], bool], Callable[[Any], list[BadInp
     from bastion.attacks.poisoning import PoisoningAttack, Trigger
     from bastion.defenses.poisoning import FinePruning, PoisonDetector
     from bastion.defenses.postprocessing import PostprocessedClassifier, Postprocessor
+    from bastion.defenses.preprocessing import Preprocessor
     from bastion.defenses.training import (
         ConfidenceMasking,
         DPSGDTrainer,
@@ -132,6 +134,7 @@ def _builders() -> list[tuple[Callable[[Any], bool], Callable[[Any], list[BadInp
         (lambda obj: obj in set(all_extraction_attacks()), privacy.extraction_cases),
         (lambda obj: obj in set(all_inference_attacks()), privacy.inference_cases),
         (subclass(Postprocessor), defences.postprocessor_cases),
+        (subclass(Preprocessor), defences.preprocessor_cases),
         (lambda obj: obj in (PostprocessedClassifier, ConfidenceMasking), defences.wrapper_cases),
         (
             lambda obj: obj in (DPSGDTrainer, train_dp_sgd, train_label_smoothing),

@@ -1,4 +1,4 @@
-"""Bad-input rows of the output postprocessors, the defended estimators
+"""Bad-input rows of the input preprocessors, the output postprocessors, the defended estimators
 (:class:`~bastion.defenses.postprocessing.PostprocessedClassifier`,
 :class:`~bastion.defenses.training.ConfidenceMasking`) and the private trainers (DP-SGD,
 label smoothing)."""
@@ -33,6 +33,7 @@ from bastion.testing._bad_inputs import (
     poke,
     raises,
     rewrapped,
+    same_kind,
     works,
 )
 from bastion.testing._bad_inputs_estimators import predict_cases
@@ -96,6 +97,109 @@ def postprocessor_cases(cls: Any) -> Rows:
             call(probs),
             works("probabilities of the input's kind", like(probs)),
         )
+    return rows
+
+
+# --------------------------------------------------------------------------- preprocessors
+
+
+def _images() -> np.ndarray:
+    """Four RGB images ``(4, 3, 8, 8)`` in ``[0, 1]`` (float32)."""
+    return np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
+
+
+def _preprocessed_like(cls: Any, make: Callable[[], Any]) -> Callable[[Any], None]:
+    """The result is of the input's kind; of its shape, but for ``ThermometerEncoding``,
+    whose channels are multiplied by the number of levels."""
+
+    def check(out: Any) -> None:
+        x = make()
+        shape = tuple(x.shape)
+        if cls.__name__ == "ThermometerEncoding":
+            shape = (shape[0], shape[1] * cls().levels, *shape[2:])
+        same_kind(x, shape)(out)
+
+    return check
+
+
+def _untouched(cls: Any) -> Any:
+    x = _images()
+    before = x.copy()
+    cls()(x)
+    assert np.array_equal(x, before), "the input was modified"
+    return x
+
+
+def preprocessor_cases(cls: Any) -> Rows:
+    """The rows of an input preprocessor class (``preprocessor(x)`` on RGB images, default
+    parameters): bad batches, images of the wrong shape for the operation, bad parameters,
+    and float64, tensor, one-image and boundary input, which must work (unmodified)."""
+    rows: Rows = []
+    images = cls.__name__ in (
+        "JpegCompression",
+        "RandomResizePad",
+        "SpatialSmoothing",
+        "TotalVarianceMinimization",
+    )
+
+    def call(x: Callable[[], Any], **params: Any) -> Callable[[], Any]:
+        return lambda: cls(**params)(x())
+
+    def add(kind: str, what: str, run: Callable[[], Any], expect: Outcome) -> None:
+        # "x: ..." keeps the ids apart from those of a postprocessor of the same name
+        what = f"x: {what.replace(' in x', '')}" if kind in ("data", "edge") else what
+        rows.append(BadInputCase(cls, kind, what, "preprocessor(x)", run, expect))
+
+    for what, change, outcome in bad_samples((0.0, 1.0)):
+        if what == "wrong sample shape":  # any image size is valid
+            continue
+        if what == "wrong ndim":
+            what, change = "a flat vector (no batch axis)", lambda x: x.reshape(-1)
+            outcome = raises(InputError, "ndim")
+        add("data", what, call(later(lambda c: c(_images()), change)), outcome)
+    if images:
+        add(
+            "data",
+            "one image without its batch axis",
+            call(lambda: _images()[0]),
+            raises(InputError, r"\(N, C, H, W\)"),
+        )
+    if cls.__name__ == "JpegCompression":
+        add(
+            "data",
+            "images with 2 channels",
+            call(lambda: _images()[:, :2]),
+            raises(InputError, "channels"),
+        )
+    if cls.__name__ == "RandomResizePad":
+        add(
+            "data",
+            "images as high as max_size",
+            call(_images, max_size=8),
+            raises(InputError, "max_size"),
+        )
+    for name, allowed in cls._parameter_constraints.items():
+        add(
+            "use",
+            f"{name}={_invalid_value(allowed)!r}",
+            call(_images, **{name: _invalid_value(allowed)}),
+            raises(InvalidParameterError, name),
+        )
+    add(
+        "use",
+        "clip_values=(1.0, 0.0)",
+        call(_images, clip_values=(1.0, 0.0)),
+        raises(InvalidParameterError, "clip_values"),
+    )
+    for what, x in (
+        ("float64 NumPy", lambda: _images().astype(np.float64)),
+        ("float32 CPU tensors", lambda: torch.as_tensor(_images())),
+        ("float64 CPU tensors", lambda: torch.as_tensor(_images(), dtype=torch.float64)),
+        ("a single image", lambda: _images()[:1]),
+        ("values at the bounds", lambda: np.round(_images())),
+    ):
+        add("edge", what, call(x), works("x of the input's kind", _preprocessed_like(cls, x)))
+    add("edge", "the input is not modified", later(_untouched, cls), works("x unchanged"))
     return rows
 
 

@@ -226,6 +226,9 @@ _CAPABILITIES: dict[str, frozenset[str]] = {
     "ExpectationOverTransformation": frozenset(
         {"predict", "logits", "loss_gradient", "class_gradient"}
     ),
+    "DefendedEstimator": frozenset(
+        {"predict", "logits", "loss_gradient", "class_gradient", "activations", "fit"}
+    ),
 }
 
 
@@ -453,9 +456,105 @@ def _eot_specific() -> list[Row]:
     ]
 
 
+def _defended_specific() -> list[Row]:
+    from bastion.estimators import DefendedEstimator
+
+    def x() -> np.ndarray:
+        return torch_problem(_N).x
+
+    class Pre:
+        differentiable = False
+        randomized = False
+        clip_values: Any = (0.0, 1.0)
+
+        def __init__(self, op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+            self.op = op
+
+        def apply_tensor(self, x: torch.Tensor) -> torch.Tensor:
+            return self.op(x)
+
+        def bpda(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    def defended(op: Callable[[torch.Tensor], torch.Tensor], **params: Any) -> Any:
+        return DefendedEstimator(torch_problem(_N).estimator, preprocessors=[Pre(op)], **params)
+
+    def fails(x: torch.Tensor) -> torch.Tensor:
+        raise ValueError("the preprocessor failed")
+
+    def wide() -> Any:
+        pre = Pre(lambda x: x)
+        pre.clip_values = (0.0, 255.0)
+        return DefendedEstimator(torch_problem(_N).estimator, preprocessors=[pre])
+
+    return [
+        (
+            "a raw torch.nn.Module",
+            "DefendedEstimator(module)",
+            lambda: DefendedEstimator(module_of(torch_problem(_N).estimator)),
+            raises(EstimatorError, "TorchClassifier"),
+        ),
+        (
+            "gradients='adam'",
+            "DefendedEstimator(estimator, gradients='adam')",
+            lambda: defended(lambda x: x, gradients="adam"),
+            raises(InvalidParameterError, "gradients"),
+        ),
+        (
+            "order='shuffled'",
+            "DefendedEstimator(estimator, order='shuffled')",
+            lambda: defended(lambda x: x, order="shuffled"),
+            raises(InvalidParameterError, "order"),
+        ),
+        (
+            "input_shape=(0, 8)",
+            "DefendedEstimator(estimator, input_shape=(0, 8))",
+            lambda: defended(lambda x: x, input_shape=(0, 8)),
+            raises(InvalidParameterError, "input_shape"),
+        ),
+        (
+            "a preprocessor that is not one",
+            "DefendedEstimator(estimator, preprocessors=[np.round])",
+            lambda: DefendedEstimator(torch_problem(_N).estimator, preprocessors=[np.round]),
+            raises(InvalidParameterError, "preprocessors"),
+        ),
+        (
+            "a preprocessor with other clip_values",
+            "DefendedEstimator(estimator, preprocessors=[...])",
+            wide,
+            raises(InvalidParameterError, "255"),
+        ),
+        (
+            "a model: the preprocessor raises",
+            "predict(x)",
+            lambda: defended(fails).predict(x()),
+            raises(ModelError, "preprocessor failed"),
+        ),
+        (
+            "a model: the preprocessor returns NaN",
+            "predict(x)",
+            lambda: defended(lambda x: x * float("nan")).predict(x()),
+            raises(ModelError, "NaN"),
+        ),
+        (
+            "a model: the preprocessor changes the shape",
+            "loss_gradient(x, y)",
+            lambda: defended(lambda x: x[..., :-1]).loss_gradient(x(), torch_problem(_N).y),
+            raises(ModelError, ""),
+        ),
+        (
+            "a model returning NaN",
+            "predict(x)",
+            lambda: DefendedEstimator(nan_model((1, 8, 8), 10)).predict(x()),
+            raises(ModelError, "NaN"),
+        ),
+    ]
+
+
 _ESTIMATOR_SPECIFIC: dict[str, Callable[[], list[Row]]] = {
     "TorchClassifier": _torch_specific,
     "BlackBoxClassifier": _blackbox_specific,
     "SklearnClassifier": _sklearn_specific,
     "ExpectationOverTransformation": _eot_specific,
+    "DefendedEstimator": _defended_specific,
 }

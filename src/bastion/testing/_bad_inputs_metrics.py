@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -486,6 +487,23 @@ def privacy_metric_cases(fn: Any) -> Rows:
 
 
 #: The rows of each metric function, by name.
+def rejection_metric_cases(fn: Any) -> Rows:
+    """``robust_accuracy_with_rejection(estimator, detector, x_adv, y)``: the rows of
+    :func:`estimator_metric_cases` (bad samples, labels, models, batch size; float64 and
+    tensors work), with a feature-squeezing detector fitted on the clean model."""
+
+    def wrapped(est: Any, x: Any, y: Any, **kw: Any) -> Any:
+        from bastion.defenses.detection import FeatureSqueezingDetector
+
+        good, x_good, _ = _digits()
+        squeezer = [lambda t: (t * 4).round() / 4]
+        detector = FeatureSqueezingDetector(good, squeezers=squeezer).fit(x_good)
+        return fn(est, detector, x, y, **kw).robust_accuracy_with_rejection
+
+    wrapped.__name__ = fn.__name__
+    return [dataclasses.replace(row, owner=fn) for row in estimator_metric_cases(wrapped)]
+
+
 METRIC_CASES: dict[str, Callable[[Any], Rows]] = {
     "detection_scores": mask_metric_cases,
     "detection_precision": mask_metric_cases,
@@ -503,6 +521,7 @@ METRIC_CASES: dict[str, Callable[[Any], Rows]] = {
     "membership_advantage": privacy_metric_cases,
     "membership_report": privacy_metric_cases,
     "plot_roc": privacy_metric_cases,
+    "robust_accuracy_with_rejection": rejection_metric_cases,
 }
 
 

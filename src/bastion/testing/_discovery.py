@@ -1,4 +1,4 @@
-"""Find every public attack, estimator and poison detector class."""
+"""Find every public attack, estimator, poison detector and preprocessor class."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from bastion.attacks.extraction._base import ExtractionAttack
 from bastion.attacks.poisoning._base import PoisoningAttack
 from bastion.attacks.query import QueryAttack
 from bastion.defenses.poisoning.base import PoisonDetector
+from bastion.defenses.preprocessing import Preprocessor
 from bastion.estimators.base import Classifier, EstimatorWrapper
 
 _TEMPLATES = {
@@ -29,6 +30,7 @@ _TEMPLATES = {
     PoisonDetector,
     PoisoningAttack,
     EstimatorWrapper,
+    Preprocessor,
 }
 
 
@@ -90,3 +92,10 @@ def all_inference_attacks() -> list[type]:
     inference, attribute inference, model inversion and reconstruction (the membership
     templates are not counted)."""
     return _public_classes("bastion.attacks.inference", Parametrized)
+
+
+def all_preprocessors() -> list[type[Preprocessor]]:
+    """Every public input preprocessor class of ``bastion.defenses.preprocessing``
+    (subclasses of :class:`~bastion.defenses.preprocessing.Preprocessor`; the template is
+    not counted)."""
+    return _public_classes("bastion.defenses.preprocessing", Preprocessor)

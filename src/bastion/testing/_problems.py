@@ -128,6 +128,48 @@ def eot_problem(n: int = 24, *, noise: float = 0.0) -> Problem:
     return Problem(clf, base.x, base.y, base.x_train, base.y_train)
 
 
+class _Contrast:
+    """A differentiable preprocessor (the contract of :mod:`bastion.defenses.preprocessing`):
+    ``x -> 0.8 x + 0.1``, inside ``[0, 1]``."""
+
+    differentiable = True
+    randomized = False
+    clip_values = (0.0, 1.0)
+
+    def apply_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.8 * x + 0.1
+
+    def bpda(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _Clip(_Contrast):
+    """A preprocessor declared non-differentiable whose BPDA surrogate (the identity) is exact
+    inside ``[0, 1]``: clipping to the valid range."""
+
+    differentiable = False
+
+    def apply_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0.0, 1.0)
+
+
+def defended_problem(n: int = 24, *, gradients: str = "bpda", postprocess: bool = False) -> Problem:
+    """The trained torch MLP behind a :class:`~bastion.estimators.DefendedEstimator`: with
+    ``gradients="bpda"``, a clipping preprocessor (whose straight-through gradient is exact
+    inside the box, so finite-difference checks hold); with ``"exact"``, a contrast change,
+    and with ``postprocess``, a reverse-sigmoid postprocessor differentiated as implemented."""
+    from bastion.defenses.postprocessing import ReverseSigmoid
+    from bastion.estimators.defended import DefendedEstimator
+
+    base = torch_problem(n)
+    pre = _Clip() if gradients == "bpda" else _Contrast()
+    post = [ReverseSigmoid(beta=0.3, gamma=0.5)] if postprocess else []
+    clf = DefendedEstimator(
+        base.estimator, preprocessors=[pre], postprocessors=post, gradients=gradients
+    )
+    return Problem(clf, base.x, base.y, base.x_train, base.y_train)
+
+
 @dataclass(frozen=True)
 class PoisonProblem:
     """A training set with known backdoor poison and the model trained on it."""
@@ -264,6 +306,11 @@ ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
         functools.partial(blackbox_problem, labels_only=True),
     ],
     "ExpectationOverTransformation": [eot_problem],
+    "DefendedEstimator": [
+        defended_problem,
+        functools.partial(defended_problem, gradients="exact"),
+        functools.partial(defended_problem, gradients="exact", postprocess=True),
+    ],
 }
 
 

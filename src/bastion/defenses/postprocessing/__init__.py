@@ -7,6 +7,7 @@ attacks and metrics run on it unchanged.
 - :class:`ReverseSigmoid` (Lee et al. 2019): deceptive perturbation of the probabilities.
 - :class:`Rounding`: fewer decimals.
 - :class:`TopK`: only the ``k`` highest probabilities.
+- :class:`HighConfidence`: only the probabilities above a cutoff.
 - :class:`LabelsOnly`: only the predicted label (one-hot).
 - :class:`GaussianNoise`: noisy probabilities.
 """
@@ -14,6 +15,7 @@ attacks and metrics run on it unchanged.
 from bastion.defenses.postprocessing._base import PostprocessedClassifier, Postprocessor
 from bastion.defenses.postprocessing.postprocessors import (
     GaussianNoise,
+    HighConfidence,
     LabelsOnly,
     ReverseSigmoid,
     Rounding,
@@ -22,6 +24,7 @@ from bastion.defenses.postprocessing.postprocessors import (
 
 __all__ = [
     "GaussianNoise",
+    "HighConfidence",
     "LabelsOnly",
     "PostprocessedClassifier",
     "Postprocessor",

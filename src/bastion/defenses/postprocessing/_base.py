@@ -9,8 +9,9 @@ import torch
 
 from bastion._params import Parametrized
 from bastion._tensor import to_tensor
-from bastion.estimators.base import EstimatorWrapper, SupportsPredict
-from bastion.exceptions import InputError, InvalidParameterError
+from bastion.estimators.base import SupportsPredict
+from bastion.estimators.defended import DefendedEstimator
+from bastion.exceptions import InputError
 
 __all__ = ["PostprocessedClassifier", "Postprocessor"]
 
@@ -60,13 +61,15 @@ class Postprocessor(Parametrized):
         raise NotImplementedError
 
 
-class PostprocessedClassifier(EstimatorWrapper):
+class PostprocessedClassifier(DefendedEstimator):
     """An estimator whose outputs pass through postprocessors: a defended prediction API.
 
     The wrapper is an estimator like the one it protects (DESIGN principle 7): attacks and
-    metrics use it unchanged. It offers only ``predict`` (the defence changes what the API
-    reveals, so gradients of the undefended model are not exposed); every query is counted on
-    the wrapper's ``query_count`` and on the wrapped estimator's.
+    metrics use it unchanged. It is a :class:`~bastion.estimators.DefendedEstimator` without
+    preprocessors that offers only ``predict`` (the defence changes what the API reveals, so
+    gradients of the undefended model are not exposed; use ``DefendedEstimator`` for a
+    defended model with gradients); every query is counted on the wrapper's ``query_count``
+    and on the wrapped estimator's.
 
     Parameters
     ----------
@@ -94,23 +97,7 @@ class PostprocessedClassifier(EstimatorWrapper):
     def __init__(
         self, estimator: SupportsPredict, *, postprocessors: Sequence[Postprocessor]
     ) -> None:
-        super().__init__(estimator)
-        owner = type(self).__name__
-        if isinstance(postprocessors, Postprocessor):
-            postprocessors = [postprocessors]
-        if not all(isinstance(p, Postprocessor) for p in postprocessors):
-            raise InvalidParameterError(
-                f"The 'postprocessors' parameter of {owner} must be a sequence of "
-                f"Postprocessor instances. Got {postprocessors!r} instead."
-            )
-        self.postprocessors = list(postprocessors)
-
-    def _predict_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            probs = self.estimator.predict_tensor(x)
-            for post in self.postprocessors:
-                probs = post.apply_tensor(probs)
-        return probs
+        super().__init__(estimator, postprocessors=postprocessors)
 
     def __repr__(self) -> str:
         return f"PostprocessedClassifier({self.estimator!r}, postprocessors={self.postprocessors})"

@@ -10,7 +10,7 @@ from bastion._tensor import resolve_random_state
 from bastion._validation import RANDOM_STATE, Boolean, Constraint, Interval
 from bastion.defenses.postprocessing._base import Postprocessor
 
-__all__ = ["GaussianNoise", "LabelsOnly", "ReverseSigmoid", "Rounding", "TopK"]
+__all__ = ["GaussianNoise", "HighConfidence", "LabelsOnly", "ReverseSigmoid", "Rounding", "TopK"]
 
 
 class ReverseSigmoid(Postprocessor):
@@ -130,6 +130,42 @@ class TopK(Postprocessor):
         if self.renormalize:
             out = out / out.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return out
+
+
+class HighConfidence(Postprocessor):
+    """Reveal only the confident probabilities: those below ``cutoff`` become 0.
+
+    The rows are not renormalised (as in ART's ``HighConfidence``): what the API reveals is
+    how confident the model is, only where it is confident. A row with no probability at or
+    above ``cutoff`` becomes all zeros.
+
+    Parameters
+    ----------
+    cutoff : float, default 0.25
+        Smallest probability revealed, in ``[0, 1]``.
+
+    References
+    ----------
+    Tramèr, Zhang, Juels, Reiter and Ristenpart, "Stealing machine learning models via
+    prediction APIs", USENIX Security 2016. https://arxiv.org/abs/1609.02943
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bastion.defenses.postprocessing import HighConfidence
+    >>> HighConfidence(cutoff=0.25)(torch.tensor([[0.5, 0.2, 0.3]]))
+    tensor([[0.5000, 0.0000, 0.3000]])
+    """
+
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "cutoff": [Interval(float, 0, 1)]
+    }
+
+    def __init__(self, *, cutoff: float = 0.25) -> None:
+        self.cutoff = cutoff
+
+    def _apply(self, probs: torch.Tensor) -> torch.Tensor:
+        return torch.where(probs < self.cutoff, torch.zeros_like(probs), probs)
 
 
 class LabelsOnly(Postprocessor):
