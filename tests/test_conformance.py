@@ -1,5 +1,6 @@
 """Run the public conformance suite over every public attack (evasion, poisoning, model
-extraction, inference), estimator and poison detector."""
+extraction, inference), estimator, poison detector, input preprocessor and detector of
+adversarial inputs."""
 
 import pytest
 
@@ -10,28 +11,48 @@ from bastion.testing import (
     all_estimators,
     all_extraction_attacks,
     all_inference_attacks,
+    all_input_detectors,
     all_poisoning_attacks,
+    all_postprocessors,
+    all_preprocessors,
     attack_checks,
     detector_checks,
     estimator_checks,
     extraction_checks,
     inference_checks,
+    input_detector_checks,
+    input_detector_problem,
     poison_problem,
     poisoning_checks,
+    postprocessor_checks,
+    postprocessor_problem,
+    preprocessor_checks,
+    preprocessor_problem,
     torch_problem,
 )
 from bastion.testing._extraction_checks import default_extraction_problem
 from bastion.testing._inference_checks import default_inference_problem
 from bastion.testing._poisoning_checks import default_poisoning_problem
 
-# One table for the five attack and detector suites: how to find the classes, their checks,
-# and the problem each class is checked on.
+# One table for the attack, detector and defence suites: how to find the classes, their
+# checks, and the problem each class is checked on.
 SUITES = {
     "attack": (all_attacks, attack_checks, lambda cls: torch_problem()),
     "detector": (all_detectors, detector_checks, lambda cls: poison_problem()),
     "poisoning": (all_poisoning_attacks, poisoning_checks, default_poisoning_problem),
     "extraction": (all_extraction_attacks, extraction_checks, default_extraction_problem),
     "inference": (all_inference_attacks, inference_checks, default_inference_problem),
+    "preprocessor": (all_preprocessors, preprocessor_checks, lambda cls: preprocessor_problem()),
+    "postprocessor": (
+        all_postprocessors,
+        postprocessor_checks,
+        lambda cls: postprocessor_problem(),
+    ),
+    "input_detector": (
+        all_input_detectors,
+        input_detector_checks,
+        lambda cls: input_detector_problem(),
+    ),
 }
 CASES = [
     (suite, cls, check)
@@ -105,6 +126,31 @@ def test_discovery_finds_everything_public():
         "RMIA",
         "ShadowModelAttack",
     }  # neither the membership templates nor image_augmentations
+    assert {cls.__name__ for cls in all_preprocessors()} == {
+        "FeatureSqueezing",
+        "GaussianNoise",
+        "JpegCompression",
+        "RandomResizePad",
+        "SpatialSmoothing",
+        "ThermometerEncoding",
+        "TotalVarianceMinimization",
+    }  # the Preprocessor template is not counted
+    assert {cls.__name__ for cls in all_input_detectors()} == {
+        "BinaryActivationDetector",
+        "BinaryInputDetector",
+        "FeatureSqueezingDetector",
+        "KernelDensityDetector",
+        "LIDDetector",
+        "MahalanobisDetector",
+    }  # neither the InputDetector template nor GuardedClassifier
+    assert {cls.__name__ for cls in all_postprocessors()} == {
+        "GaussianNoise",
+        "HighConfidence",
+        "LabelsOnly",
+        "ReverseSigmoid",
+        "Rounding",
+        "TopK",
+    }  # the Postprocessor template is not counted
 
 
 def test_gradient_checks_catch_a_wrong_gradient():
@@ -288,6 +334,85 @@ def test_inference_checks_catch_a_broken_attack():
         check_effective(Blind, problem)
 
 
+def test_preprocessor_checks_catch_a_broken_preprocessor():
+    """A preprocessor that writes into its input, clips bad input silently, ignores its seed,
+    or whose BPDA surrogate has the wrong gradient fails the matching check."""
+    import torch
+
+    from bastion.defenses.preprocessing import FeatureSqueezing, GaussianNoise
+    from bastion.testing._preprocessor_checks import (
+        check_bad_input,
+        check_bpda_gradient,
+        check_input_not_mutated,
+        check_seeded_determinism,
+    )
+
+    class Mutating(FeatureSqueezing):
+        def _apply(self, x):
+            x.clamp_(0.1, 0.9)  # "sanitises" in place
+            return super()._apply(x)
+
+    class Clipping(FeatureSqueezing):
+        def _check_input(self, t):
+            pass  # clips whatever comes instead of refusing it
+
+    class Unseeded(GaussianNoise):
+        def _apply(self, x):
+            return (x + self.sigma * torch.randn_like(x)).clamp(0, 1)  # the global stream
+
+    class WrongSurrogate(FeatureSqueezing):
+        def bpda(self, x):
+            return x + 0.1 * (x - x.detach())  # the identity, with gradient 1.1
+
+    problem = preprocessor_problem()
+    with pytest.raises(AssertionError, match="modified"):
+        check_input_not_mutated(Mutating, problem)
+    with pytest.raises(AssertionError, match="InputError"):
+        check_bad_input(Clipping, problem)
+    with pytest.raises(AssertionError, match="seed"):
+        check_seeded_determinism(Unseeded, problem)
+    with pytest.raises(AssertionError, match="finite differences"):
+        check_bpda_gradient(WrongSurrogate, problem)
+
+
+def test_input_detector_checks_catch_a_broken_detector():
+    """A detector that writes into its input, flags inputs its threshold does not, or scores
+    at random fails the matching check."""
+    import numpy as np
+    import torch
+
+    from bastion.defenses.detection import InputDetectionResult, MahalanobisDetector
+    from bastion.testing._input_detector_checks import (
+        check_effective,
+        check_input_not_mutated,
+        check_result,
+    )
+
+    class Mutating(MahalanobisDetector):
+        def detect(self, x):
+            x[:, :, :2] = 0.0  # "crops" the border in place
+            return super().detect(x)
+
+    class Inconsistent(MahalanobisDetector):
+        def detect(self, x):
+            res = super().detect(x)
+            flags = res.scores > np.median(res.scores)  # not the threshold's decision
+            return InputDetectionResult(res.scores, flags, res.threshold)
+
+    class Blind(MahalanobisDetector):
+        def _score_tensor(self, x):
+            gen = torch.Generator().manual_seed(x.shape[0])
+            return torch.rand(x.shape[0], generator=gen, dtype=torch.float64)
+
+    problem = input_detector_problem()
+    with pytest.raises(AssertionError, match="modified"):
+        check_input_not_mutated(Mutating, problem)
+    with pytest.raises(AssertionError, match="Arrays are not equal"):
+        check_result(Inconsistent, problem)
+    with pytest.raises(AssertionError, match="AUC"):
+        check_effective(Blind, problem)
+
+
 def _all_parametrized() -> list[type]:
     """Every public class of bastion whose parameters come from its signature."""
     import importlib
@@ -339,7 +464,10 @@ def _discovered() -> dict[str, type]:
         all_detectors,
         all_extraction_attacks,
         all_inference_attacks,
+        all_input_detectors,
         all_poisoning_attacks,
+        all_postprocessors,
+        all_preprocessors,
     )
     return {f"{c.__module__}:{c.__qualname__}": c for find in finders for c in find()}
 

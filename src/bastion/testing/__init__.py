@@ -1,14 +1,15 @@
 """The public conformance suite.
 
 Every public attack (evasion, poisoning, model extraction and inference: membership,
-attribute inference, model inversion, reconstruction), estimator and poison detector is
-discovered automatically and run through the same generic checks: API conventions, budget
-and bounds (or query budgets) respected, inputs not mutated, type/device/dtype preserved,
-seeded determinism, batch-size invariance, clear errors on bad input, finite-difference checks
-of gradients, detection of known poison, fidelity of stolen models and known answers of
-inference attacks (members told from non-members, hidden attributes and missing records
-recovered). A new attack or
-detector gets them for free; a class skips a check only with a written reason.
+attribute inference, model inversion, reconstruction), estimator, poison detector, input
+preprocessor and detector of adversarial inputs is discovered automatically and run through
+the same generic checks: API conventions, budget and bounds (or query budgets) respected,
+inputs not mutated, type/device/dtype preserved, seeded determinism, batch-size invariance,
+clear errors on bad input, finite-difference checks of gradients, detection of known poison,
+fidelity of stolen models, known answers of inference attacks (members told from
+non-members, hidden attributes and missing records recovered), and the ROC AUC of detectors
+of adversarial inputs and the guard they build. A new attack, defence or detector gets them
+for free; a class skips a check only with a written reason.
 
 How the suites build and run a class (fast parameters, a factory, its problem, the checks it
 skips and why) is a typed :class:`ConformanceSpec`, kept in a registry beside the suite, not
@@ -44,7 +45,9 @@ from bastion.testing._discovery import (
     all_estimators,
     all_extraction_attacks,
     all_inference_attacks,
+    all_input_detectors,
     all_poisoning_attacks,
+    all_postprocessors,
     all_preprocessors,
 )
 from bastion.testing._estimator_checks import check_estimator, estimator_checks
@@ -58,10 +61,26 @@ from bastion.testing._inference_checks import (
     inference_checks,
     inference_params,
 )
+from bastion.testing._input_detector_checks import (
+    InputDetectorProblem,
+    check_input_detector,
+    input_detector_checks,
+    input_detector_params,
+    input_detector_problem,
+)
 from bastion.testing._poisoning_checks import (
     check_poisoning_attack,
     poisoning_checks,
     poisoning_params,
+)
+from bastion.testing._preprocessor_checks import (
+    PreprocessorProblem,
+    check_preprocessor,
+    postprocessor_checks,
+    postprocessor_problem,
+    preprocessor_checks,
+    preprocessor_params,
+    preprocessor_problem,
 )
 from bastion.testing._problems import (
     ESTIMATOR_EXAMPLES,
@@ -91,16 +110,20 @@ __all__ = [
     "ConformanceSpec",
     "ExtractionProblem",
     "InferenceProblem",
+    "InputDetectorProblem",
     "Outcome",
     "PoisonProblem",
     "PoisoningProblem",
+    "PreprocessorProblem",
     "Problem",
     "all_attacks",
     "all_detectors",
     "all_estimators",
     "all_extraction_attacks",
     "all_inference_attacks",
+    "all_input_detectors",
     "all_poisoning_attacks",
+    "all_postprocessors",
     "all_preprocessors",
     "attack_checks",
     "attribute_problem",
@@ -114,7 +137,9 @@ __all__ = [
     "check_estimator",
     "check_extraction_attack",
     "check_inference_attack",
+    "check_input_detector",
     "check_poisoning_attack",
+    "check_preprocessor",
     "conformance_params",
     "conformance_spec",
     "detector_checks",
@@ -125,12 +150,20 @@ __all__ = [
     "extraction_problem",
     "inference_checks",
     "inference_params",
+    "input_detector_checks",
+    "input_detector_params",
+    "input_detector_problem",
     "inversion_problem",
     "membership_problem",
     "poison_problem",
     "poisoning_checks",
     "poisoning_params",
     "poisoning_problem",
+    "postprocessor_checks",
+    "postprocessor_problem",
+    "preprocessor_checks",
+    "preprocessor_params",
+    "preprocessor_problem",
     "raises",
     "reconstruction_problem",
     "register_conformance",

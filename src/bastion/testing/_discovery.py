@@ -1,4 +1,5 @@
-"""Find every public attack, estimator, poison detector and preprocessor class."""
+"""Find every public attack, estimator, poison detector, preprocessor, postprocessor and
+detector of adversarial inputs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from bastion.attacks.base import (
 from bastion.attacks.extraction._base import ExtractionAttack
 from bastion.attacks.poisoning._base import PoisoningAttack
 from bastion.attacks.query import QueryAttack
+from bastion.defenses.detection import InputDetector
 from bastion.defenses.poisoning.base import PoisonDetector
+from bastion.defenses.postprocessing import Postprocessor
 from bastion.defenses.preprocessing import Preprocessor
 from bastion.estimators.base import Classifier, EstimatorWrapper
 
@@ -27,8 +30,10 @@ _TEMPLATES = {
     FixedBudgetAttack,
     MinimumNormAttack,
     QueryAttack,
+    InputDetector,
     PoisonDetector,
     PoisoningAttack,
+    Postprocessor,
     EstimatorWrapper,
     Preprocessor,
 }
@@ -99,3 +104,17 @@ def all_preprocessors() -> list[type[Preprocessor]]:
     (subclasses of :class:`~bastion.defenses.preprocessing.Preprocessor`; the template is
     not counted)."""
     return _public_classes("bastion.defenses.preprocessing", Preprocessor)
+
+
+def all_input_detectors() -> list[type[InputDetector]]:
+    """Every public detector of adversarial inputs of ``bastion.defenses.detection``
+    (subclasses of :class:`~bastion.defenses.detection.InputDetector`; the template is not
+    counted)."""
+    return _public_classes("bastion.defenses.detection", InputDetector)
+
+
+def all_postprocessors() -> list[type[Postprocessor]]:
+    """Every public output postprocessor class of ``bastion.defenses.postprocessing``
+    (subclasses of :class:`~bastion.defenses.postprocessing.Postprocessor`; the template is
+    not counted)."""
+    return _public_classes("bastion.defenses.postprocessing", Postprocessor)

@@ -96,9 +96,10 @@ class InputDetector(Parametrized):
     Subclasses define ``__init__(self, estimator, *, param=default, ...)`` that stores each
     parameter and does nothing else, ``_parameter_constraints``, the capabilities they need in
     ``_estimator_requirements``, ``_fit(x, y)`` (``x`` a checked tensor, ``y`` int64 labels on
-    the CPU or None) and ``_score_tensor(x) -> (N,)`` float64 scores on the CPU. A detector
-    whose score is differentiable with respect to the input through the estimator's public
-    gradient capabilities also defines ``_score_vjp(x, weights) -> (grad, score)``, the
+    the CPU or None; it may return the scores of ``x`` where it has them, which spares ``fit``
+    a second scoring pass) and ``_score_tensor(x) -> (N,)`` float64 scores on the CPU. A
+    detector whose score is differentiable with respect to the input through the estimator's
+    public gradient capabilities also defines ``_score_vjp(x, weights) -> (grad, score)``, the
     gradient of ``sum(weights * score(x))``, and says so in :meth:`differentiable`.
 
     Attributes
@@ -136,9 +137,11 @@ class InputDetector(Parametrized):
         labels = None
         if y is not None or self._needs_labels:
             labels = self._labels(y, xt.shape[0])
-        self._fit(xt, labels)
+        scores = self._fit(xt, labels)
         self.fitted_ = True
-        self._set_threshold(self._score_tensor(xt), 0.05)
+        if scores is None:
+            scores = self._score_tensor(xt)
+        self._set_threshold(scores, 0.05)
         return self
 
     def score(self, x: Any) -> Any:
@@ -197,7 +200,9 @@ class InputDetector(Parametrized):
 
     # ------------------------------------------------------------------ subclass hooks
 
-    def _fit(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    def _fit(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
+        """Fit on the checked ``x``; may return the scores of ``x`` (as ``_score_tensor``
+        would give them) where fitting already computed them, else ``None``."""
         raise NotImplementedError
 
     def _score_tensor(self, x: torch.Tensor) -> torch.Tensor:

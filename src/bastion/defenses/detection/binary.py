@@ -88,7 +88,7 @@ class _BinaryDetector(InputDetector):
         """The detector network and its estimator, for features like ``features``."""
         raise NotImplementedError
 
-    def _fit(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    def _fit(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         generator = resolve_random_state(self.random_state)
         seeds = [int(s) for s in torch.randint(0, 2**31 - 1, (3,), generator=generator)]
         attack = self.attack if self.attack is not None else self._default_attack(seeds[0])
@@ -106,14 +106,19 @@ class _BinaryDetector(InputDetector):
             random_state=seeds[2],
             verbose=self.verbose,
         )
+        # the clean scores for the default threshold, from the features already computed
+        return self._feature_scores(data[: x.shape[0]], lambda f: f)
 
-    def _score_tensor(self, x: torch.Tensor) -> torch.Tensor:
+    def _feature_scores(self, x: torch.Tensor, features: Any) -> torch.Tensor:
         rows = []
         with torch.no_grad():
             for s in range(0, x.shape[0], self.batch_size):
-                z = self.detector_.logits_tensor(self._features(x[s : s + self.batch_size]))
+                z = self.detector_.logits_tensor(features(x[s : s + self.batch_size]))
                 rows.append((z[:, 1] - z[:, 0]).to(torch.float64).cpu())
         return torch.cat(rows)
+
+    def _score_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        return self._feature_scores(x, self._features)
 
 
 class BinaryInputDetector(_BinaryDetector):
@@ -209,7 +214,9 @@ class BinaryInputDetector(_BinaryDetector):
         from bastion.zoo import MLP
 
         shape = tuple(self.estimator.input_shape)
+        # in the estimator's dtype (the features are its inputs), e.g. float64
         net = MLP(math.prod(shape), 2, hidden=tuple(self.hidden), random_state=seed)
+        net = net.to(features.dtype)
         return TorchClassifier(
             net,
             input_shape=shape,
@@ -305,9 +312,9 @@ class BinaryActivationDetector(_BinaryDetector):
     def differentiable(self) -> bool:
         return "activation_gradient" in self.estimator.capabilities
 
-    def _fit(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    def _fit(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         self.layer_ = str(self.estimator.resolve_layer(self.layer))
-        super()._fit(x, y)
+        return super()._fit(x, y)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self._flat_activations(x, self.layer_, pool=False).to(x.dtype)
@@ -321,7 +328,7 @@ class BinaryActivationDetector(_BinaryDetector):
         scaler = _Standardize(features.mean(0), torch.where(std > 0, std, torch.ones_like(std)))
         self.network_ = nn.Sequential(
             scaler, MLP(d, 2, hidden=tuple(self.hidden), random_state=seed)
-        ).to(features.device)
+        ).to(features.device, features.dtype)
         return TorchClassifier(
             self.network_, input_shape=(d,), nb_classes=2, clip_values=None, device=features.device
         )

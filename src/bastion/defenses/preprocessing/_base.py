@@ -27,6 +27,19 @@ def _is_range(value: Any) -> bool:
 CLIP_VALUES: list[Constraint] = [Satisfies(_is_range, "a pair (lo, hi) of finite floats, lo < hi")]
 
 
+def _fast_in_range(t: torch.Tensor, clip_values: tuple[float, float], tol: float = 1e-6) -> bool:
+    """One pass (``torch.aminmax``) telling that a non-empty floating-point batch holds only
+    finite values inside ``clip_values`` (``check_x``'s tolerance): NaN propagates into the
+    min and max and infinities fall outside the range, so ``True`` means ``check_x`` passes.
+    ``False`` (a failure, or a batch this does not cover) leaves the verdict to ``check_x``."""
+    if t.ndim == 0 or t.shape[0] == 0 or t.numel() == 0 or not t.is_floating_point():
+        return False
+    lo, hi = clip_values
+    t_min, t_max = torch.aminmax(t)
+    x_min, x_max = float(t_min), float(t_max)
+    return lo - tol <= x_min and x_max <= hi + tol
+
+
 class Preprocessor(Parametrized):
     """Base of input-transforming defences: ``preprocessor(x) -> x'`` before the model sees it.
 
@@ -71,7 +84,10 @@ class Preprocessor(Parametrized):
         name = type(self).__name__
         if t.ndim > 0 and t.numel() == 0:
             raise InputError(f"{name}: x is empty: got shape {tuple(t.shape)}.")
-        check_x(t, input_shape=None, clip_values=self._range(), name=f"{name}: x")
+        clip_values = self._range()
+        if not _fast_in_range(t, clip_values):
+            # Something is wrong (or unusual): the full check names it (NaN/inf, range, ...).
+            check_x(t, input_shape=None, clip_values=clip_values, name=f"{name}: x")
         if t.ndim < 2:
             raise InputError(
                 f"{name}: x must be a batch (batch first, then the sample's dimensions); got "
