@@ -293,8 +293,28 @@ def test_lid_contract_and_auc(mlp, digits, adv):
         LIDDetector(mlp, k=50, batch_size=20, attack=att).fit(x_tr[:60])
     with pytest.raises(NotFittedError):
         LIDDetector(mlp).score(x_tr[:2])
-    assert not det.differentiable
-    assert det.guard().capabilities == frozenset({"predict", "logits"})
+    assert det.differentiable
+    assert {"class_gradient", "loss_gradient"} <= det.guard().capabilities
+
+
+def test_lid_score_gradient_matches_finite_differences(mlp, digits):
+    # The neighbours are fixed under a small step, so the score is smooth there: its gradient
+    # (one activation-gradient pass per layer) matches central finite differences.
+    x_tr, _, x_te, _ = digits
+    model = MLP(64, 10, hidden=(16, 8), random_state=0).double()
+    clf = TorchClassifier(model, input_shape=(1, 8, 8), nb_classes=10, clip_values=(0.0, 1.0))
+    att = PGD(clf, eps=EPS, eps_step=EPS / 4, max_iter=3, random_state=1)
+    det = LIDDetector(clf, k=5, batch_size=30, attack=att, random_state=0).fit(x_tr[:60])
+    x = torch.as_tensor(x_te[:3], dtype=torch.float64) * 0.8 + 0.1
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    grad, score = det._score_vjp(x, w)
+    np.testing.assert_allclose(score.numpy(), det._score_tensor(x).numpy(), rtol=1e-9)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    h = 1e-6
+    fd = (det._score_tensor(x + h * v) - det._score_tensor(x - h * v)) / (2 * h)
+    np.testing.assert_allclose(
+        (grad * v).flatten(1).sum(1).numpy(), (w * fd).numpy(), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_lid_default_attack_and_noise(mlp, digits):
@@ -316,7 +336,51 @@ def test_feature_squeezing_contract_and_auc(digits_cnn, digits28):
     det = FeatureSqueezingDetector(digits_cnn, bit_depth=1, window=3).fit(x_tr[:200])
     # Measured: ROC AUC 0.86.
     check_contract_on(det, x_te[200:400], x, x_adv, min_auc=0.78)
-    assert det.guard().capabilities == frozenset({"predict", "logits"})
+    assert {"class_gradient", "loss_gradient"} <= det.guard().capabilities
+    no_gradient = FeatureSqueezingDetector(digits_cnn, bit_depth=1, gradients=None).fit(x_tr[:20])
+    assert no_gradient.guard().capabilities == frozenset({"predict", "logits"})
+
+
+def _squeezing_problem():
+    model = MLP(6, 3, hidden=(8,), random_state=0).double()
+    clf = TorchClassifier(model, input_shape=(6,), nb_classes=3, clip_values=(0.0, 1.0))
+    x = torch.rand(5, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return model, clf, x * 0.8 + 0.1
+
+
+def test_feature_squeezing_exact_gradient_matches_finite_differences():
+    # Exact: the quantiser's gradient is zero, so only p(x) moves (no ties: random inputs).
+    _, clf, x = _squeezing_problem()
+    det = FeatureSqueezingDetector(clf, bit_depth=2, gradients="exact").fit(x)
+    w = torch.tensor([1.0, 2.0, -1.0, 0.5, 1.0], dtype=torch.float64)
+    grad, score = det._score_vjp(x, w)
+    np.testing.assert_allclose(score.numpy(), det._score_tensor(x).numpy(), rtol=1e-9)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    h = 1e-6
+    fd = (det._score_tensor(x + h * v) - det._score_tensor(x - h * v)) / (2 * h)
+    np.testing.assert_allclose((grad * v).sum(1).numpy(), (w * fd).numpy(), rtol=1e-5, atol=1e-8)
+
+
+def test_feature_squeezing_bpda_gradient_by_formula():
+    # BPDA with an identity surrogate: d/dx |p(x) - p(u)|_1 with du/dx taken as the identity,
+    # i.e. autograd of |p(x) - p(x + (u - x).detach())|_1, for the squeezer attaining the max.
+    model, clf, x = _squeezing_problem()
+    squeezers = [lambda t: (t * 3).round() / 3, lambda t: (t * 2).round() / 2]
+    det = FeatureSqueezingDetector(clf, squeezers=squeezers, gradients="bpda").fit(x)
+    grad, score = det._score_vjp(x, torch.ones(5, dtype=torch.float64))
+    xr = x.clone().requires_grad_(True)
+    p = torch.softmax(model(xr), dim=1)
+    dists = torch.stack(
+        [
+            (p - torch.softmax(model(xr + (sq(x) - x).detach()), dim=1)).abs().sum(1)
+            for sq in squeezers
+        ],
+        dim=1,
+    )
+    best = dists.max(dim=1).values
+    (expected,) = torch.autograd.grad(best.sum(), xr)
+    np.testing.assert_allclose(score.numpy(), best.detach().numpy(), rtol=1e-9)
+    np.testing.assert_allclose(grad.numpy(), expected.numpy(), rtol=1e-7, atol=1e-10)
 
 
 def test_feature_squeezing_predict_only_and_errors(mlp, digits):

@@ -536,6 +536,13 @@ _BUILTIN: Mapping[str, ConformanceSpec] = MappingProxyType(
         "bastion.defenses.detection.squeezing:FeatureSqueezingDetector": ConformanceSpec(
             params={"window": 3},
             min_auc=0.6,
+            skip={
+                "check_guard_gradient": "the default BPDA gradient is by design not the "
+                "score's, and the exact one crosses a median filter that has no derivative "
+                "at the ties of the suite's constant backgrounds; "
+                "tests/defenses/test_detection.py checks both on inputs without ties (exact "
+                "against finite differences, BPDA against its formula)",
+            },
         ),
         # ------------------------------------------------------------------ poison detectors
         "bastion.defenses.poisoning.neural_cleanse:NeuralCleanse": ConformanceSpec(

@@ -68,7 +68,11 @@ class LIDDetector(InputDetector):
     features against the reference mini-batch ``reference_`` (the first mini-batch of the fit
     data; an input found in it is compared with the other references only).
 
-    The score is not differentiated: :meth:`guard` gives a predict-only classifier.
+    The score is differentiable almost everywhere (the neighbours held fixed, as they are
+    for any small step): where the estimator offers ``activation_gradient`` it is
+    differentiated layer by layer, so :meth:`guard` is a differentiable classifier for
+    adaptive attacks (Carlini and Wagner 2017 attack LID this way); otherwise the guard is
+    predict-only.
 
     Parameters
     ----------
@@ -235,6 +239,42 @@ class LIDDetector(InputDetector):
         self.classifier_ = make_pipeline(
             StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed)
         ).fit(torch.cat(feats).numpy(), torch.cat(targets).numpy())
+
+    @property
+    def differentiable(self) -> bool:
+        return "activation_gradient" in self.estimator.capabilities
+
+    def _score_vjp(
+        self, x: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # decision = b + sum_l c_l (LID_l(a_l(x)) - m_l) / s_l (scaler, then regression).
+        scaler, regression = self.classifier_[0], self.classifier_[-1]
+        coef = regression.coef_[0] / scaler.scale_
+        w = weights.to(x.device, torch.float64)
+        grad = torch.zeros_like(x)
+        lids = []
+        for i, (layer, ref) in enumerate(zip(self.layers_, self.reference_, strict=True)):
+            ref_d = ref.to(x.device)
+
+            def objective(act: torch.Tensor, ref_d: torch.Tensor = ref_d) -> torch.Tensor:
+                f = _flatten(act, False)
+                d = torch.cdist(f.to(ref_d.dtype), ref_d)
+                d = d.masked_fill(d.detach() <= 1e-12, float("inf"))
+                return lid_mle(d.topk(self.k, dim=1, largest=False).values)
+
+            def weighted(act: torch.Tensor, i: int = i, objective: Any = objective) -> Any:
+                return w.to(act.device) * float(coef[i]) * objective(act)
+
+            g, _, act = self.estimator.activation_gradient_tensor(x, layer, weighted)
+            grad += g.to(grad.dtype)
+            with torch.no_grad():
+                lids.append(objective(act).cpu())
+        score = (
+            regression.intercept_[0]
+            + ((torch.stack(lids, dim=1).numpy() - scaler.mean_) / scaler.scale_)
+            @ regression.coef_[0]
+        )
+        return grad, torch.as_tensor(np.asarray(score, dtype=np.float64))
 
     def _score_tensor(self, x: torch.Tensor) -> torch.Tensor:
         rows = [

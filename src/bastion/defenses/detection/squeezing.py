@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bastion._validation import BATCH_SIZE, NONE, Constraint, Interval, Satisfies
+from bastion._validation import BATCH_SIZE, NONE, Constraint, Interval, Options, Satisfies
 from bastion.defenses.detection._base import InputDetector
 from bastion.estimators.base import SupportsPredict
 from bastion.exceptions import InvalidParameterError
@@ -34,9 +34,20 @@ class FeatureSqueezingDetector(InputDetector):
     on MNIST, 5 bits and a 2x2 median (and non-local means) on CIFAR-10.
 
     ``fit(x)`` needs only clean inputs (for the default threshold, see
-    :class:`InputDetector`). Only ``predict`` is used, and the score is not differentiated:
-    :meth:`guard` gives a predict-only classifier (an adaptive attacker differentiates through
-    the squeezers with BPDA instead).
+    :class:`InputDetector`). Scoring uses only ``predict``.
+
+    The squeezers are quantisers and filters: their exact gradient is zero or uninformative,
+    which is why the detector looked robust until an attacker differentiated *around* them (He
+    et al. 2017). ``gradients`` chooses how the score's gradient crosses the squeezers when
+    the estimator offers ``class_gradient``, which makes :meth:`guard` a differentiable
+    classifier for adaptive attacks: ``"bpda"`` (default) pulls the gradient at the squeezed
+    input back through each squeezer's differentiable surrogate ``bpda(x)`` (the identity for
+    plain callables; Athalye, Carlini and Wagner 2018), ``"exact"`` through the squeezer as
+    implemented (torch autograd, so a quantiser contributes nothing: the naive attacker; this
+    gradient matches finite differences), ``None`` offers no gradient (a predict-only guard,
+    for black-box attacks). The gradient is that of the L1 distance to the squeezed input
+    that attains the maximum, with the estimator's probabilities taken as the softmax of its
+    logits.
 
     Parameters
     ----------
@@ -49,6 +60,8 @@ class FeatureSqueezingDetector(InputDetector):
         Bits of the default colour-depth squeezer.
     window : int, default 2
         Side of the default median filter.
+    gradients : {"bpda", "exact"} or None, default "bpda"
+        How the score's gradient crosses the squeezers (see above).
     batch_size : int, default 128
         Samples per forward pass.
 
@@ -56,6 +69,9 @@ class FeatureSqueezingDetector(InputDetector):
     ----------
     Xu, Evans and Qi, "Feature squeezing: detecting adversarial examples in deep neural
     networks", NDSS 2018. https://arxiv.org/abs/1704.01155
+
+    He, Wei, Chen, Carlini and Song, "Adversarial example defenses: ensembles of weak defenses
+    are not strong", WOOT 2017. https://arxiv.org/abs/1706.04701
 
     Examples
     --------
@@ -75,11 +91,14 @@ class FeatureSqueezingDetector(InputDetector):
         "squeezers": [Satisfies(_squeezers_ok, "a non-empty list of callables"), NONE],
         "bit_depth": [Interval(int, 1, 64)],
         "window": [Interval(int, 1, None)],
+        "gradients": [Options(["bpda", "exact"]), NONE],
         "batch_size": BATCH_SIZE,
     }
     _estimator_requirements: ClassVar[tuple[str, ...]] = ("predict",)
 
-    estimator: SupportsPredict
+    #: Any: the gradient capabilities (``logits``, ``class_gradient``) are used where the
+    #: estimator declares them, which no single protocol says.
+    estimator: Any
 
     def __init__(
         self,
@@ -88,15 +107,17 @@ class FeatureSqueezingDetector(InputDetector):
         squeezers: list[Callable[[torch.Tensor], torch.Tensor]] | None = None,
         bit_depth: int = 4,
         window: int = 2,
+        gradients: str | None = "bpda",
         batch_size: int = 128,
     ) -> None:
         self.estimator = estimator
         self.squeezers = squeezers
         self.bit_depth = bit_depth
         self.window = window
+        self.gradients = gradients
         self.batch_size = batch_size
 
-    def _squeezers(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    def _squeezers(self) -> list[Any]:
         if self.squeezers is not None:
             return list(self.squeezers)
         from bastion.defenses.preprocessing import FeatureSqueezing, SpatialSmoothing
@@ -111,10 +132,21 @@ class FeatureSqueezingDetector(InputDetector):
         out: list[Any] = [FeatureSqueezing(bit_depth=self.bit_depth, clip_values=clip)]
         if len(self.estimator.input_shape) == 3:
             out.append(SpatialSmoothing(window=self.window, clip_values=clip))
-        return [getattr(s, "apply_tensor", s) for s in out]
+        return out
 
     def _fit(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
-        self.squeezers_ = self._squeezers()
+        squeezers = self._squeezers()
+        #: The forward squeezing, and the map whose autograd carries the gradient back.
+        self.squeezers_ = [getattr(s, "apply_tensor", s) for s in squeezers]
+        if self.gradients == "bpda":
+            self._pullbacks = [getattr(s, "bpda", _identity) for s in squeezers]
+        else:
+            self._pullbacks = list(self.squeezers_)
+
+    @property
+    def differentiable(self) -> bool:
+        caps = self.estimator.capabilities
+        return self.gradients is not None and {"logits", "class_gradient"} <= caps
 
     def _score_tensor(self, x: torch.Tensor) -> torch.Tensor:
         rows = []
@@ -128,3 +160,47 @@ class FeatureSqueezingDetector(InputDetector):
                 ]
                 rows.append(torch.stack(dist, dim=1).max(dim=1).values.cpu())
         return torch.cat(rows)
+
+    def _score_vjp(
+        self, x: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # score = max_j |p(x) - p(s_j(x))|_1; its gradient is that of the maximising j*:
+        # J_p(x)^T g - J_s(x)^T J_p(u)^T g with u = s_j*(x), g = sign(p(x) - p(u)), and J_s the
+        # Jacobian of the pull-back map (the surrogate for BPDA, the squeezer itself if exact).
+        with torch.no_grad():
+            p = torch.softmax(self.estimator.logits_tensor(x).to(torch.float64), dim=1)
+            squeezed = [sq(x) for sq in self.squeezers_]
+            probs = [
+                torch.softmax(self.estimator.logits_tensor(u).to(torch.float64), dim=1)
+                for u in squeezed
+            ]
+            dist = torch.stack([(q - p).abs().sum(1) for q in probs], dim=1)
+            score, best = dist.max(dim=1)
+            rows = torch.arange(x.shape[0], device=x.device)
+            u = torch.stack(squeezed)[best.to(x.device), rows]
+            sign = torch.stack(probs)[best.to(x.device), rows].sub(p).neg().sign()
+        w = weights.to(x.device, torch.float64)[:, None] * sign
+
+        def at_x(z: torch.Tensor) -> torch.Tensor:
+            return (w.to(z.dtype) * torch.softmax(z, dim=1)).sum(1)
+
+        def at_u(z: torch.Tensor) -> torch.Tensor:
+            return -(w.to(z.dtype) * torch.softmax(z, dim=1)).sum(1)
+
+        grad, _, _ = self.estimator.objective_gradient_tensor(x, at_x)
+        grad_u, _, _ = self.estimator.objective_gradient_tensor(u, at_u)
+        for j, pull in enumerate(self._pullbacks):
+            mask = best.to(x.device) == j
+            if bool(mask.any()):
+                xj = x[mask].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    (g,) = torch.autograd.grad(
+                        pull(xj), xj, grad_outputs=grad_u[mask], allow_unused=True
+                    )
+                if g is not None:
+                    grad[mask] += g
+        return grad, score.cpu()
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
