@@ -247,6 +247,8 @@ def test_robust_accuracy_with_rejection_by_hand():
     assert res.robust_accuracy_with_rejection == pytest.approx(4 / 5)
     assert res.rejection_rate == pytest.approx(2 / 5)
     assert res.false_rejection_rate == pytest.approx(1 / 4)
+    assert res.defended is not None
+    assert res.defended.tolist() == [True, True, True, False, True]
     with pytest.raises(InputError):
         robust_accuracy_with_rejection(clf, _Flags(flags), x, [0, 1, 2])
 

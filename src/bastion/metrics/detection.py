@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,11 +29,16 @@ class RejectionResult:
         Fraction of the adversarial inputs the detector rejects.
     false_rejection_rate : float or None
         Fraction of the clean inputs the detector rejects (given ``x_clean``).
+    defended : numpy.ndarray of bool, shape (N,), or None
+        Per adversarial input, whether it is defended; the worst case over several attacks
+        is the ``&`` of their ``defended`` arrays (a sample is defended only if it withstands
+        every attack).
     """
 
     robust_accuracy_with_rejection: float
     rejection_rate: float
     false_rejection_rate: float | None = None
+    defended: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def _flags(detector: Any, x: Any) -> np.ndarray:
@@ -102,4 +107,4 @@ def robust_accuracy_with_rejection(
         raise InputError(f"the detector gave {flagged.shape[0]} flags for {pred.shape[0]} inputs.")
     defended = (pred == labels) | flagged
     frr = None if x_clean is None else float(_flags(detector, x_clean).mean())
-    return RejectionResult(float(defended.mean()), float(flagged.mean()), frr)
+    return RejectionResult(float(defended.mean()), float(flagged.mean()), frr, defended)
