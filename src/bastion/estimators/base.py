@@ -46,6 +46,8 @@ __all__ = [
     "SupportsParameterGradient",
     "SupportsPredict",
     "SupportsPrune",
+    "SupportsTorchModule",
+    "SupportsTorchModuleAndPredict",
     "require_capabilities",
 ]
 
@@ -54,7 +56,12 @@ __all__ = [
 #: of any function of them; ``activations``: outputs of named layers; ``activation_gradient``:
 #: input gradients of a function of a layer's output; ``parameter_gradient``: gradients of the
 #: loss with respect to the model's parameters; ``fit``: training; ``clone``: an independent
-#: (optionally re-initialised) copy; ``prune``: zeroing units of a layer (on a clone).
+#: (optionally re-initialised) copy; ``prune``: zeroing units of a layer (on a clone);
+#: ``module``: the model as a ``torch.nn.Module`` from raw inputs (the estimator's input space,
+#: its normalisation included) to logits, sharing the estimator's parameters, so that training
+#: it trains the estimator (adversarial training). Only estimators that *are* a torch model
+#: offer it; wrappers never forward it, since their module would not be the model they answer
+#: for.
 CAPABILITIES = (
     "predict",
     "logits",
@@ -66,6 +73,7 @@ CAPABILITIES = (
     "fit",
     "clone",
     "prune",
+    "module",
 )
 
 #: The type of the estimator a :meth:`SupportsClone.clone` is called on (and returns).
@@ -198,6 +206,15 @@ class SupportsPrune(Protocol):
 
 
 @runtime_checkable
+class SupportsTorchModule(Protocol):
+    """The model as a ``torch.nn.Module`` mapping raw inputs (in ``clip_values``, before the
+    estimator's normalisation) to logits, sharing the estimator's parameters: what the trainers
+    that update the model in place (adversarial training) need."""
+
+    def torch_module(self) -> torch.nn.Module: ...
+
+
+@runtime_checkable
 class SupportsActivationsAndPredict(SupportsActivations, SupportsPredict, Protocol):
     """Intermediate layers and predictions: what the activation-based poison detectors need."""
 
@@ -216,6 +233,11 @@ class SupportsFitAndPredict(SupportsFit, SupportsPredict, Protocol):
 class SupportsCloneFitAndPredict(SupportsClone, SupportsFit, SupportsPredict, Protocol):
     """A copy (or a re-initialised one) trained on other data: what the defences that retrain
     the model need."""
+
+
+@runtime_checkable
+class SupportsTorchModuleAndPredict(SupportsTorchModule, SupportsPredict, Protocol):
+    """A trainable torch module and predictions: what the adversarial trainers need."""
 
 
 _GRADIENT_HINT = (
@@ -645,6 +667,11 @@ class Classifier(abc.ABC):
     def prune(self, layer: str | int, units: Any) -> None:
         """Zero units of a layer's output (estimators with the ``prune`` capability)."""
         self._require("prune", "prune")
+        raise NotImplementedError  # pragma: no cover
+
+    def torch_module(self) -> torch.nn.Module:
+        """The model as a module from raw inputs to logits (the ``module`` capability)."""
+        self._require("module", "torch_module")
         raise NotImplementedError  # pragma: no cover
 
     def resolve_layer(self, layer: Any) -> str:

@@ -121,6 +121,24 @@ class _UnitMask:
         return output * self.keep.view(shape).to(output.dtype)
 
 
+class _Normalised(nn.Module):
+    """``model((x - mean) / std)``: the estimator's forward pass as a module of raw inputs,
+    whose parameters are the model's own (mean and std are non-persistent buffers, so the
+    ``state_dict`` is the model's, under the prefix ``model.``)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
 class TorchClassifier(Classifier):
     """A PyTorch classification model as a bastion estimator.
 
@@ -206,6 +224,7 @@ class TorchClassifier(Classifier):
             "fit",
             "clone",
             "prune",
+            "module",
         }
     )
 
@@ -559,6 +578,37 @@ class TorchClassifier(Classifier):
         mask.keep[idx] = 0.0
 
     # ------------------------------------------------------------------ training
+
+    def torch_module(self) -> nn.Module:
+        """The model as a module mapping raw inputs (in ``clip_values``) to logits.
+
+        With ``preprocessing``, a module that normalises its input and then calls the wrapped
+        model; without, the wrapped model itself. Either way its parameters *are* the model's:
+        training the returned module trains the estimator (adversarial training does so).
+        Unlike the estimator's own kernels it runs in whatever train/eval mode it is put in.
+
+        Returns
+        -------
+        torch.nn.Module
+
+        Examples
+        --------
+        >>> import torch
+        >>> from bastion.estimators import TorchClassifier
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> clf = TorchClassifier(net, input_shape=(4,), nb_classes=3,
+        ...                       preprocessing=(0.5, 0.25))
+        >>> module = clf.torch_module()
+        >>> x = torch.rand(2, 4)
+        >>> bool(torch.allclose(module(x), clf.logits(x)))
+        True
+        >>> next(module.parameters()) is next(net.parameters())
+        True
+        """
+        if self._norm is None:
+            return self.model
+        mean, std = self._norm
+        return _Normalised(self.model, mean, std)
 
     @renamed_keywords(lr="learning_rate")
     def fit(

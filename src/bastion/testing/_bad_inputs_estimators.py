@@ -208,6 +208,7 @@ _CAPABILITIES: dict[str, frozenset[str]] = {
             "fit",
             "clone",
             "prune",
+            "module",
         }
     ),
     "SklearnClassifier": frozenset(
@@ -223,6 +224,7 @@ _CAPABILITIES: dict[str, frozenset[str]] = {
         }
     ),
     "BlackBoxClassifier": frozenset({"predict"}),
+    "OnnxClassifier": frozenset({"predict"}),
     "ExpectationOverTransformation": frozenset(
         {"predict", "logits", "loss_gradient", "class_gradient"}
     ),

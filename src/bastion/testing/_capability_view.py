@@ -17,7 +17,8 @@ class CapabilityView(EstimatorWrapper):
     """``estimator`` offering only ``capabilities`` (those it has among them).
 
     Every kernel forwards to the wrapped estimator's public kernel; ``clone`` gives a view of
-    the wrapped estimator's clone (same capabilities), ``prune`` and ``fit`` forward. A member
+    the wrapped estimator's clone (same capabilities), ``prune``, ``torch_module`` and ``fit``
+    forward. A member
     outside the view raises :class:`~bastion.exceptions.EstimatorError` naming the
     capability, and the view has no ``model``: code that reaches past the protocol fails.
 
@@ -54,6 +55,11 @@ class CapabilityView(EstimatorWrapper):
         self._require("clone", "clone")
         twin = self.estimator.clone(reinitialize=reinitialize, random_state=random_state)
         return CapabilityView(twin, self.capabilities)
+
+    def torch_module(self) -> torch.nn.Module:
+        """The wrapped estimator's module (a view restricts access, not the model)."""
+        self._require("module", "torch_module")
+        return self.estimator.torch_module()
 
     def prune(self, layer: str | int, units: Any) -> None:
         """The wrapped estimator's ``prune``."""

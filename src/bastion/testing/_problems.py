@@ -111,6 +111,31 @@ def blackbox_problem(n: int = 24, *, labels_only: bool = False) -> Problem:
     return Problem(clf, base.x, base.y, base.x_train, base.y_train)
 
 
+def onnx_problem(n: int = 24) -> Problem:
+    """The trained torch MLP exported to ONNX, run by ONNX Runtime (needs the ``onnx``
+    extra: ``pip install 'bastion[onnx]'``)."""
+    import tempfile
+    from pathlib import Path
+
+    from bastion.estimators.onnx import OnnxClassifier
+
+    base = torch_problem(n)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated
+        path = Path(folder) / "mlp.onnx"
+        torch.onnx.export(
+            base.estimator.torch_module(),
+            (torch.zeros(1, 1, 8, 8),),
+            str(path),
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+            dynamo=False,
+        )
+        graph = path.read_bytes()
+    clf = OnnxClassifier(graph, clip_values=(0, 1))
+    return Problem(clf, base.x, base.y, base.x_train, base.y_train)
+
+
 def eot_problem(n: int = 24, *, noise: float = 0.0) -> Problem:
     """The trained torch MLP behind an expectation-over-transformation wrapper (Gaussian input
     noise of standard deviation ``noise``; 0 makes it the plain model, which finite-difference
@@ -305,6 +330,7 @@ ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
         blackbox_problem,
         functools.partial(blackbox_problem, labels_only=True),
     ],
+    "OnnxClassifier": [onnx_problem],
     "ExpectationOverTransformation": [eot_problem],
     "DefendedEstimator": [
         defended_problem,
