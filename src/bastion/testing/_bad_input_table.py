@@ -29,8 +29,16 @@ def _defence_objects() -> list[Any]:
     )
     from bastion.defenses.postprocessing import Postprocessor
     from bastion.defenses.preprocessing import Preprocessor
+    from bastion.defenses.training import TrainingEvaluation
 
-    templates = {DetectionResult, PoisonDefense, PoisonDetector, Postprocessor, Preprocessor}
+    templates = {
+        DetectionResult,
+        PoisonDefense,
+        PoisonDetector,
+        Postprocessor,
+        Preprocessor,
+        TrainingEvaluation,
+    }
     found = []
     for package in ("poisoning", "postprocessing", "preprocessing", "training"):
         for obj in _exported(f"bastion.defenses.{package}"):
@@ -100,8 +108,14 @@ def _builders() -> list[tuple[Callable[[Any], bool], Callable[[Any], list[BadInp
     from bastion.defenses.postprocessing import PostprocessedClassifier, Postprocessor
     from bastion.defenses.preprocessing import Preprocessor
     from bastion.defenses.training import (
+        AdversarialTrainer,
         ConfidenceMasking,
         DPSGDTrainer,
+        FastFGSMTrainer,
+        FreeAdversarialTrainer,
+        MadryPGDTrainer,
+        MARTTrainer,
+        TRADESTrainer,
         train_dp_sgd,
         train_label_smoothing,
     )
@@ -112,6 +126,7 @@ def _builders() -> list[tuple[Callable[[Any], bool], Callable[[Any], list[BadInp
     from bastion.testing import _bad_inputs_metrics as metrics
     from bastion.testing import _bad_inputs_poisoning as poisoning
     from bastion.testing import _bad_inputs_privacy as privacy
+    from bastion.testing import _bad_inputs_training as training
     from bastion.testing._discovery import (
         all_estimators,
         all_extraction_attacks,
@@ -123,6 +138,9 @@ def _builders() -> list[tuple[Callable[[Any], bool], Callable[[Any], list[BadInp
 
     def subclass(base: type) -> Callable[[Any], bool]:
         return lambda obj: inspect.isclass(obj) and issubclass(obj, base)
+
+    def subclass_of(*bases: type) -> Callable[[Any], bool]:
+        return lambda obj: inspect.isclass(obj) and issubclass(obj, bases)
 
     return [
         (subclass(EvasionAttack), evasion.evasion_cases),
@@ -139,6 +157,17 @@ def _builders() -> list[tuple[Callable[[Any], bool], Callable[[Any], list[BadInp
         (
             lambda obj: obj in (DPSGDTrainer, train_dp_sgd, train_label_smoothing),
             defences.trainer_cases,
+        ),
+        (
+            subclass_of(
+                AdversarialTrainer,
+                FastFGSMTrainer,
+                FreeAdversarialTrainer,
+                MadryPGDTrainer,
+                MARTTrainer,
+                TRADESTrainer,
+            ),
+            training.adversarial_trainer_cases,
         ),
         (lambda obj: inspect.isfunction(obj) and obj in metric_functions, metrics.metric_cases),
     ]
