@@ -4,7 +4,9 @@ Loading (this part): :func:`load_model` reads a model file as a bastion estimato
 running code hidden in the file (TorchScript, torch.export, state dicts with the
 architecture named, ONNX, skops; pickles only on request), and :func:`load_data` reads
 evaluation data (``.npz``, ``.npy``, a folder of images, CSV) with stratified subsampling.
-See ``docs/evaluation.md``.
+Evaluation (this part): :func:`evaluate` runs a suite of attacks at each budget, then
+health checks, and returns an :class:`EvaluationResult` (``results.json`` with a shipped
+JSON Schema, :func:`results_schema`). See ``docs/evaluation.md``.
 """
 
 from bastion.evaluation._data import (
@@ -15,6 +17,8 @@ from bastion.evaluation._data import (
     load_data,
     stratified_indices,
 )
+from bastion.evaluation._evaluate import THREATS, evaluate
+from bastion.evaluation._health import HEALTH_CHECKS
 from bastion.evaluation._models import (
     FLAGS,
     MODEL_FORMATS,
@@ -22,17 +26,34 @@ from bastion.evaluation._models import (
     format_error,
     load_model,
 )
+from bastion.evaluation._result import (
+    SCHEMA_VERSION,
+    EpsResult,
+    EvaluationResult,
+    HealthCheck,
+    results_schema,
+)
+from bastion.evaluation._suites import SUITES
 
 __all__ = [
     "DATA_FORMATS",
     "FLAGS",
+    "HEALTH_CHECKS",
     "MODEL_FORMATS",
+    "SCHEMA_VERSION",
+    "SUITES",
+    "THREATS",
     "Dataset",
+    "EpsResult",
+    "EvaluationResult",
+    "HealthCheck",
     "check_compatibility",
     "check_labels",
     "detect_format",
+    "evaluate",
     "format_error",
     "load_data",
     "load_model",
+    "results_schema",
     "stratified_indices",
 ]
