@@ -30,6 +30,11 @@ def test_example_runs(path, tmp_path, monkeypatch, capsys):
     if path.name == "quickstart.py":
         assert "clean accuracy:" in out
         assert "adversarial accuracy:" in out
+    if path.name == "adversarial_training.py":
+        # Measured: AutoAttack 0.39 after standard training, 0.56 after Madry PGD training.
+        plain = float(re.search(r"standard training: .*AutoAttack ([0-9.]+)", out).group(1))
+        trained = float(re.search(r"Madry PGD training: .*AutoAttack ([0-9.]+)", out).group(1))
+        assert trained - plain >= 0.1
     if path.name == "defend_and_attack.py":
         # The story holds (measured: naive 0.91, adaptive 0.10; rejection 1.00 against 0.13).
         naive = float(re.search(r"naive PGD .*: +([0-9.]+)", out).group(1))
