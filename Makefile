@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[dev,onnx]"
+	$(PY) -m pip install -e ".[dev,onnx,ray]"
 	# Opacus (DP-SGD) without its dependency resolution, so it cannot replace torch 2.13.0.
 	$(PY) -m pip install --no-deps opacus==1.6.0 opt-einsum
 	touch $(STAMP)

@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     _add_demo_parser(subparsers)
+    from bastion.cli import evaluate  # argparse only: torch loads when it runs
+
+    evaluate.add_parser(subparsers)
+    from bastion.cli import audit  # argparse only: torch loads when it runs
+
+    audit.add_parser(subparsers)
     return parser
 
 

@@ -9,6 +9,13 @@ health checks, and returns an :class:`EvaluationResult` (``results.json`` with a
 JSON Schema, :func:`results_schema`). See ``docs/evaluation.md``.
 """
 
+from bastion.evaluation._audit import (
+    AUDIT_KINDS,
+    AuditResult,
+    audit_backdoor,
+    audit_extraction,
+    audit_privacy,
+)
 from bastion.evaluation._data import (
     DATA_FORMATS,
     Dataset,
@@ -26,6 +33,7 @@ from bastion.evaluation._models import (
     format_error,
     load_model,
 )
+from bastion.evaluation._ray import ray_session
 from bastion.evaluation._result import (
     SCHEMA_VERSION,
     EpsResult,
@@ -36,6 +44,7 @@ from bastion.evaluation._result import (
 from bastion.evaluation._suites import SUITES
 
 __all__ = [
+    "AUDIT_KINDS",
     "DATA_FORMATS",
     "FLAGS",
     "HEALTH_CHECKS",
@@ -43,10 +52,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUITES",
     "THREATS",
+    "AuditResult",
     "Dataset",
     "EpsResult",
     "EvaluationResult",
     "HealthCheck",
+    "audit_backdoor",
+    "audit_extraction",
+    "audit_privacy",
     "check_compatibility",
     "check_labels",
     "detect_format",
@@ -54,6 +67,7 @@ __all__ = [
     "format_error",
     "load_data",
     "load_model",
+    "ray_session",
     "results_schema",
     "stratified_indices",
 ]

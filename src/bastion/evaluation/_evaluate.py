@@ -6,6 +6,7 @@ import math
 import platform
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
@@ -31,6 +32,7 @@ from bastion.evaluation._health import HealthContext, run_health_checks
 from bastion.evaluation._result import EpsResult, EvaluationResult
 from bastion.evaluation._suites import (
     Outcome,
+    Suite,
     attack_class,
     build_defended,
     check_capabilities,
@@ -45,7 +47,7 @@ from bastion.evaluation._suites import (
 )
 from bastion.exceptions import InputError
 
-__all__ = ["THREATS", "evaluate"]
+__all__ = ["THREATS", "ChunkPart", "ChunkTask", "chunk_seed", "evaluate"]
 
 #: ``threat`` names and the norm each one means.
 THREATS = {"linf": "inf", "l2": "2"}
@@ -122,6 +124,7 @@ def evaluate(
     health_checks: bool = True,
     gallery_size: int = 8,
     verbose: bool = False,
+    ray: str | None = None,
 ) -> EvaluationResult:
     """Evaluate the robustness of ``estimator`` on ``(x, y)`` with a suite of attacks.
 
@@ -165,16 +168,30 @@ def evaluate(
         Budgets, positive; evaluated in ascending order.
     suite : {"quick", "standard", "thorough", "blackbox"}, path or mapping, default "standard"
     random_state : None, int or torch.Generator, default 0
-        Every attack and check gets one int seed drawn from it (the int itself when an int
-        is given; recorded in ``result.config["random_state"]``).
+        One int seed is drawn from it (the int itself when an int is given; recorded in
+        ``result.config["random_state"]``). The health checks and the attacks on the first
+        chunk of ``batch_size`` samples get it; the attacks on chunk ``k > 0`` get a seed
+        derived from ``(seed, k)`` (:func:`chunk_seed`).
     batch_size : int, default 256
+        Samples per batch, and per chunk: the attacks run on each chunk of ``batch_size``
+        consecutive samples separately, so the result depends on ``batch_size`` but not on
+        where the chunks run.
     limit : int, optional
         Evaluate a stratified subsample of ``limit`` samples (seeded by ``random_state``).
     health_checks : bool, default True
     gallery_size : int, default 8
         Adversarial examples kept per budget for a gallery.
     verbose : bool, default False
-        Progress bars (tqdm) over budgets and attacks, and the attacks' own.
+        A progress bar (tqdm) over the units of work (chunk and budget), and the attacks'
+        own (not on Ray workers).
+    ray : None, "local", "auto" or str, default None
+        Shard the attacks over Ray (``pip install 'bastion[ray]'``): ``"local"`` starts a
+        Ray instance on this machine, ``"auto"`` joins the cluster running here (``ray start
+        --head``), any other string is a cluster address (``"ray://head:10001"``); a Ray
+        already initialised in this process is used as it is. One worker per CPU (per GPU
+        for a CUDA estimator) holds one copy of the estimator and runs (chunk, budget)
+        units; the result equals the one without Ray. The health checks run here, in this
+        process. See ``docs/evaluation.md``.
 
     Returns
     -------
@@ -188,6 +205,8 @@ def evaluate(
         A white-box suite on an estimator without gradients (use ``suite="blackbox"``).
     InputError
         Bad samples or labels (shape, values outside ``clip_values``, labels out of range).
+    ImportError
+        ``ray`` given and Ray not installed.
 
     References
     ----------
@@ -235,6 +254,14 @@ def evaluate(
         },
     )
     eps_list = _check_eps(eps)
+    if ray is not None:
+        if not isinstance(ray, str) or not ray.strip():
+            raise invalid_parameter(
+                "ray", "evaluate", "None, 'local', 'auto' or the address of a Ray cluster", ray
+            )
+        from bastion.evaluation._ray import import_ray
+
+        import_ray()  # fail before any work when Ray is missing
     norm = THREATS[threat]
     spec = resolve_suite(suite)
     label_attacks(spec)
@@ -255,36 +282,40 @@ def evaluate(
     correct = clean_pred == yt
     n = len(labels)
 
-    common: dict[str, Any] = {
-        "norm": norm,
-        "seed": seed,
-        "batch_size": batch_size,
-        "verbose": verbose,
-    }
     min_specs = [a for a in spec.attacks if is_minimum_norm(attack_class(a))]
     fixed_specs = [a for a in spec.attacks if not is_minimum_norm(attack_class(a))]
-    bar = tqdm(
-        total=len(min_specs) + len(fixed_specs) * len(eps_list),
-        desc=f"bastion evaluate ({spec.name})",
-        disable=not verbose,
-    )
+    chunks = [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    # The work: per chunk, the minimum-norm attacks (eps None) and the fixed-budget ones at
+    # each budget; each unit depends on its chunk and seed only, so it can run anywhere.
+    units: list[tuple[int, float | None]] = [(k, None) for k in range(len(chunks)) if min_specs]
+    units += [(k, e) for e in eps_list for k in range(len(chunks)) if fixed_specs]
+    task = ChunkTask(spec, norm, batch_size, verbose)
+    bar = tqdm(total=len(units), desc=f"bastion evaluate ({spec.name})", disable=not verbose)
+    if ray is None:
+        # One unit at a time, when its results are merged (one budget in memory at a time).
+        def part(k: int, e: float | None) -> ChunkPart:
+            sl = chunks[k]
+            done = task.run(est, xt[sl], yt[sl], correct[sl], e, chunk_seed(seed, k))
+            bar.update()
+            return done
+
+    else:
+        from bastion.evaluation._ray import run_on_ray
+
+        parts = run_on_ray(ray, est, task, xt, yt, correct, chunks, units, seed, bar)
+
+        def part(k: int, e: float | None) -> ChunkPart:
+            return parts.pop((k, e))
+
     # Minimum-norm attacks: once, on the correctly classified samples.
     min_dist: torch.Tensor | None = None
     x_min = xt.clone()
     min_label = np.full(n, "", dtype=object)
     min_seconds: dict[str, float] = {}
-    for a in min_specs:
-        t0 = time.perf_counter()
-        attack = instantiate(a, est, eps=None, **common)
-        dist, cand = minimal_distances(est, attack, xt, yt, correct, norm, batch_size)
-        if min_dist is None:
-            min_dist = torch.where(correct, torch.full_like(dist, math.inf), 0.0)
-        better = dist < min_dist
-        min_dist = torch.where(better, dist, min_dist)
-        x_min[better] = cand[better]
-        min_label[better.cpu().numpy()] = a.label
-        min_seconds[a.label] = time.perf_counter() - t0
-        bar.update()
+    if min_specs:
+        min_dist = torch.full((n,), math.inf, dtype=torch.float64, device=xt.device)
+        for k, sl in enumerate(chunks):
+            part(k, None).merge_min(min_dist, x_min, min_label, min_seconds, sl)
 
     results: list[EpsResult] = []
     robust_masks: list[np.ndarray] = []
@@ -298,10 +329,9 @@ def evaluate(
             x_adv=xt.clone(),
             seconds={},
         )
-        for a in fixed_specs:
-            attack = instantiate(a, est, eps=e, **common)
-            run_fixed(est, attack, a.label, xt, yt, e, norm, batch_size, out)
-            bar.update()
+        for k, sl in enumerate(chunks):
+            if fixed_specs:
+                part(k, e).merge_fixed(out, sl)
         flags.extend(out.flags)
         if min_dist is not None:
             hit = out.robust & (min_dist <= e + 1e-6)
@@ -382,6 +412,137 @@ def evaluate(
         gallery_indices=gallery_idx,
         gallery_x=xt[torch.as_tensor(gallery_idx, device=xt.device)].cpu().numpy(),
     )
+
+
+def chunk_seed(seed: int, k: int) -> int:
+    """The seed of the attacks on chunk ``k``: ``seed`` itself for the first chunk (an
+    evaluation of one batch is seeded as a direct attack would be), else a 31-bit seed
+    drawn from ``(seed, k)``, whichever process runs the chunk."""
+    if k == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**64, k]).generate_state(1)[0]) >> 1
+
+
+@dataclass
+class ChunkPart:
+    """What one unit of work found on its chunk: rows are chunk-local, tensors travel on
+    the CPU (:meth:`cpu`) and are merged on the evaluation's device."""
+
+    seconds: dict[str, float]
+    changed: torch.Tensor  # rows whose adversarial example differs from x
+    x_rows: torch.Tensor  # those adversarial examples
+    robust: torch.Tensor | None = None  # fixed-budget: still robust after every attack
+    broken_by: np.ndarray | None = None
+    flags: list[Any] = field(default_factory=list)
+    dist: torch.Tensor | None = None  # minimum-norm: minimal distance (inf: none found)
+    label: np.ndarray | None = None  # and the attack that found it
+
+    def cpu(self) -> ChunkPart:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.cpu()
+
+        self.changed, self.x_rows = self.changed.cpu(), self.x_rows.cpu()
+        self.robust, self.dist = move(self.robust), move(self.dist)
+        return self
+
+    def merge_fixed(self, out: Outcome, sl: slice) -> None:
+        assert self.robust is not None and self.broken_by is not None  # a fixed-budget part
+        dev = out.robust.device
+        out.robust[sl] = self.robust.to(dev)
+        out.broken_by[sl] = self.broken_by
+        out.x_adv[sl][self.changed.to(dev)] = self.x_rows.to(dev)
+        for label, s in self.seconds.items():
+            out.seconds[label] = out.seconds.get(label, 0.0) + s
+        # A warning sign is kept once, from the first chunk that raised it.
+        known = {f.code for f in out.flags}
+        out.flags.extend(f for f in self.flags if f.code not in known)
+
+    def merge_min(
+        self,
+        min_dist: torch.Tensor,
+        x_min: torch.Tensor,
+        min_label: np.ndarray,
+        seconds: dict[str, float],
+        sl: slice,
+    ) -> None:
+        assert self.dist is not None and self.label is not None  # a minimum-norm part
+        dev = min_dist.device
+        min_dist[sl] = self.dist.to(dev)
+        x_min[sl][self.changed.to(dev)] = self.x_rows.to(dev)
+        min_label[sl] = self.label
+        for label, s in self.seconds.items():
+            seconds[label] = seconds.get(label, 0.0) + s
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """The suite's attacks on one chunk of samples: the unit of work that :func:`evaluate`
+    runs in turn, or spreads over Ray workers. Its result depends on the chunk and its
+    seed only."""
+
+    suite: Suite
+    norm: str
+    batch_size: int
+    verbose: bool = False
+
+    def run(
+        self,
+        est: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        correct: torch.Tensor,
+        eps: float | None,
+        seed: int,
+    ) -> ChunkPart:
+        """The minimum-norm attacks (``eps`` None) or the fixed-budget ones at ``eps``, each
+        on the samples still robust, every candidate checked."""
+        common: dict[str, Any] = {
+            "norm": self.norm,
+            "seed": seed,
+            "batch_size": self.batch_size,
+            "verbose": self.verbose,
+        }
+        want_minimum_norm = eps is None
+        specs = [
+            a for a in self.suite.attacks if is_minimum_norm(attack_class(a)) == want_minimum_norm
+        ]
+        if eps is not None:
+            out = Outcome(
+                robust=correct.clone(),
+                broken_by=np.where(correct.cpu().numpy(), "", "clean").astype(object),
+                x_adv=x.clone(),
+                seconds={},
+            )
+            for a in specs:
+                attack = instantiate(a, est, eps=eps, **common)
+                run_fixed(est, attack, a.label, x, y, eps, self.norm, self.batch_size, out)
+            changed = (correct & ~out.robust).nonzero().squeeze(1)
+            return ChunkPart(
+                seconds=out.seconds,
+                changed=changed,
+                x_rows=out.x_adv[changed],
+                robust=out.robust,
+                broken_by=out.broken_by,
+                flags=out.flags,
+            )
+        min_dist = torch.full((len(x),), math.inf, dtype=torch.float64, device=x.device)
+        min_dist[~correct] = 0.0
+        x_min = x.clone()
+        label = np.full(len(x), "", dtype=object)
+        seconds: dict[str, float] = {}
+        for a in specs:
+            t0 = time.perf_counter()
+            attack = instantiate(a, est, eps=None, **common)
+            dist, cand = minimal_distances(est, attack, x, y, correct, self.norm, self.batch_size)
+            better = dist < min_dist
+            min_dist = torch.where(better, dist, min_dist)
+            x_min[better] = cand[better]
+            label[better.cpu().numpy()] = a.label
+            seconds[a.label] = time.perf_counter() - t0
+        changed = torch.as_tensor(np.flatnonzero(label != ""), device=x.device)
+        return ChunkPart(
+            seconds=seconds, changed=changed, x_rows=x_min[changed], dist=min_dist, label=label
+        )
 
 
 def _eps_result(

@@ -377,6 +377,25 @@ class EvaluationResult:
             raise InputError(f"{str(path)!r} is not a JSON file: {err}.") from None
         return cls.from_dict(d)
 
+    def to_html(self, path: StrPath, *, class_names: Any = None) -> Path:
+        """Write the self-contained HTML report (inline CSS, plots as embedded PNG).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        class_names : sequence of str, optional
+            Names of the class indices, for the gallery and the per-class table.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``. The gallery shows images only while the result holds its arrays (not
+            after :meth:`from_json`).
+        """
+        from bastion.evaluation._html import write_html
+
+        return write_html(self, path, class_names=class_names)
+
     def save_gallery(self, path: StrPath) -> Path:
         """Write the gallery to a ``.npz`` (``indices``, ``x``, and ``x_adv_<k>`` /
         ``indices_<k>`` for the ``k``-th budget); plain arrays, no pickles."""
