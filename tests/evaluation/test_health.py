@@ -125,3 +125,23 @@ def test_monotonic_check_fails_when_accuracy_rises(digits_cnn, data):
     )
     h = check_monotonic(ctx)
     assert h.status == "fail" and "rises" in h.message
+
+
+def test_black_box_check_reads_autoattack_square_breaks(digits_cnn, data):
+    # The CLI runs one budget at a time and keeps each sample's broken_by, not AutoAttack's
+    # flags: a sample broken by AutoAttack's Square stage must still fail the check.
+    import dataclasses
+
+    from bastion.evaluation._health import check_black_box
+
+    n = len(data[1])
+    broken = np.full(n, "", dtype=object)
+    broken[:3] = "AutoAttack/apgd-ce"
+    ctx = dataclasses.replace(
+        _context(digits_cnn, data, suite="standard"), broken_by=[broken.copy()]
+    )
+    assert check_black_box(ctx).status == "pass"
+    broken[5] = "AutoAttack/square"
+    h = check_black_box(dataclasses.replace(ctx, broken_by=[broken]))
+    assert h.status == "fail" and "unreliable" in h.message
+    assert h.details["broken_by_square"] == 1

@@ -538,6 +538,8 @@ def _merge(
         suite=spec,
         seed=int(first.config["random_state"]),
         batch_size=args.batch_size,
+        # Each budget ran alone: AutoAttack's flags stayed there, its per-sample record did not.
+        broken_by=[np.asarray(r.broken_by) for r in results],
     )
     health = run_health_checks(ctx)
     health_seconds = time.perf_counter() - t0

@@ -67,6 +67,10 @@ class HealthContext:
     seed: int
     batch_size: int
     flags: list[Any] = field(default_factory=list)  # AutoAttack's EvaluationFlag entries
+    #: Per eps, per sample, the attack that broke it (``EpsResult.broken_by``), where the
+    #: results come from several runs whose AutoAttack flags were not kept (the CLI's
+    #: per-budget runs): the black-box check reads AutoAttack's Square breaks from it.
+    broken_by: list[np.ndarray] | None = None
 
     @property
     def caps(self) -> set[str]:
@@ -304,9 +308,26 @@ def check_black_box(ctx: HealthContext) -> HealthCheck:
             "Use BPDA/EOT for the defence's non-differentiable or random parts, or report "
             "the black-box numbers.",
         )
-    if any(
+    autoattack = any(
         a.name == "AutoAttack" and a.params.get("version") == "standard" for a in ctx.suite.attacks
-    ):
+    )
+    if autoattack and ctx.broken_by is not None:
+        # AutoAttack's Square runs last, on the samples its white-box stages left robust:
+        # every sample it breaks is one the white-box attacks missed (AutoAttack's own flag).
+        by_eps = [int(sum(str(b).endswith("/square") for b in per)) for per in ctx.broken_by]
+        worst = int(np.argmax(by_eps)) if by_eps else 0
+        if by_eps and by_eps[worst] > 0:
+            return HealthCheck(
+                code,
+                "fail",
+                f"AutoAttack's black-box Square stage broke {by_eps[worst]} sample(s) that "
+                f"every white-box attack before it missed at eps={ctx.eps[worst]:g}: gradient "
+                "masking, so the evaluation is unreliable.",
+                "Use BPDA/EOT for the defence's non-differentiable or random parts, or report "
+                "the black-box numbers.",
+                details={"eps": ctx.eps[worst], "broken_by_square": by_eps[worst]},
+            )
+    if autoattack:
         return HealthCheck(
             code,
             "pass",
