@@ -17,6 +17,7 @@ from bastion.evaluation import (
     audit_backdoor,
     audit_extraction,
     audit_privacy,
+    audit_schema,
 )
 from bastion.exceptions import EstimatorError, InvalidParameterError
 from bastion.zoo import MLP, train_classifier
@@ -49,6 +50,8 @@ def _run(argv, capsys):
 
 def _report(out):
     results = _no_nan((out / "results.json").read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(results, audit_schema())
     page = (out / "index.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
     assert "<script" not in page

@@ -15,6 +15,7 @@ from bastion.evaluation._audit import (
     audit_backdoor,
     audit_extraction,
     audit_privacy,
+    audit_schema,
 )
 from bastion.evaluation._data import (
     DATA_FORMATS,
@@ -60,6 +61,7 @@ __all__ = [
     "audit_backdoor",
     "audit_extraction",
     "audit_privacy",
+    "audit_schema",
     "check_compatibility",
     "check_labels",
     "detect_format",

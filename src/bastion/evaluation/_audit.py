@@ -45,6 +45,27 @@ __all__ = [
 #: Version of the ``results.json`` document of an audit.
 AUDIT_SCHEMA_VERSION = 1
 AUDIT_KINDS = ("privacy", "backdoor", "extraction")
+
+
+def audit_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of an audit's ``results.json`` (this schema version).
+
+    It ships with the package as ``bastion/evaluation/schema/audit-v1.json``.
+
+    Examples
+    --------
+    >>> from bastion.evaluation import audit_schema
+    >>> audit_schema()["properties"]["schema_version"]["const"]
+    1
+    """
+    from importlib import resources
+
+    text = resources.files("bastion.evaluation").joinpath(
+        f"schema/audit-v{AUDIT_SCHEMA_VERSION}.json"
+    )
+    return dict(json.loads(text.read_text(encoding="utf-8")))
+
+
 #: Membership attacks of :func:`audit_privacy`, and whether they train reference models.
 PRIVACY_ATTACKS: dict[str, str] = {
     "lira": "LiRA online (Carlini et al. 2022): trains reference models",
