@@ -216,6 +216,49 @@ def test_awp_step_applies_the_gradient_at_the_perturbed_weights_to_the_exact_one
         torch.testing.assert_close(p.detach(), e, atol=1e-6, rtol=1e-5)
 
 
+def test_awp_waits_for_its_warmup_epochs():
+    """AWP from the first step can hold a model trained from scratch at chance (on the
+    digits CNN at gamma 0.01 the loss stays at log 10): ``awp_warmup`` epochs train
+    without it, and the first epoch of such a run is the run without AWP."""
+    x, y = _data(32)
+    runs = []
+    for gamma in (0.0, 0.5):
+        clf, snapshots = _clf(), {}
+        trainer = MadryPGDTrainer(clf, awp_gamma=gamma, awp_warmup=1, **SMALL_PGD, **FAST)
+        trainer.fit(x, y, callback=lambda t, e, r, s=snapshots, c=clf: s.update({e: _params(c)}))
+        runs.append(snapshots)
+    assert [trainer._awp_gamma(e) for e in (0, 1, 2)] == [0.0, 0.5, 0.5]
+    for p, q in zip(runs[0][0], runs[1][0], strict=True):  # epoch 0: identical
+        assert torch.equal(p, q)
+    assert not all(torch.equal(p, q) for p, q in zip(runs[0][1], runs[1][1], strict=True))
+
+
+@pytest.mark.parametrize("trainer_cls", [MadryPGDTrainer, TRADESTrainer, MARTTrainer])
+def test_eps_warmup_ramps_the_training_budget_linearly_step_by_step(trainer_cls):
+    clf = _clf()
+    x, y = _data(32)
+    trainer = trainer_cls(clf, eps_warmup=2, **SMALL_PGD, **FAST)  # 2 batches per epoch
+    seen: list[tuple[float, float]] = []
+    make = trainer._make_adversarial
+
+    def spy(run, xb, yb, batch):
+        x_adv = make(run, xb, yb, batch)
+        seen.append((batch.progress, float((x_adv - xb).abs().max())))
+        return x_adv
+
+    trainer._make_adversarial = spy
+    trainer.fit(x, y, validation_data=(x[:8], y[:8]))
+    assert [p for p, _ in seen] == [0.5, 1.0, 1.5, 2.0]
+    for progress, dist in seen:  # eps 0.1 * progress / 2, eps_step 0.04 * progress / 2
+        frac = progress / 2
+        eps, step = trainer._train_budget(_Batch(0, 0, 16, None, 0, progress=progress))
+        assert math.isclose(eps, 0.1 * frac) and math.isclose(step, 0.04 * frac)
+        assert dist <= 0.1 * frac + 1e-6
+    assert seen[-1][1] > 0.1 * 0.75  # the full budget is used once the ramp is over
+    assert trainer._train_budget(_Batch(5, 0, 16, None, 0, progress=5.5)) == (0.1, 0.04)
+    assert trainer._budget()[0] == 0.1  # validation and evaluate: the full eps
+
+
 def test_free_training_keeps_its_perturbation_across_replays_and_batches():
     clf = _clf()
     x, y = _data(16)

@@ -370,6 +370,7 @@ class AdversarialTrainingLoop(Parametrized):
         for b, (xg, yg) in enumerate(bar):
             n_global = int(xg.shape[0])
             batch = _Batch(epoch, b, n_global, run.dp.shard(n_global, xg.device), run.base_seed)
+            batch.progress = epoch + ((b + 1) / nb if nb else 1.0)
             pos = batch.positions
             x, y = (xg, yg) if pos is None else (xg[pos], yg[pos])
             if self.channels_last and x.ndim == 4:

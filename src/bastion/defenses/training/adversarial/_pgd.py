@@ -42,6 +42,8 @@ _AWP: dict[str, list[Constraint]] = {
     "awp_warmup": [Interval(int, 0, None)],
 }
 
+_EPS_WARMUP: dict[str, list[Constraint]] = {"eps_warmup": [Interval(int, 0, None)]}
+
 
 class _PGDRecipe(AdversarialTrainingLoop):
     """The parts Madry, TRADES and MART share: a PGD inner maximisation with a random start,
@@ -55,6 +57,18 @@ class _PGDRecipe(AdversarialTrainingLoop):
     num_random_init: int
     awp_gamma: float
     awp_warmup: int
+    eps_warmup: int
+
+    def _train_budget(self, batch: _Batch) -> tuple[float, float]:
+        """The training attack's ``(eps, eps_step)`` at this step: the full budget, or during
+        the first ``eps_warmup`` epochs that budget scaled by the training progress (a linear
+        ramp, updated every step, from ``1 / batches`` of the budget up to all of it)."""
+        eps, step = float(self.eps), float(self.eps_step)
+        warmup = int(getattr(self, "eps_warmup", 0))
+        if warmup and batch.progress < warmup:
+            frac = batch.progress / warmup
+            return eps * frac, step * frac
+        return eps, step
 
     def _awp_gamma(self, epoch: int) -> float:
         gamma = float(getattr(self, "awp_gamma", 0.0))
@@ -63,7 +77,8 @@ class _PGDRecipe(AdversarialTrainingLoop):
     def _start_point(self, x: torch.Tensor, batch: _Batch) -> torch.Tensor:
         if not self.num_random_init:
             return x
-        eps, norm = self._budget()
+        _, norm = self._budget()
+        eps, _ = self._train_budget(batch)
         return x + global_noise(
             self._start_noise,
             batch.seed("start"),
@@ -76,16 +91,17 @@ class _PGDRecipe(AdversarialTrainingLoop):
         )
 
     def _inner(
-        self, run: _Run, x: torch.Tensor, start: torch.Tensor, objective: Any
+        self, run: _Run, x: torch.Tensor, start: torch.Tensor, objective: Any, batch: _Batch
     ) -> torch.Tensor:
-        eps, norm = self._budget()
+        _, norm = self._budget()
+        eps, eps_step = self._train_budget(batch)
         return pgd(
             run.forward,
             x,
             start,
             objective,
             eps=eps,
-            eps_step=float(self.eps_step),
+            eps_step=eps_step,
             max_iter=self.max_iter,
             norm=norm,
             clip_values=self.estimator.clip_values,
@@ -127,7 +143,14 @@ class MadryPGDTrainer(_PGDRecipe):
     awp_gamma : float
         Adversarial weight perturbation's relative size; 0 turns it off.
     awp_warmup : int
-        Epochs trained without AWP first.
+        Epochs trained without AWP first. AWP from the first step can hold a model that
+        starts from scratch at chance (the perturbation undoes each step before the model
+        leaves the plateau): warm up for an epoch or two there, as Wu et al. do for TRADES.
+    eps_warmup : int
+        Epochs over which the training budget (``eps`` and ``eps_step`` together) ramps up
+        linearly, step by step, from ``eps / batches`` to ``eps`` (Gowal et al. 2018 and many
+        MNIST recipes); 0: the full budget from the first step. Validation and
+        :meth:`evaluate` always use the full ``eps``.
 {loop}
 
 {attributes}
@@ -164,6 +187,7 @@ class MadryPGDTrainer(_PGDRecipe):
         **LOOP_CONSTRAINTS,
         **BUDGET_CONSTRAINTS,
         **_AWP,
+        **_EPS_WARMUP,
         "num_random_init": RANDOM_START,
     }
 
@@ -178,6 +202,7 @@ class MadryPGDTrainer(_PGDRecipe):
         num_random_init: int = 1,
         awp_gamma: float = 0.0,
         awp_warmup: int = 0,
+        eps_warmup: int = 0,
         epochs: int = 20,
         batch_size: int = 128,
         optimizer: str = "sgd",
@@ -200,6 +225,7 @@ class MadryPGDTrainer(_PGDRecipe):
         self.num_random_init = num_random_init
         self.awp_gamma = awp_gamma
         self.awp_warmup = awp_warmup
+        self.eps_warmup = eps_warmup
         self.epochs = epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
@@ -217,7 +243,7 @@ class MadryPGDTrainer(_PGDRecipe):
     def _make_adversarial(
         self, run: _Run, x: torch.Tensor, y: torch.Tensor, batch: _Batch
     ) -> torch.Tensor:
-        return self._inner(run, x, self._start_point(x, batch), ce_objective(y))
+        return self._inner(run, x, self._start_point(x, batch), ce_objective(y), batch)
 
     def _losses(
         self, run: _Run, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor
@@ -281,7 +307,7 @@ class TRADESTrainer(_PGDRecipe):
         Weight of the robust (KL) term.
     num_random_init : {0, 1}
         1: start from ``x + 0.001 * N(0, 1)``; 0: from ``x`` (where the KL gradient is zero).
-    awp_gamma, awp_warmup :
+    awp_gamma, awp_warmup, eps_warmup :
         As in :class:`MadryPGDTrainer`.
 {loop}
 
@@ -315,6 +341,7 @@ class TRADESTrainer(_PGDRecipe):
         **LOOP_CONSTRAINTS,
         **BUDGET_CONSTRAINTS,
         **_AWP,
+        **_EPS_WARMUP,
         "beta": [Interval(float, 0, None)],
         "num_random_init": RANDOM_START,
     }
@@ -331,6 +358,7 @@ class TRADESTrainer(_PGDRecipe):
         num_random_init: int = 1,
         awp_gamma: float = 0.0,
         awp_warmup: int = 0,
+        eps_warmup: int = 0,
         epochs: int = 20,
         batch_size: int = 128,
         optimizer: str = "sgd",
@@ -354,6 +382,7 @@ class TRADESTrainer(_PGDRecipe):
         self.num_random_init = num_random_init
         self.awp_gamma = awp_gamma
         self.awp_warmup = awp_warmup
+        self.eps_warmup = eps_warmup
         self.epochs = epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
@@ -373,7 +402,7 @@ class TRADESTrainer(_PGDRecipe):
     ) -> torch.Tensor:
         with torch.no_grad():
             p_clean = F.softmax(run.forward(x), dim=1)
-        return self._inner(run, x, self._start_point(x, batch), kl_objective(p_clean))
+        return self._inner(run, x, self._start_point(x, batch), kl_objective(p_clean), batch)
 
     def _losses(
         self, run: _Run, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor
@@ -407,6 +436,8 @@ class MARTTrainer(_PGDRecipe):
         Weight of the misclassification-aware KL term.
     num_random_init : {0, 1}
         1: start from ``x + 0.001 * N(0, 1)``; 0: from ``x``.
+    eps_warmup : int
+        As in :class:`MadryPGDTrainer`.
 {loop}
 
 {attributes}
@@ -436,6 +467,7 @@ class MARTTrainer(_PGDRecipe):
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         **LOOP_CONSTRAINTS,
         **BUDGET_CONSTRAINTS,
+        **_EPS_WARMUP,
         "beta": [Interval(float, 0, None)],
         "num_random_init": RANDOM_START,
     }
@@ -450,6 +482,7 @@ class MARTTrainer(_PGDRecipe):
         norm: Any = "inf",
         beta: float = 6.0,
         num_random_init: int = 1,
+        eps_warmup: int = 0,
         epochs: int = 20,
         batch_size: int = 128,
         optimizer: str = "sgd",
@@ -471,6 +504,7 @@ class MARTTrainer(_PGDRecipe):
         self.norm = norm
         self.beta = beta
         self.num_random_init = num_random_init
+        self.eps_warmup = eps_warmup
         self.epochs = epochs
         self.batch_size = batch_size
         self.optimizer = optimizer
@@ -488,7 +522,7 @@ class MARTTrainer(_PGDRecipe):
     def _make_adversarial(
         self, run: _Run, x: torch.Tensor, y: torch.Tensor, batch: _Batch
     ) -> torch.Tensor:
-        return self._inner(run, x, self._start_point(x, batch), ce_objective(y))
+        return self._inner(run, x, self._start_point(x, batch), ce_objective(y), batch)
 
     def _losses(
         self, run: _Run, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor

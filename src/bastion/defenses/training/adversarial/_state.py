@@ -108,6 +108,9 @@ class _Batch:
     n_global: int
     positions: torch.Tensor | None
     base_seed: int
+    #: The training position at the end of this step, in epochs (``epoch + (index + 1) /
+    #: batches``; ``epoch + 1`` for loaders of unknown length): the eps warm-up reads it.
+    progress: float = math.inf
 
     def seed(self, purpose: str) -> int:
         return derive_seed(self.base_seed, self.epoch, self.index, purpose)
