@@ -23,7 +23,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+# The argument types and the one-line parser error are those of ``bastion evaluate``.
+from bastion.cli.evaluate import _clip, _int_at_least, _json_object, _one_line_error, _shape
 
 __all__ = ["add_parser", "render_html", "run"]
 
@@ -59,45 +62,6 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _shape(text: str) -> tuple[int, ...]:
-    values = _ints(text.replace("x", ","))
-    return tuple(values)
-
-
-def _clip(text: str) -> tuple[float, float] | str:
-    if text.strip().lower() == "none":
-        return "none"
-    values = _floats(text)
-    if len(values) != 2 or not values[0] < values[1]:
-        raise argparse.ArgumentTypeError(f"must be LO,HI with LO < HI (or none), got {text!r}")
-    return values[0], values[1]
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(
-            f"must be a JSON object ({err.msg}), got {text!r}"
-        ) from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text!r}")
-    return value
-
-
-def _int_at_least(low: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
-        return value
-
-    return parse
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -119,16 +83,6 @@ def _positive_float(text: str) -> float:
 
 
 # ----------------------------------------------------------------------------- parser
-
-
-def _one_line_error(prog: str) -> Any:
-    """An ``ArgumentParser.error`` that prints one line (no usage block) and exits with 2."""
-
-    def error(message: str) -> NoReturn:
-        print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-    return error
 
 
 def _common(p: argparse.ArgumentParser, *, data: str, data_help: str) -> None:
