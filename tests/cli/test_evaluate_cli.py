@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -20,8 +21,6 @@ from bastion.cli import main
 from bastion.datasets import load_digits
 from bastion.evaluation import evaluate, load_data, load_model, results_schema
 from bastion.zoo import SmallCNN, train_classifier
-
-jsonschema = pytest.importorskip("jsonschema")
 
 EPS = "1/255,0.05,0.1"
 EPS_VALUES = [1 / 255, 0.05, 0.1]
@@ -176,7 +175,7 @@ def test_state_dict_with_arch_gives_the_same_numbers(files, script_run, tmp_path
 
 def test_ray_gives_the_same_numbers(files, script_run, tmp_path):
     # Two local Ray workers (the attacks sharded by chunks of --batch-size) against one process.
-    pytest.importorskip("ray")
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'bastion[ray]'")
     argv = _argv(files, tmp_path, "--ray", "local", "--batch-size", "16")
     single = tmp_path / "single"
     assert main(_argv(files, single, "--batch-size", "16")) == 0

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="headless Chromium is not installed (Debian: apt-get install chromium; .ci/run does)",
 )
-Image = pytest.importorskip("PIL.Image")
+from PIL import Image  # noqa: E402  (Pillow is a dependency)
 
 WIDTH, HEIGHT = 1200, 3000
 FLAGS = ["--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars"]

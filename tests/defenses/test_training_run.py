@@ -95,8 +95,7 @@ def test_two_processes_equal_one(tmp_path):
 
 
 def test_yaml_configuration_and_weights(tmp_path):
-    pytest.importorskip("yaml")
-    import yaml
+    import yaml  # PyYAML is a dependency
 
     config = _config(tmp_path, "out/model.pt", trainer="FastFGSMTrainer")
     init = MLP(64, 10, hidden=(16,), random_state=3)

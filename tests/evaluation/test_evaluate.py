@@ -2,6 +2,7 @@
 
 import json
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -16,8 +17,6 @@ from bastion.evaluation import (
 )
 from bastion.evaluation._suites import resolve_suite
 from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
-
-jsonschema = pytest.importorskip("jsonschema")
 
 PGD_SUITE = {"name": "pgd10", "attacks": [{"name": "PGD", "params": {"max_iter": 10}}]}
 

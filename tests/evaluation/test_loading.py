@@ -33,6 +33,8 @@ from bastion.zoo import SmallCNN
 
 ARCH = {"arch": "bastion.zoo:SmallCNN", "arch_kwargs": {"input_size": 28}}
 
+NO_ONNX = "the onnx extra is not installed: pip install 'bastion[onnx]'"
+
 
 class _Exploit:
     """Unpickling it writes ``marker``: the classic pickle attack."""
@@ -246,8 +248,8 @@ def test_a_torch_export_archive_with_pickled_members_is_refused(files, tmp_path)
 
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory, net):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime", reason=NO_ONNX)
+    pytest.importorskip("onnx", reason=NO_ONNX)
     path = tmp_path_factory.mktemp("onnx") / "net.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -297,8 +299,8 @@ def test_onnx_preprocessing_and_shape_errors(onnx_file, digits, net):
 
 def test_onnx_fixed_batch_and_softmax_outputs(tmp_path):
     """A graph exported for a fixed batch runs any batch; a final Softmax is not applied twice."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime", reason=NO_ONNX)
+    pytest.importorskip("onnx", reason=NO_ONNX)
     gen = torch.Generator().manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
     with torch.no_grad():

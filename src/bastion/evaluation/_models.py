@@ -425,6 +425,7 @@ def _load_torch_save(
                 "it holds Python objects beyond tensors, e.g. a whole pickled module "
                 f"(torch.load with weights_only=True refused it: {_weights_only_reason(err)})",
             ) from err
+        # Only with trust_pickle=True (refused above otherwise): the user vouches for the file.
         obj = torch.load(path, map_location="cpu", weights_only=False)
     settings: dict[str, Any] = {}
     if isinstance(obj, Mapping) and obj.get("format") == "bastion.TorchClassifier":
@@ -455,7 +456,7 @@ def _load_pickle(path: Path, trust_pickle: bool) -> Any:
     if path.suffix.lower() == ".joblib":
         import joblib
 
-        return joblib.load(path)
+        return joblib.load(path)  # the caller trusts this file (trust_pickle=True)
     with path.open("rb") as f:
         return pickle.load(f)  # the caller trusts this file (trust_pickle=True)
 
