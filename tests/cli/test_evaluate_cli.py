@@ -186,27 +186,35 @@ def test_ray_gives_the_same_numbers(files, script_run, tmp_path):
 def test_resume_after_an_interruption_equals_an_uninterrupted_run(
     files, script_run, tmp_path, monkeypatch, capsys
 ):
-    real = bastion.evaluation.evaluate
+    from bastion.evaluation._evaluate import ChunkTask
+
+    real = ChunkTask.run
     calls = []
 
-    def interrupted(*args, **kwargs):
-        calls.append(kwargs["eps"])
+    def interrupted(self, *args, **kwargs):
+        calls.append(args[4])  # the unit's budget
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(bastion.evaluation, "evaluate", interrupted)
+    monkeypatch.setattr(ChunkTask, "run", interrupted)
     assert main(_argv(files, tmp_path)) == 130
     assert "--resume" in capsys.readouterr().err
-    state = json.loads((tmp_path / "partial" / "state.json").read_text(encoding="utf-8"))
-    assert state["finished"] == [EPS_VALUES[0]]
+    units = sorted(p.name for p in (tmp_path / "partial").glob("unit-*.pt"))
+    assert units == ["unit-0-eps" + float(EPS_VALUES[0]).hex().replace("+", "") + ".pt"]
+    assert (tmp_path / "partial" / "state.json").is_file()
     assert not (tmp_path / "results.json").exists()
 
-    monkeypatch.setattr(bastion.evaluation, "evaluate", real)
-    calls.clear()
+    monkeypatch.setattr(ChunkTask, "run", real)
+    ran = []
+    monkeypatch.setattr(
+        ChunkTask, "run", lambda self, *a, **k: ran.append(a[4]) or real(self, *a, **k)
+    )
     argv = [a for a in _argv(files, tmp_path) if a not in ("--out", str(tmp_path))]
     assert main([*argv, "--resume", str(tmp_path)]) == 0
+    assert ran == EPS_VALUES[1:]  # the finished unit is not run again
     assert _numbers(_load(tmp_path)) == _numbers(_load(script_run[1]))
+    assert not (tmp_path / "partial").exists()
 
 
 def test_resume_refuses_another_configuration(files, tmp_path, monkeypatch, capsys):

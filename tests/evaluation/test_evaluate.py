@@ -301,3 +301,83 @@ def test_numpy_and_tensor_inputs_agree(digits_cnn, data):
     a = evaluate(digits_cnn, x[:10], y[:10], **kw)
     b = evaluate(digits_cnn, torch.as_tensor(x[:10]), torch.as_tensor(y[:10]), **kw)
     assert a.robust_accuracy == b.robust_accuracy
+
+
+def _same(a, b):
+    def strip(doc):  # timings and library versions aside
+        if isinstance(doc, dict):
+            return {k: strip(v) for k, v in doc.items() if k not in ("seconds", "versions")}
+        if isinstance(doc, list):
+            return [strip(v) for v in doc]
+        return doc
+
+    da, db = strip(a.to_dict()), strip(b.to_dict())
+    assert json.dumps(da, sort_keys=True) == json.dumps(db, sort_keys=True)
+
+
+def test_checkpoint_dir_resumes_to_the_uninterrupted_result(
+    digits_cnn, data, tmp_path, monkeypatch
+):
+    """Units finished before an interruption are read back (weights_only) and not rerun; the
+    result equals an uninterrupted run, minimum-norm distances and AutoAttack-style flags
+    included; a folder of another evaluation is refused."""
+    from bastion.evaluation._evaluate import ChunkTask
+
+    x, y = data
+    suite = {
+        "name": "mixed",
+        "attacks": [
+            {"name": "PGD", "params": {"max_iter": 3}},
+            {"name": "FMN", "params": {"max_iter": 5}},
+        ],
+    }
+    kwargs = dict(eps=[0.05, 0.1], suite=suite, random_state=1, batch_size=16)
+    whole = evaluate(digits_cnn, x, y, **kwargs)
+
+    real = ChunkTask.run
+    calls = []
+
+    def stop_at_the_fourth(self, *args, **kw):
+        calls.append(args[4])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(ChunkTask, "run", stop_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(digits_cnn, x, y, checkpoint_dir=tmp_path, **kwargs)
+    assert len(list(tmp_path.glob("unit-*.pt"))) == 3  # two chunks' FMN, one PGD unit
+
+    rerun = []
+    monkeypatch.setattr(
+        ChunkTask, "run", lambda self, *a, **k: rerun.append(a[4]) or real(self, *a, **k)
+    )
+    resumed = evaluate(digits_cnn, x, y, checkpoint_dir=tmp_path, **kwargs)
+    assert len(rerun) == 3  # 2 chunks x 2 budgets of PGD, one of them already done
+    _same(whole, resumed)
+
+    with pytest.raises(InputError, match="another evaluation.*random_state"):
+        evaluate(digits_cnn, x, y, checkpoint_dir=tmp_path, **{**kwargs, "random_state": 2})
+    with pytest.raises(InvalidParameterError, match="checkpoint_dir"):
+        evaluate(digits_cnn, x, y, checkpoint_dir=3, **kwargs)
+
+
+def test_checkpoint_keeps_autoattack_flags(tmp_path):
+    """A unit's warning flags survive the round trip through the checkpoint."""
+    from bastion.attacks.evasion.auto_attack import EvaluationFlag
+    from bastion.evaluation._checkpoint import UnitStore
+    from bastion.evaluation._evaluate import ChunkPart
+
+    store = UnitStore(tmp_path, {"a": 1})
+    part = ChunkPart(
+        seconds={"apgd-ce": 1.5},
+        changed=torch.tensor([0, 2]),
+        x_rows=torch.zeros(2, 3),
+        robust=torch.tensor([False, True, False]),
+        broken_by=np.asarray(["apgd-ce", "", "square"], dtype=object),
+        flags=[EvaluationFlag("zero-gradients", "no gradient")],
+    )
+    store.save(0, 0.1, part)
+    back = UnitStore(tmp_path, {"a": 1}).load(0, 0.1)
+    assert back.flags == part.flags and list(back.broken_by) == list(part.broken_by)
+    assert torch.equal(back.robust, part.robust) and back.dist is None

@@ -1,11 +1,12 @@
 """``bastion evaluate``: a whole robustness evaluation of a model file on a data file.
 
 The command loads the data (:func:`bastion.evaluation.load_data`) and the model
-(:func:`bastion.evaluation.load_model`), runs :func:`bastion.evaluation.evaluate` budget by
+(:func:`bastion.evaluation.load_model`), runs :func:`bastion.evaluation.evaluate` on every
 budget, and writes ``results.json``, ``gallery.npz`` and a self-contained ``index.html`` into
-``--out``. After each budget a partial result goes to ``--out/partial/``, so that
-``--resume DIR`` continues an interrupted evaluation with the budgets it had finished (when
-the configuration is the same). Errors are one line on stderr (``--debug`` adds the
+``--out``. Each finished unit of work (a chunk of samples at one budget) goes to
+``--out/partial/`` as it completes (``evaluate(..., checkpoint_dir=...)``), so that
+``--resume DIR`` continues an interrupted evaluation where it stopped (when the
+configuration is the same). Errors are one line on stderr (``--debug`` adds the
 traceback); exit status 2 for bad arguments or inputs, 1 for other failures, 130 when
 interrupted. See ``docs/cli.md``.
 
@@ -15,7 +16,6 @@ Heavy imports (torch, matplotlib) happen in :func:`run`, so ``bastion --help`` s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import math
@@ -305,7 +305,7 @@ def _sha256(path: Path) -> str:
 
 
 def _fingerprint(args: argparse.Namespace, model: Any) -> dict[str, Any]:
-    """Everything a finished budget's result depends on, except the budgets themselves."""
+    """The command's settings a resumed evaluation must share (the budgets may change)."""
     suite = args.suite
     suite_file = Path(suite)
     return {
@@ -337,12 +337,9 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)  # an interruption never leaves a truncated file
 
 
-def _piece_name(eps: float) -> str:
-    return "eps-" + float(eps).hex().replace("+", "")
-
-
-def _checkpoint(args: argparse.Namespace, out: Path, fingerprint: dict[str, Any]) -> list[float]:
-    """Prepare ``out/partial``; the budgets already finished there (only with ``--resume``)."""
+def _checkpoint(args: argparse.Namespace, out: Path, fingerprint: dict[str, Any]) -> Path:
+    """Prepare ``out/partial`` (empty, or with the finished units of the evaluation
+    ``--resume`` names) and return it."""
     from bastion.exceptions import InputError
 
     partial = out / PARTIAL
@@ -350,8 +347,8 @@ def _checkpoint(args: argparse.Namespace, out: Path, fingerprint: dict[str, Any]
         if partial.exists():
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
-        _write_json(partial / STATE, {"config": fingerprint, "finished": []})
-        return []
+        _write_json(partial / STATE, {"config": fingerprint})
+        return partial
     source = args.resume / PARTIAL
     state_file = source / STATE
     if not state_file.is_file():
@@ -370,20 +367,18 @@ def _checkpoint(args: argparse.Namespace, out: Path, fingerprint: dict[str, Any]
         if partial.exists():
             shutil.rmtree(partial)
         shutil.copytree(source, partial)
-    return [float(e) for e in state["finished"]]
+    return partial
 
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm.auto import tqdm
 
     from bastion.evaluation import (
-        EvaluationResult,
         check_compatibility,
+        check_suite,
         evaluate,
         load_data,
         load_model,
-        ray_session,
     )
     from bastion.exceptions import InputError
 
@@ -414,56 +409,39 @@ def _run(args: argparse.Namespace) -> int:
         trust_pickle=args.trust_pickle,
     )
     check_compatibility(model, data)
-    spec, est = _suite_and_estimator(model, args.suite)
+    check_suite(model, args.suite)  # before any file is written
 
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(args, model)
-    finished = _checkpoint(args, out, fingerprint)
-    partial = out / PARTIAL
-    eps_list = sorted(set(args.eps))
-    todo = [e for e in eps_list if e not in finished]
-    if verbose and finished:
-        done = ", ".join(f"{e:g}" for e in eps_list if e in finished)
-        print(f"{COMMAND}: resuming; reusing eps {done or '(none of these)'}", file=sys.stderr)
+    partial = _checkpoint(args, out, _fingerprint(args, model))
+    if verbose and args.resume is not None:
+        done = sum(1 for _ in partial.glob("unit-*.pt"))
+        print(f"{COMMAND}: resuming; reusing {done} finished unit(s) of work", file=sys.stderr)
 
-    common: dict[str, Any] = {
-        "threat": args.threat,
-        "suite": args.suite,
-        "random_state": args.seed,
-        "batch_size": args.batch_size,
-        "health_checks": False,
-        "gallery_size": len(data.y),  # every broken sample: the gallery is picked at the end
-        "verbose": verbose,
-        "ray": args.ray,
-    }
-    # One Ray instance for every budget (started once, shut down at the end if started here).
-    session = ray_session(args.ray) if args.ray and todo else contextlib.nullcontext()
-    with session:
-        bar = tqdm(todo, desc=f"{COMMAND}: eps", unit="eps", disable=not verbose or len(todo) < 2)
-        for e in bar:
-            piece = evaluate(model, data.x, data.y, eps=[e], **common)
-            piece.to_json(partial / f"{_piece_name(e)}.json")
-            piece.save_gallery(partial / f"{_piece_name(e)}.npz")
-            finished.append(e)
-            _write_json(partial / STATE, {"config": fingerprint, "finished": finished})
-
-    pieces = []
-    for e in eps_list:
-        piece = EvaluationResult.from_json(partial / f"{_piece_name(e)}.json")
-        with np.load(partial / f"{_piece_name(e)}.npz") as arrays:
-            piece.results[0].gallery = arrays["indices_0"]
-            piece.results[0].gallery_x_adv = arrays.get("x_adv_0")
-        pieces.append(piece)
-    if verbose:
-        print(f"{COMMAND}: health checks ...", file=sys.stderr)
-    result = _merge(pieces, data, est, spec, args, time.perf_counter() - start)
+    # One evaluation of every budget: the minimum-norm attacks run once, AutoAttack's flags
+    # reach the health checks, and each finished unit of work is kept in partial/ (resume).
+    result = evaluate(
+        model,
+        data.x,
+        data.y,
+        threat=args.threat,
+        eps=sorted(set(args.eps)),
+        suite=args.suite,
+        random_state=args.seed,
+        batch_size=args.batch_size,
+        gallery_size=GALLERY_SIZE,
+        verbose=verbose,
+        ray=args.ray,
+        checkpoint_dir=partial,
+    )
+    if data.indices is not None:  # rows of the file, not of the subsample
+        result.indices = np.asarray(data.indices, dtype=np.int64)[result.indices]
+    result.config.update(limit=args.limit, model=str(args.model), data=str(args.data))
+    result.seconds["total"] = time.perf_counter() - start
 
     result.to_json(out / "results.json")
     result.save_gallery(out / "gallery.npz")
     if not args.no_html:
-        from bastion.evaluation._html import write_html
-
-        write_html(result, out / "index.html", class_names=data.class_names)
+        result.to_html(out / "index.html", class_names=data.class_names)
     shutil.rmtree(partial)
 
     print(result.summary())
@@ -476,112 +454,3 @@ def _run(args: argparse.Namespace) -> int:
     written = "results.json, gallery.npz" + ("" if args.no_html else ", index.html")
     print(f"Wrote {written} to {out} in {time.perf_counter() - start:.1f} s")
     return 0
-
-
-def _suite_and_estimator(model: Any, suite: str) -> tuple[Any, Any]:
-    """The resolved suite and the (defended) estimator its attacks and checks see; fails
-    early for a white-box suite on a predict-only model."""
-    from bastion.evaluation._suites import (
-        build_defended,
-        check_capabilities,
-        label_attacks,
-        resolve_suite,
-    )
-
-    spec = resolve_suite(suite)
-    label_attacks(spec)
-    est = build_defended(model, spec)
-    check_capabilities(est, spec, suite)
-    return spec, est
-
-
-def _merge(
-    pieces: list[Any], data: Any, est: Any, spec: Any, args: argparse.Namespace, seconds: float
-) -> Any:
-    """One result from the per-budget pieces: as ``evaluate`` with every budget at once
-    would give (the same gallery draws), with the health checks run on all budgets."""
-    import numpy as np
-    import torch
-
-    from bastion.attacks.base import checked_input
-    from bastion.evaluation import EvaluationResult
-    from bastion.evaluation._evaluate import _curve
-    from bastion.evaluation._health import HealthContext, run_health_checks
-
-    first = pieces[0]
-    results = [p.results[0] for p in pieces]
-    correct = np.asarray(first.clean_correct, dtype=bool)
-    rng = np.random.default_rng(args.seed)
-    gallery_all: set[int] = set()
-    for r in results:
-        broken = np.flatnonzero(~r.robust & correct)
-        pick = np.sort(rng.choice(broken, min(GALLERY_SIZE, len(broken)), replace=False))
-        if r.gallery_x_adv is not None:
-            rows = np.searchsorted(r.gallery, pick)
-            r.gallery_x_adv = r.gallery_x_adv[rows]
-        r.gallery = pick.astype(np.int64)
-        gallery_all.update(int(i) for i in pick)
-
-    t0 = time.perf_counter()
-    xt, _ = checked_input(est, data.x)
-    yt = torch.as_tensor(first.labels, device=xt.device)
-    ctx = HealthContext(
-        estimator=est,
-        x=xt,
-        y=yt,
-        clean_correct=torch.as_tensor(correct, device=xt.device),
-        clean_accuracy=first.clean_accuracy,
-        norm=first.norm,
-        eps=[r.eps for r in results],
-        robust=[np.asarray(r.robust, dtype=bool) for r in results],
-        robust_accuracy=[r.robust_accuracy for r in results],
-        suite=spec,
-        seed=int(first.config["random_state"]),
-        batch_size=args.batch_size,
-        # Each budget ran alone: AutoAttack's flags stayed there, its per-sample record did not.
-        broken_by=[np.asarray(r.broken_by) for r in results],
-    )
-    health = run_health_checks(ctx)
-    health_seconds = time.perf_counter() - t0
-
-    rows = np.asarray(first.indices, dtype=np.int64)
-    indices = rows if data.indices is None else np.asarray(data.indices)[rows]
-    gallery_idx = np.asarray(sorted(gallery_all), dtype=np.int64)
-    md = first.min_distance
-    robust_masks = [np.asarray(r.robust, dtype=bool) for r in results]
-    attack_seconds = sum(p.seconds.get("attacks", 0.0) for p in pieces)
-    config = dict(first.config)
-    config.update(
-        limit=args.limit,
-        health_checks=True,
-        gallery_size=GALLERY_SIZE,
-        model=str(args.model),
-        data=str(args.data),
-    )
-    return EvaluationResult(
-        suite=first.suite,
-        threat=first.threat,
-        norm=first.norm,
-        eps=[r.eps for r in results],
-        nb_classes=first.nb_classes,
-        indices=indices.astype(np.int64),
-        labels=first.labels,
-        clean_prediction=first.clean_prediction,
-        clean_correct=correct,
-        clean_accuracy=first.clean_accuracy,
-        results=results,
-        health=health,
-        min_distance=md,
-        curve=None if md is None else _curve(md, [r.eps for r in results], robust_masks),
-        attacks=first.attacks,
-        defences=first.defences,
-        config=config,
-        versions=first.versions,
-        seconds={
-            "attacks": attack_seconds,
-            "health": health_seconds,
-            "total": seconds + health_seconds,
-        },
-        gallery_indices=gallery_idx,
-        gallery_x=np.asarray(data.x)[gallery_idx],
-    )

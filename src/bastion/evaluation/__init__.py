@@ -42,7 +42,7 @@ from bastion.evaluation._result import (
     HealthCheck,
     results_schema,
 )
-from bastion.evaluation._suites import SUITES
+from bastion.evaluation._suites import SUITES, check_suite
 
 __all__ = [
     "AUDIT_KINDS",
@@ -64,6 +64,7 @@ __all__ = [
     "audit_schema",
     "check_compatibility",
     "check_labels",
+    "check_suite",
     "detect_format",
     "evaluate",
     "format_error",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from bastion._tensor import resolve_random_state
 from bastion._validation import (
     BATCH_SIZE,
     NONE,
+    OPTIONAL_PATH,
     RANDOM_STATE,
     VERBOSE,
     Boolean,
@@ -27,6 +29,7 @@ from bastion._validation import (
     validate_params,
 )
 from bastion.attacks.base import checked_input
+from bastion.evaluation._checkpoint import UnitStore, fingerprint
 from bastion.evaluation._data import check_labels, stratified_indices
 from bastion.evaluation._health import HealthContext, run_health_checks
 from bastion.evaluation._result import EpsResult, EvaluationResult
@@ -125,6 +128,7 @@ def evaluate(
     gallery_size: int = 8,
     verbose: bool = False,
     ray: str | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> EvaluationResult:
     """Evaluate the robustness of ``estimator`` on ``(x, y)`` with a suite of attacks.
 
@@ -192,6 +196,15 @@ def evaluate(
         for a CUDA estimator) holds one copy of the estimator and runs (chunk, budget)
         units; the result equals the one without Ray. The health checks run here, in this
         process. See ``docs/evaluation.md``.
+    checkpoint_dir : str or os.PathLike, optional
+        Keep each finished unit of work (a chunk at one budget, or a chunk's minimum-norm
+        attacks) in this folder as it completes, and reuse the units already there: an
+        evaluation interrupted (Ctrl-C, a crash, a lost Ray worker) and run again with the
+        same arguments resumes where it stopped and gives the same result as an
+        uninterrupted run. A folder holding another evaluation (other samples, labels,
+        model predictions, suite, seed or chunks) is refused with an
+        :class:`~bastion.exceptions.InputError`; more budgets than before are fine (their
+        units run). Units are tensors and strings read back with ``weights_only=True``.
 
     Returns
     -------
@@ -242,6 +255,7 @@ def evaluate(
             "health_checks": health_checks,
             "gallery_size": gallery_size,
             "verbose": verbose,
+            "checkpoint_dir": checkpoint_dir,
         },
         {
             "threat": [Options(list(THREATS))],
@@ -251,6 +265,7 @@ def evaluate(
             "health_checks": [Boolean()],
             "gallery_size": [Interval(int, 0, None)],
             "verbose": VERBOSE,
+            "checkpoint_dir": OPTIONAL_PATH,
         },
     )
     eps_list = _check_eps(eps)
@@ -281,6 +296,19 @@ def evaluate(
     clean_pred = predicted(est, xt, batch_size)
     correct = clean_pred == yt
     n = len(labels)
+    store = UnitStore(
+        checkpoint_dir,
+        fingerprint(
+            suite=spec,
+            norm=norm,
+            seed=seed,
+            batch_size=batch_size,
+            limit=limit,
+            x=xt,
+            labels=labels,
+            clean_prediction=clean_pred,
+        ),
+    )
 
     min_specs = [a for a in spec.attacks if is_minimum_norm(attack_class(a))]
     fixed_specs = [a for a in spec.attacks if not is_minimum_norm(attack_class(a))]
@@ -291,21 +319,28 @@ def evaluate(
     units += [(k, e) for e in eps_list for k in range(len(chunks)) if fixed_specs]
     task = ChunkTask(spec, norm, batch_size, verbose)
     bar = tqdm(total=len(units), desc=f"bastion evaluate ({spec.name})", disable=not verbose)
+    bar.update(sum(store.done(k, e) for k, e in units))
     if ray is None:
         # One unit at a time, when its results are merged (one budget in memory at a time).
         def part(k: int, e: float | None) -> ChunkPart:
+            if store.done(k, e):
+                return store.load(k, e)
             sl = chunks[k]
             done = task.run(est, xt[sl], yt[sl], correct[sl], e, chunk_seed(seed, k))
+            store.save(k, e, done)
             bar.update()
             return done
 
     else:
         from bastion.evaluation._ray import run_on_ray
 
-        parts = run_on_ray(ray, est, task, xt, yt, correct, chunks, units, seed, bar)
+        todo = [u for u in units if not store.done(*u)]
+        parts = run_on_ray(
+            ray, est, task, xt, yt, correct, chunks, todo, seed, bar, on_done=store.save
+        )
 
         def part(k: int, e: float | None) -> ChunkPart:
-            return parts.pop((k, e))
+            return parts.pop((k, e)) if (k, e) in parts else store.load(k, e)
 
     # Minimum-norm attacks: once, on the correctly classified samples.
     min_dist: torch.Tensor | None = None

@@ -18,7 +18,7 @@ import dataclasses
 import io
 import pickle
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -139,12 +139,16 @@ def run_on_ray(
     units: list[tuple[int, float | None]],
     seed: int,
     bar: Any,
+    on_done: Callable[[int, float | None, ChunkPart], None] | None = None,
 ) -> dict[tuple[int, float | None], ChunkPart]:
     """Every unit ``(chunk, eps)`` run by Ray actors; the results by unit.
 
     One actor per CPU of the cluster (per GPU when the estimator is on CUDA), at most one
     per unit, each holding one copy of the estimator; units go to whichever actor is free.
+    ``on_done(k, eps, part)`` is called here as each unit arrives (the checkpoint).
     """
+    if not units:
+        return {}
     with ray_session(where) as ray:
         from ray.util import ActorPool
 
@@ -180,6 +184,8 @@ def run_on_ray(
             try:
                 for k, eps, part in ActorPool(actors).map_unordered(submit, list(units)):
                     parts[k, eps] = part
+                    if on_done is not None:
+                        on_done(k, eps, part)
                     bar.update()
             except ray.exceptions.RayTaskError as err:
                 # The worker's own exception (an InputError, a model's error), not Ray's.

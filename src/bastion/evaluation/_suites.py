@@ -243,6 +243,42 @@ def check_capabilities(estimator: Any, suite: Suite, suite_arg: Any) -> None:
             )
 
 
+def check_suite(estimator: Any, suite: Any) -> None:
+    """Fail fast: resolve ``suite`` (a built-in name, a YAML file or a mapping) and check
+    that ``estimator`` (behind the suite's defences) has every capability its attacks need,
+    before any work.
+
+    Parameters
+    ----------
+    estimator : Classifier
+    suite : {"quick", "standard", "thorough", "blackbox"}, path or mapping
+
+    Raises
+    ------
+    InvalidParameterError
+        An unknown suite, attack or defence, or bad parameters in a custom suite.
+    EstimatorError
+        A white-box attack of the suite on an estimator without gradients (the message
+        suggests ``suite="blackbox"``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from bastion.estimators import BlackBoxClassifier
+    >>> from bastion.evaluation import check_suite
+    >>> api = BlackBoxClassifier(lambda x: torch.ones(len(x), 3) / 3, input_shape=(4,),
+    ...                          nb_classes=3, clip_values=(0, 1))
+    >>> check_suite(api, "blackbox")
+    >>> check_suite(api, "quick")
+    Traceback (most recent call last):
+    ...
+    bastion.exceptions.EstimatorError: The suite 'quick' runs FGSM, a white-box attack ...
+    """
+    spec = resolve_suite(suite)
+    label_attacks(spec)
+    check_capabilities(build_defended(estimator, spec), spec, suite)
+
+
 def build_defended(estimator: Any, suite: Suite) -> Any:
     """The estimator behind the suite's preprocessing defences (itself when none)."""
     if not suite.defences:
