@@ -145,3 +145,36 @@ def test_black_box_check_reads_autoattack_square_breaks(digits_cnn, data):
     h = check_black_box(dataclasses.replace(ctx, broken_by=[broken]))
     assert h.status == "fail" and "unreliable" in h.message
     assert h.details["broken_by_square"] == 1
+
+
+class _Quantised(torch.nn.Module):
+    """A model with a 1-bit input quantisation inside: zero gradients everywhere, not a
+    DefendedEstimator (no BPDA surrogate to build)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x))  # gradient zero almost everywhere
+
+
+def test_transfer_from_a_distilled_surrogate_flags_a_masked_model(digits_cnn, data):
+    """Without a defence to see through, the transfer check distils a surrogate from the
+    model's predictions: PGD on it breaks samples the direct attack (zero gradients) left
+    robust, and the check fails; on the plain model it breaks none the direct attack missed."""
+    from bastion.estimators import TorchClassifier
+    from bastion.evaluation._health import check_transfer
+
+    masked = TorchClassifier(
+        _Quantised(digits_cnn.torch_module()),
+        input_shape=digits_cnn.input_shape,
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+    )
+    r = evaluate(masked, *data, eps=[0.3], suite="quick", random_state=0, health_checks=False)
+    ctx = _context(masked, data)
+    ctx.eps, ctx.robust = [0.3], [np.asarray(r.results[0].robust)]
+    h = check_transfer(ctx)
+    assert h.status == "fail", h.message
+    assert "distilled" in h.message and h.details["broken"] > 0

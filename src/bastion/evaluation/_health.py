@@ -584,36 +584,119 @@ def check_convergence(ctx: HealthContext) -> HealthCheck:
     )
 
 
+#: Distillation of the transfer check's surrogate: queries per evaluated sample, optimiser
+#: steps, batch, hidden width, and the largest input (features) it sees (bigger images are
+#: average-pooled down to it).
+SURROGATE_COPIES = 8
+SURROGATE_STEPS = 300
+SURROGATE_BATCH = 128
+SURROGATE_WIDTH = 256
+SURROGATE_FEATURES = 3 * 32 * 32
+
+
+def _distilled_surrogate(ctx: HealthContext, eps: float) -> Any:
+    """A small MLP trained to match the estimator's probabilities on the evaluated samples
+    and on random points of their ``2 eps`` neighbourhood (Papernot et al. 2017's
+    substitute, without its Jacobian augmentation): smooth by construction, so its gradients
+    show where a masked model's do not."""
+    from torch import nn
+
+    from bastion.estimators import TorchClassifier
+
+    est = ctx.estimator
+    gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
+    x = ctx.x[ctx.sample(None)] if len(ctx.x) > 4 * NB_CHECK else ctx.x
+    shape = tuple(x.shape[1:])
+    reps = x.repeat(SURROGATE_COPIES, *([1] * len(shape)))
+    noise = (torch.rand(reps.shape, generator=gen) * 2 - 1).to(reps)
+    if ctx.norm != "inf":  # the same radius in L2: scale each direction to a random length
+        flat = noise.flatten(1)
+        noise = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(noise)
+        noise = noise * torch.rand((len(reps),) + (1,) * len(shape), generator=gen).to(reps)
+    pts = torch.cat([x, reps + 2 * eps * noise])
+    if est.clip_values is not None:
+        pts = pts.clamp(float(est.clip_values[0]), float(est.clip_values[1]))
+    with torch.no_grad():
+        target = torch.cat(
+            [
+                est.predict_tensor(pts[i : i + ctx.batch_size])
+                for i in range(0, len(pts), ctx.batch_size)
+            ]
+        ).to(torch.float32)
+    layers: list[nn.Module] = []
+    features = int(np.prod(shape))
+    if len(shape) == 3 and features > SURROGATE_FEATURES:
+        side = max(1, int((SURROGATE_FEATURES / shape[0]) ** 0.5))
+        layers.append(nn.AdaptiveAvgPool2d(side))
+        features = shape[0] * side * side
+    hidden = nn.Linear(features, SURROGATE_WIDTH)
+    out = nn.Linear(SURROGATE_WIDTH, int(est.nb_classes))
+    with torch.no_grad():  # seeded initialisation, no global RNG
+        for layer in (hidden, out):
+            bound = layer.in_features**-0.5
+            layer.weight.uniform_(-bound, bound, generator=gen)
+            layer.bias.uniform_(-bound, bound, generator=gen)
+    net = nn.Sequential(*layers, nn.Flatten(), hidden, nn.ReLU(), out)
+    pts_cpu = pts.detach().cpu().to(torch.float32)
+    target = target.cpu()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for _ in range(SURROGATE_STEPS):
+        idx = torch.randint(0, len(pts_cpu), (min(SURROGATE_BATCH, len(pts_cpu)),), generator=gen)
+        logp = torch.log_softmax(net(pts_cpu[idx]), dim=1)
+        loss = -(target[idx] * logp).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    return TorchClassifier(
+        net.to(ctx.x.device),
+        input_shape=shape,
+        nb_classes=int(est.nb_classes),
+        clip_values=est.clip_values,
+        device=ctx.x.device,
+    )
+
+
 def check_transfer(ctx: HealthContext) -> HealthCheck:
     """Adversarial examples crafted on a surrogate break samples the direct attack missed.
 
-    The only surrogate built without training is the defended model attacked through BPDA
-    (for a :class:`~bastion.estimators.DefendedEstimator` with ``gradients="exact"``);
-    elsewhere the check does not apply.
+    The surrogate is the same defence attacked through BPDA for a
+    :class:`~bastion.estimators.DefendedEstimator` with ``gradients="exact"``, and otherwise
+    a small MLP distilled from the estimator's predictions on the evaluated samples and
+    their neighbourhood (a transfer attack, Papernot et al. 2017): both have useful gradients
+    where a masked model has none. Applies to white-box suites (a black-box suite uses no
+    gradients to mask).
     """
     from bastion.estimators import DefendedEstimator
 
     code = "transfer"
     est = ctx.estimator
-    if not isinstance(est, DefendedEstimator) or est.gradients != "exact":
-        return _na(
-            code,
-            "no surrogate without training (only a DefendedEstimator attacked "
-            "with exact gradients has one: the same defence through BPDA).",
-        )
-    if "loss_gradient" not in ctx.caps:
-        return _na(code, "the estimator has no gradients.")
+    if not ctx.white_box:
+        return _na(code, "the suite attacks without gradients (nothing to mask).")
     k = max((i for i, r in enumerate(ctx.robust) if r.any()), default=None)
     if k is None:
         return HealthCheck(code, "pass", "the direct attacks left no robust sample.")
-    surrogate = DefendedEstimator(
-        est.estimator,
-        preprocessors=est.preprocessors,
-        postprocessors=est.postprocessors,
-        gradients="bpda",
-    )
     idx = ctx.sample(ctx.robust[k])
     x, y, eps = ctx.x[idx], ctx.y[idx], ctx.eps[k]
+    if isinstance(est, DefendedEstimator) and est.gradients == "exact":
+        surrogate = DefendedEstimator(
+            est.estimator,
+            preprocessors=est.preprocessors,
+            postprocessors=est.postprocessors,
+            gradients="bpda",
+        )
+        what, fix = (
+            "through BPDA (the defence's surrogate gradients)",
+            "Evaluate with DefendedEstimator(..., gradients='bpda') (the adaptive attacker).",
+        )
+    else:
+        surrogate = _distilled_surrogate(ctx, eps)
+        what, fix = (
+            "on a surrogate distilled from the model's predictions",
+            "Look for gradient masking (non-differentiable or saturating layers, "
+            "randomness): attack through BPDA/EOT, or add transfer and black-box attacks "
+            "to the suite.",
+        )
     probe = dataclasses.replace(ctx, estimator=surrogate)
     cand = torch.as_tensor(_pgd(probe, eps, 20).generate(x, y), device=x.device)
     broken = int(valid(est, cand, x, y, eps, ctx.norm, ctx.batch_size).sum())
@@ -623,16 +706,16 @@ def check_transfer(ctx: HealthContext) -> HealthCheck:
         return HealthCheck(
             code,
             "pass",
-            f"PGD through BPDA broke none of {n} robust samples at eps={eps:g}.",
+            f"PGD {what} broke none of {n} robust samples at eps={eps:g}.",
             details=details,
         )
     return HealthCheck(
         code,
         "fail" if broken / n > 0.05 else "warn",
-        f"adversarial examples crafted through BPDA (the defence's surrogate gradients) broke "
-        f"{_share(broken, n)} samples the direct attacks left robust at eps={eps:g}: the "
-        "direct evaluation is misled by the defence's gradients and is unreliable.",
-        "Evaluate with DefendedEstimator(..., gradients='bpda') (the adaptive attacker).",
+        f"adversarial examples crafted {what} broke {_share(broken, n)} samples the direct "
+        f"attacks left robust at eps={eps:g}: the direct evaluation is misled by the model's "
+        "gradients and is unreliable.",
+        fix,
         details=details,
     )
 
