@@ -1,5 +1,6 @@
-"""The HTML report of ``bastion evaluate`` in headless Chromium: it renders its plots and
-tables, from a screenshot and the DOM, with no console errors and no external resource.
+"""The HTML reports of ``bastion evaluate`` and ``bastion audit`` in headless Chromium: they
+render their plots and tables, from a screenshot and the DOM, with no console errors and no
+external resource.
 
 Chromium comes from Debian's ``chromium`` package (``.ci/run`` installs it); without it the
 tests skip with that reason.
@@ -139,3 +140,64 @@ def test_dom_has_plots_tables_and_no_external_resources(report, tmp_path):
         assert code in dom
     assert re.search(r'class="badge (pass|warn|fail)"', dom)
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", report.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def audit_report(tmp_path_factory) -> Path:
+    """``bastion audit backdoor`` on a small MLP trained on 8x8 digits with a BadNets
+    corner trigger on a few samples: its report has plots and tables to render."""
+    from bastion.zoo import MLP, train_classifier
+
+    root = tmp_path_factory.mktemp("audit-browser")
+    (x, y), _ = load_digits(size=8)
+    x, y = x[:600].copy(), y[:600].copy()
+    poison = np.flatnonzero(y != 3)[:12]
+    x[poison, :, -3:, -3:] = 1.0
+    y[poison] = 3
+    np.savez(root / "train.npz", x=x, y=y)
+    net = train_classifier(
+        MLP(64, 10, hidden=(32,), random_state=0), x, y, epochs=5, random_state=0
+    )
+    torch.save(net.state_dict(), root / "m.pt")
+    kwargs = '{"in_features": 64, "nb_classes": 10, "hidden": [32]}'
+    argv = [
+        "audit", "backdoor",
+        "--model", str(root / "m.pt"),
+        "--arch", "bastion.zoo:MLP",
+        "--arch-kwargs", kwargs,
+        "--train", str(root / "train.npz"),
+        "--out", str(root / "out"),
+        "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    return root / "out" / "index.html"
+
+
+def test_audit_report_renders(audit_report, tmp_path):
+    """The audit's report renders too: a non-blank screenshot, its PNG plots decodable in
+    the DOM, its tables present, no console message, nothing fetched from outside."""
+    shot = tmp_path / "audit.png"
+    proc = _chromium(
+        f"--screenshot={shot}", f"--window-size={WIDTH},1600", audit_report.as_uri(), cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _console_lines(proc.stderr) == []
+    with Image.open(shot) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    assert (rgb.min(axis=2) < 200).mean() > 0.02  # ink
+    assert ((rgb.max(axis=2).astype(int) - rgb.min(axis=2)) > 80).mean() > 0.001  # colour
+
+    proc = _chromium("--dump-dom", audit_report.as_uri(), cwd=tmp_path)
+    assert proc.returncode == 0 and _console_lines(proc.stderr) == []
+    parser = _Elements()
+    parser.feed(proc.stdout)
+    images = [a for t, a in parser.tags if t == "img"]
+    assert images and len([t for t, _ in parser.tags if t == "table"]) >= 2
+    for attrs in images:
+        src = attrs["src"] or ""
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as png:
+            assert png.size[0] > 100 and png.size[1] > 100
+    assert "Backdoor poison" in proc.stdout
+    page = audit_report.read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
