@@ -121,3 +121,26 @@ def test_missing_ray_names_the_extra(monkeypatch, digits_cnn, digits_test):
 def test_import_bastion_does_not_import_ray():
     code = "import sys, bastion, bastion.evaluation, bastion.cli; sys.exit('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_checkpoint_on_ray_keeps_units_and_resumes_without_rerunning(
+    local_ray, digits_cnn, digits_test, tmp_path
+):
+    """With checkpoint_dir, each unit a Ray worker returns is written as it arrives; a rerun
+    (a unit lost: its file deleted) runs only that unit, and the result is unchanged."""
+    x, y = digits_test[0][:40], digits_test[1][:40]
+    one = evaluate(digits_cnn, x, y, health_checks=False, **KW)
+    first = evaluate(
+        digits_cnn, x, y, health_checks=False, ray="local", checkpoint_dir=tmp_path, **KW
+    )
+    units = sorted(tmp_path.glob("unit-*.pt"))
+    assert len(units) == 3 + 3 * 2  # FMN per chunk; FGSM+PGD per chunk and budget
+    units[-1].unlink()
+    again = evaluate(
+        digits_cnn, x, y, health_checks=False, ray="local", checkpoint_dir=tmp_path, **KW
+    )
+    assert len(list(tmp_path.glob("unit-*.pt"))) == len(units)
+    for r in (first, again):
+        assert (
+            _without_timings(r.to_dict())["results"] == _without_timings(one.to_dict())["results"]
+        )
