@@ -7,6 +7,7 @@ import pytest
 from bastion.testing import (
     ESTIMATOR_EXAMPLES,
     all_attacks,
+    all_certificates,
     all_detectors,
     all_estimators,
     all_extraction_attacks,
@@ -16,6 +17,8 @@ from bastion.testing import (
     all_postprocessors,
     all_preprocessors,
     attack_checks,
+    certificate_checks,
+    certificate_problem,
     detector_checks,
     estimator_checks,
     extraction_checks,
@@ -48,6 +51,7 @@ SUITES = {
         postprocessor_checks,
         lambda cls: postprocessor_problem(),
     ),
+    "certificate": (all_certificates, certificate_checks, certificate_problem),
     "input_detector": (
         all_input_detectors,
         input_detector_checks,
@@ -543,3 +547,50 @@ def test_no_library_class_declares_conformance_in_itself():
             if obj.__module__.startswith("bastion") and hasattr(obj, "_conformance"):
                 offenders.append(f"{obj.__module__}.{obj.__qualname__}")
     assert not offenders, sorted(set(offenders))
+
+
+def test_certificate_discovery_and_broken_certificates_are_caught():
+    """Every certificate is found (not the trainers); a bound that is too tight, a
+    certificate that writes into its input, and smoothing that ignores its seed each fail the
+    matching check."""
+    import numpy as np
+    import torch
+
+    from bastion.certification import CrownBounds, RandomizedSmoothing
+    from bastion.testing._certificate_checks import (
+        check_not_mutated,
+        check_seeded_determinism,
+        check_sound,
+        relu_problem,
+    )
+
+    assert {cls.__name__ for cls in all_certificates()} == {
+        "CrownBounds",
+        "DerandomizedSmoothing",
+        "IntervalBounds",
+        "RandomizedSmoothing",
+    }
+
+    class TooTight(CrownBounds):
+        def bounds(self, x, *, eps, norm="inf"):  # the logits at x: no room for the ball
+            logits = self.estimator.logits(torch.as_tensor(x)).detach()
+            return logits.numpy(), logits.numpy()
+
+    class Mutating(CrownBounds):
+        def bounds(self, x, *, eps, norm="inf"):
+            out = super().bounds(x, eps=eps, norm=norm)
+            x[..., 0, 0] = 0.5  # "normalises" a corner in place
+            return out
+
+    class Unseeded(RandomizedSmoothing):
+        def certify(self, x, *, n0=100, n=10_000, alpha=0.001, batch_size=1000):
+            pred, radius = super().certify(x, n0=n0, n=n, alpha=alpha, batch_size=batch_size)
+            return pred, radius + np.random.default_rng().random(len(radius)) * 1e-3
+
+    problem = relu_problem()
+    with pytest.raises(AssertionError, match="outside its bounds"):
+        check_sound(TooTight, problem)
+    with pytest.raises(AssertionError, match="modified"):
+        check_not_mutated(Mutating, problem)
+    with pytest.raises(AssertionError):
+        check_seeded_determinism(Unseeded, torch_problem())

@@ -356,7 +356,7 @@ def test_checkpoint_dir_resumes_to_the_uninterrupted_result(
     assert len(rerun) == 3  # 2 chunks x 2 budgets of PGD, one of them already done
     _same(whole, resumed)
 
-    with pytest.raises(InputError, match="another evaluation.*random_state"):
+    with pytest.raises(InputError, match=r"another evaluation.*random_state"):
         evaluate(digits_cnn, x, y, checkpoint_dir=tmp_path, **{**kwargs, "random_state": 2})
     with pytest.raises(InvalidParameterError, match="checkpoint_dir"):
         evaluate(digits_cnn, x, y, checkpoint_dir=3, **kwargs)

@@ -2,13 +2,15 @@
 
 Every public attack (evasion, poisoning, model extraction and inference: membership,
 attribute inference, model inversion, reconstruction), estimator, poison detector, input
-preprocessor and detector of adversarial inputs is discovered automatically and run through
+preprocessor, detector of adversarial inputs and certificate (bound propagation, randomized
+and derandomized smoothing) is discovered automatically and run through
 the same generic checks: API conventions, budget and bounds (or query budgets) respected,
 inputs not mutated, type/device/dtype preserved, seeded determinism, batch-size invariance,
 clear errors on bad input, finite-difference checks of gradients, detection of known poison,
 fidelity of stolen models, known answers of inference attacks (members told from
 non-members, hidden attributes and missing records recovered), and the ROC AUC of detectors
-of adversarial inputs and the guard they build. A new attack, defence or detector gets them
+of adversarial inputs and the guard they build, and the soundness of certificates against
+sampled and attacked points. A new attack, defence or detector gets them
 for free; a class skips a check only with a written reason.
 
 How the suites build and run a class (fast parameters, a factory, its problem, the checks it
@@ -38,9 +40,17 @@ from bastion.testing._bad_input_table import (
     check_bad_inputs,
 )
 from bastion.testing._bad_inputs import BadInputCase, Outcome, raises, warns, works
+from bastion.testing._certificate_checks import (
+    certificate_checks,
+    certificate_problem,
+    check_certificate,
+    patch_problem,
+    relu_problem,
+)
 from bastion.testing._detector_checks import check_detector, detector_checks, detector_params
 from bastion.testing._discovery import (
     all_attacks,
+    all_certificates,
     all_detectors,
     all_estimators,
     all_extraction_attacks,
@@ -117,6 +127,7 @@ __all__ = [
     "PreprocessorProblem",
     "Problem",
     "all_attacks",
+    "all_certificates",
     "all_detectors",
     "all_estimators",
     "all_extraction_attacks",
@@ -131,8 +142,11 @@ __all__ = [
     "bad_input_owners",
     "bad_input_table",
     "blackbox_problem",
+    "certificate_checks",
+    "certificate_problem",
     "check_attack",
     "check_bad_inputs",
+    "check_certificate",
     "check_detector",
     "check_estimator",
     "check_extraction_attack",
@@ -155,6 +169,7 @@ __all__ = [
     "input_detector_problem",
     "inversion_problem",
     "membership_problem",
+    "patch_problem",
     "poison_problem",
     "poisoning_checks",
     "poisoning_params",
@@ -168,6 +183,7 @@ __all__ = [
     "reconstruction_problem",
     "register_conformance",
     "relu_extraction_problem",
+    "relu_problem",
     "sklearn_problem",
     "svm_poisoning_problem",
     "torch_problem",

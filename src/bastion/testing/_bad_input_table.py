@@ -50,6 +50,19 @@ def _defence_objects() -> list[Any]:
     return found
 
 
+def _certification_objects() -> list[Any]:
+    """The public classes and functions of :mod:`bastion.certification` (certificates,
+    ``verify``, certified trainers); not the result types."""
+    from bastion.certification import (
+        CertifiedTrainingEvaluation,
+        SmoothingEvaluation,
+        VerificationResult,
+    )
+
+    results = {CertifiedTrainingEvaluation, SmoothingEvaluation, VerificationResult}
+    return [obj for obj in _exported("bastion.certification") if obj not in results]
+
+
 def _metric_functions() -> list[Callable[..., Any]]:
     """The public functions of :mod:`bastion.metrics` and :mod:`bastion.metrics.privacy`."""
     found: dict[str, Any] = {}
@@ -69,7 +82,8 @@ def bad_input_owners() -> list[Any]:
     :func:`~bastion.testing.all_estimators`; the triggers of
     :mod:`bastion.attacks.poisoning`; the public classes and functions of
     :mod:`bastion.defenses` (wrappers, pre- and postprocessors, Fine-Pruning, the trainers);
-    the public metric functions."""
+    those of :mod:`bastion.certification` (certificates, ``verify``, certified trainers); the
+    public metric functions."""
     from bastion.attacks.poisoning import Trigger
     from bastion.testing._discovery import (
         all_attacks,
@@ -96,6 +110,7 @@ def bad_input_owners() -> list[Any]:
         if inspect.isclass(obj) and issubclass(obj, Trigger) and obj is not Trigger
     ]
     found += _defence_objects()
+    found += _certification_objects()
     found += _metric_functions()
     unique: dict[int, Any] = {id(obj): obj for obj in found}
     return list(unique.values())
@@ -104,6 +119,17 @@ def bad_input_owners() -> list[Any]:
 def _builders() -> list[tuple[Callable[[Any], bool], Callable[[Any], list[BadInputCase]]]]:
     from bastion.attacks.base import EvasionAttack
     from bastion.attacks.poisoning import PoisoningAttack, Trigger
+    from bastion.certification import (
+        CrownBounds,
+        CrownIBPTrainer,
+        DerandomizedSmoothing,
+        GaussianNoiseTrainer,
+        IBPTrainer,
+        IntervalBounds,
+        RandomizedSmoothing,
+        SmoothAdvTrainer,
+        verify,
+    )
     from bastion.defenses.poisoning import FinePruning, PoisonDetector
     from bastion.defenses.postprocessing import PostprocessedClassifier, Postprocessor
     from bastion.defenses.preprocessing import Preprocessor
@@ -119,13 +145,17 @@ def _builders() -> list[tuple[Callable[[Any], bool], Callable[[Any], list[BadInp
         train_dp_sgd,
         train_label_smoothing,
     )
+    from bastion.testing import _bad_inputs_bounds as bounds
+    from bastion.testing import _bad_inputs_certified_training as certified_training
     from bastion.testing import _bad_inputs_defences as defences
+    from bastion.testing import _bad_inputs_derandomized as derandomized
     from bastion.testing import _bad_inputs_detectors as detectors
     from bastion.testing import _bad_inputs_estimators as estimators_rows
     from bastion.testing import _bad_inputs_evasion as evasion
     from bastion.testing import _bad_inputs_metrics as metrics
     from bastion.testing import _bad_inputs_poisoning as poisoning
     from bastion.testing import _bad_inputs_privacy as privacy
+    from bastion.testing import _bad_inputs_smoothing as smoothing
     from bastion.testing import _bad_inputs_training as training
     from bastion.testing._discovery import (
         all_estimators,
@@ -169,6 +199,12 @@ def _builders() -> list[tuple[Callable[[Any], bool], Callable[[Any], list[BadInp
             ),
             training.adversarial_trainer_cases,
         ),
+        (subclass(RandomizedSmoothing), smoothing.smoothing_cases),
+        (subclass_of(GaussianNoiseTrainer, SmoothAdvTrainer), smoothing.smoothing_trainer_cases),
+        (subclass(DerandomizedSmoothing), derandomized.derandomized_cases),
+        (subclass_of(IntervalBounds, CrownBounds), bounds.bounds_cases),
+        (lambda obj: obj is verify, bounds.verify_cases),
+        (subclass_of(IBPTrainer, CrownIBPTrainer), certified_training.certified_trainer_cases),
         (lambda obj: inspect.isfunction(obj) and obj in metric_functions, metrics.metric_cases),
     ]
 

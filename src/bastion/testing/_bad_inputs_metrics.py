@@ -504,6 +504,12 @@ def rejection_metric_cases(fn: Any) -> Rows:
     return [dataclasses.replace(row, owner=fn) for row in estimator_metric_cases(wrapped)]
 
 
+def _certified_accuracy_cases(fn: Any) -> Rows:
+    from bastion.testing._bad_inputs_smoothing import certified_accuracy_cases
+
+    return certified_accuracy_cases(fn)
+
+
 METRIC_CASES: dict[str, Callable[[Any], Rows]] = {
     "detection_scores": mask_metric_cases,
     "detection_precision": mask_metric_cases,
@@ -522,6 +528,8 @@ METRIC_CASES: dict[str, Callable[[Any], Rows]] = {
     "membership_report": privacy_metric_cases,
     "plot_roc": privacy_metric_cases,
     "robust_accuracy_with_rejection": rejection_metric_cases,
+    "certified_accuracy": _certified_accuracy_cases,
+    "certified_accuracy_curve": _certified_accuracy_cases,
 }
 
 

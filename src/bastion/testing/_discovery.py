@@ -118,3 +118,14 @@ def all_postprocessors() -> list[type[Postprocessor]]:
     (subclasses of :class:`~bastion.defenses.postprocessing.Postprocessor`; the template is
     not counted)."""
     return _public_classes("bastion.defenses.postprocessing", Postprocessor)
+
+
+def all_certificates() -> list[type]:
+    """Every public certificate class of ``bastion.certification``: those with
+    ``bounds(x, ...)`` (bound propagation) or ``certify(x, ...)`` (randomized and
+    derandomized smoothing); the certified trainers are trainers, not certificates."""
+    return [
+        cls
+        for cls in _public_classes("bastion.certification", Parametrized)
+        if callable(getattr(cls, "bounds", None)) or callable(getattr(cls, "certify", None))
+    ]

@@ -119,6 +119,19 @@ class AdversarialTrainingLoop(Parametrized):
     def _begin(self, run: _Run) -> None:
         """Called once the run is set up (and resumed), before the first epoch."""
 
+    def _training_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """What the data-parallel wrapper wraps (``run.net``): the model itself. Certified
+        trainers wrap it in a module whose forward pass computes the whole training loss."""
+        return module
+
+    def _validation_score(self, record: dict[str, Any]) -> float:
+        """The epoch's score for the best checkpoint (NaN: this epoch cannot be the best): the
+        validation robust accuracy, else the clean one."""
+        score = record.get("val_robust_accuracy", math.nan)
+        if math.isnan(score):
+            score = record.get("val_clean_accuracy", math.nan)
+        return float(score)
+
     # ------------------------------------------------------------------ checks
 
     def _budget(self) -> tuple[float, str]:
@@ -205,7 +218,7 @@ class AdversarialTrainingLoop(Parametrized):
 
         run = _Run(
             module=module,
-            net=dp.wrap(module, est.device),
+            net=dp.wrap(self._training_module(module), est.device),
             optimizer=opt,
             scaler=torch.amp.GradScaler("cuda") if amp else None,
             dp=dp,
@@ -326,9 +339,7 @@ class AdversarialTrainingLoop(Parametrized):
         self._end_epoch(run, epoch, record)
         record["seconds"] = time.perf_counter() - start
         run.history.append(record)
-        score = record.get("val_robust_accuracy", math.nan)
-        if math.isnan(score):
-            score = record.get("val_clean_accuracy", math.nan)
+        score = self._validation_score(record)
         improved = not math.isnan(score) and score > run.best_score
         if improved:
             run.best_score, run.best_epoch = score, epoch
