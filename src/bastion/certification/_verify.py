@@ -472,9 +472,16 @@ def verify(
     k = int(estimator.nb_classes)
     net = _network(estimator, owner)
     module = net.module
-    with torch.no_grad():
-        logits = torch.cat([net.forward(xt[i : i + batch_size]) for i in range(0, n, batch_size)])
+
+    def forward(rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [net.forward(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+            )
+
+    logits: torch.Tensor | None = None
     if y is None:
+        logits = forward(xt)
         yt = logits.argmax(1)
     else:
         y_raw, _ = to_tensor(y, device=xt.device, dtype=None)
@@ -514,15 +521,23 @@ def verify(
     status = np.array(["unknown"] * n, dtype=object)
     status[(margin_lower > 0).cpu().numpy()] = "verified"
     counter = torch.full_like(xt, float("nan"))
-    # The clean sample is its own counterexample when the model misclassifies it.
-    clean = torch.gather(logits, 1, yt.unsqueeze(1)).squeeze(1)
-    others = logits.scatter(1, yt.unsqueeze(1), float("-inf"))
+    # The clean sample is its own counterexample when the model misclassifies it (a verified
+    # sample is classified correctly: it lies in its own ball).
+    unsure = (margin_lower <= 0).nonzero().squeeze(1)
+    if logits is None:
+        rows_logits = forward(xt[unsure])
+    else:
+        rows_logits = logits[unsure]
+    y_unsure = yt[unsure]
+    clean = torch.gather(rows_logits, 1, y_unsure.unsqueeze(1)).squeeze(1)
+    others = rows_logits.scatter(1, y_unsure.unsqueeze(1), float("-inf"))
     clean_margin = clean - others.amax(1) if k > 1 else torch.full_like(clean, float("inf"))
-    wrong = clean_margin < 0
-    if bool(wrong.any()):
-        margin_lower = torch.where(wrong, torch.minimum(margin_lower, clean_margin), margin_lower)
-        counter[wrong] = xt[wrong]
-        status[wrong.cpu().numpy()] = "falsified"
+    wrong_rows = unsure[clean_margin < 0]
+    if wrong_rows.numel():
+        lowered = torch.minimum(margin_lower[wrong_rows], clean_margin[clean_margin < 0])
+        margin_lower = margin_lower.index_put((wrong_rows,), lowered)
+        counter[wrong_rows] = xt[wrong_rows]
+        status[wrong_rows.cpu().numpy()] = "falsified"
     if method == "complete":
         from bastion.certification._milp import MilpVerifier
 
