@@ -69,6 +69,18 @@ def _checked(
         e = eps_tensor(eps, int(xt.shape[0]), dtype=xt.dtype, device=xt.device)
     except InvalidParameterError as err:
         raise InvalidParameterError(str(err).replace("of bounds", f"of {owner}")) from None
+    clip = estimator.clip_values
+    if clip is not None and e.numel():
+        span = float(clip[1]) - float(clip[0])
+        if norm != "inf":
+            span *= float(np.prod(estimator.input_shape)) ** 0.5
+        if float(e.max()) > span:
+            raise InvalidParameterError(
+                f"The 'eps' parameter of {owner} must fit the estimator's clip_values "
+                f"{tuple(clip)}: every point is within {span:g} of every other in the "
+                f"L{norm} norm there, so a larger ball is the whole input range. Got "
+                f"eps={float(e.max())!r} instead."
+            )
     return xt, kind, e, norm
 
 

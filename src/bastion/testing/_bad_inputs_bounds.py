@@ -87,6 +87,12 @@ def bounds_cases(cls: Any) -> Rows:
     add("use", "NaN eps", call(eps=float("nan")), raises(InvalidParameterError, "eps"))
     add(
         "use",
+        "eps beyond the clip_values range",
+        call(eps=1.5),
+        raises(InvalidParameterError, "clip_values"),
+    )
+    add(
+        "use",
         "eps of the wrong length",
         call(eps=np.full(3, 0.1)),
         raises(InvalidParameterError, "eps"),
@@ -144,6 +150,12 @@ def verify_cases(fn: Any) -> Rows:
     for what, change, outcome in bad_labels(10):
         add("labels", what, call(y=change), outcome)
     add("use", "negative eps", call(eps=-0.1), raises(InvalidParameterError, "eps"))
+    add(
+        "use",
+        "eps beyond the clip_values range",
+        call(eps=1.5),
+        raises(InvalidParameterError, "clip_values"),
+    )
     add("use", "an unknown method", call(method="lp"), raises(InvalidParameterError, "method"))
     add("use", "norm=1", call(norm=1), raises(InvalidParameterError, "norm"))
     add(
