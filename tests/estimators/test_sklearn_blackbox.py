@@ -73,7 +73,7 @@ def test_model_without_gradients_is_predict_only():
     x, y = _scaled(load_iris)
     model = RandomForestClassifier(n_estimators=5, random_state=0).fit(x, y)
     clf = SklearnClassifier(model)
-    assert clf.capabilities == {"predict", "fit", "clone"}
+    assert clf.capabilities == {"predict", "fit", "clone", "trees"}  # no gradients
     np.testing.assert_allclose(clf.predict(x[:4]), model.predict_proba(x[:4]))
     with pytest.raises(EstimatorError, match=r"'loss_gradient'.*black-box"):
         clf.loss_gradient(x[:2], y[:2])

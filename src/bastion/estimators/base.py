@@ -74,6 +74,7 @@ CAPABILITIES = (
     "clone",
     "prune",
     "module",
+    "trees",
 )
 
 #: The type of the estimator a :meth:`SupportsClone.clone` is called on (and returns).

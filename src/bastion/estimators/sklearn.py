@@ -119,6 +119,16 @@ class SklearnClassifier(Classifier):
     """
 
     _GRADIENT_MODELS = ("LogisticRegression", "MLPClassifier")
+    #: Tree models whose fitted trees :meth:`trees` exposes (the ``"trees"`` capability).
+    _TREE_MODELS = (
+        "DecisionTreeClassifier",
+        "ExtraTreeClassifier",
+        "RandomForestClassifier",
+        "ExtraTreesClassifier",
+        "GradientBoostingClassifier",
+        "HistGradientBoostingClassifier",
+        "AdaBoostClassifier",
+    )
     #: What the torch twin's gradients give this estimator (the twin is an internal copy:
     #: surgery on it would not change the scikit-learn model, so no parameter gradients or
     #: pruning).
@@ -172,7 +182,24 @@ class SklearnClassifier(Classifier):
     def capabilities(self) -> frozenset[str]:  # type: ignore[override]
         if self._twin is not None:
             return self._twin.capabilities & self._TWIN_CAPABILITIES | {"fit", "clone"}
-        return frozenset({"predict", "fit", "clone"})
+        trees = {"trees"} if type(self.model).__name__ in self._TREE_MODELS else set()
+        return frozenset({"predict", "fit", "clone", *trees})
+
+    def trees(self) -> Any:
+        """The fitted trees of a tree model, parsed into a
+        :class:`~bastion.estimators.TreeEnsemble` (the ``"trees"`` capability: what the tree
+        attacks read).
+
+        Raises
+        ------
+        EstimatorError
+            The model is not a tree model.
+        """
+        from bastion.estimators._trees import ensemble_from_sklearn
+        from bastion.estimators.base import require_capabilities
+
+        require_capabilities(self, ["trees"], f"{type(self).__name__}.trees")
+        return ensemble_from_sklearn(self.model)
 
     def _build_twin(self) -> None:
         self._twin = None
