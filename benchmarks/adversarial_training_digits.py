@@ -111,6 +111,8 @@ RECIPES: dict[str, tuple[type, dict[str, Any]]] = {
     ),
     # Shafahi et al.: the epoch budget divided by the replays (24 / 8).
     "free": (FreeAdversarialTrainer, {**COMMON, "eps": EPS, "replays": 8, "epochs": 3}),
+    # The longest run so far: 10 PGD steps of eps / 4, 150 epochs (~40 CPU-minutes here).
+    "madry_pgd10_150": (MadryPGDTrainer, {**COMMON, **PGD, "max_iter": 10, "epochs": 150}),
     # AWP from the first step holds this from-scratch model at chance (loss log 10 = 2.303
     # throughout, the first run): 2 epochs without it first.
     "madry_awp": (
