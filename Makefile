@@ -11,11 +11,13 @@ all: test
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[dev,onnx,ray]"
+	# The optional frameworks (boosting, Keras 3, JAX/Flax, TensorFlow) so that CI tests every
+	# estimator; constraints.txt keeps torch at 2.13.0 whatever they ask for.
+	$(PY) -m pip install -c constraints.txt -e ".[dev,onnx,ray,boosting,keras,jax,tensorflow]"
 	# Opacus (DP-SGD) without its dependency resolution, so it cannot replace torch 2.13.0.
 	$(PY) -m pip install --no-deps opacus==1.6.0 opt-einsum
 	touch $(STAMP)

@@ -33,6 +33,7 @@ from bastion.testing import (
     preprocessor_problem,
     torch_problem,
 )
+from bastion.testing._attack_checks import default_attack_problem
 from bastion.testing._extraction_checks import default_extraction_problem
 from bastion.testing._inference_checks import default_inference_problem
 from bastion.testing._poisoning_checks import default_poisoning_problem
@@ -40,7 +41,7 @@ from bastion.testing._poisoning_checks import default_poisoning_problem
 # One table for the attack, detector and defence suites: how to find the classes, their
 # checks, and the problem each class is checked on.
 SUITES = {
-    "attack": (all_attacks, attack_checks, lambda cls: torch_problem()),
+    "attack": (all_attacks, attack_checks, default_attack_problem),
     "detector": (all_detectors, detector_checks, lambda cls: poison_problem()),
     "poisoning": (all_poisoning_attacks, poisoning_checks, default_poisoning_problem),
     "extraction": (all_extraction_attacks, extraction_checks, default_extraction_problem),

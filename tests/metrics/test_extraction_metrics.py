@@ -43,10 +43,12 @@ def test_accuracy_vs_queries_grows_with_the_budget():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(600, 2, generator=g)
     y = (x[:, 0] > x[:, 1]).long() + (x.sum(1) > 1.2).long()
-    net = torch.nn.Linear(2, 3)
+    net, thief_net = torch.nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    with torch.no_grad():  # seeded: the modules' default init draws from the global RNG
+        for p in (*net.parameters(), *thief_net.parameters()):
+            p.uniform_(-0.5, 0.5, generator=g)
     victim = TorchClassifier(net, input_shape=(2,), nb_classes=3)
     victim.fit(x, y, epochs=60, learning_rate=0.05, random_state=0)
-    thief_net = torch.nn.Linear(2, 3)
     thief = TorchClassifier(thief_net, input_shape=(2,), nb_classes=3)
     w0 = thief_net.weight.detach().clone()
     attack = CopycatCNN(

@@ -486,6 +486,8 @@ def verify(
     module = net.module
 
     def forward(rows: torch.Tensor) -> torch.Tensor:
+        if len(rows) == 0:
+            return torch.empty((0, k), dtype=rows.dtype, device=rows.device)
         with torch.no_grad():
             return torch.cat(
                 [net.forward(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]

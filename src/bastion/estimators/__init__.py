@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from bastion.estimators._trees import Tree, TreeEnsemble, ensemble_from_sklearn
 from bastion.estimators.base import (
     CAPABILITIES,
     Classifier,
@@ -25,13 +26,18 @@ from bastion.estimators.base import (
     require_capabilities,
 )
 from bastion.estimators.blackbox import BlackBoxClassifier
+from bastion.estimators.boosting import LightGBMClassifier, XGBoostClassifier
 from bastion.estimators.defended import DefendedEstimator
 from bastion.estimators.pytorch import TorchClassifier
+from bastion.estimators.remote import RemoteClassifier
 from bastion.estimators.sklearn import SklearnClassifier
 from bastion.estimators.wrappers import EOT, ExpectationOverTransformation
 
 if TYPE_CHECKING:  # imported on first use (__getattr__ below)
+    from bastion.estimators.jax import JaxClassifier
+    from bastion.estimators.keras import KerasClassifier
     from bastion.estimators.onnx import OnnxClassifier
+    from bastion.estimators.tensorflow import TensorFlowClassifier
 
 __all__ = [
     "CAPABILITIES",
@@ -41,7 +47,11 @@ __all__ = [
     "DefendedEstimator",
     "EstimatorWrapper",
     "ExpectationOverTransformation",
+    "JaxClassifier",
+    "KerasClassifier",
+    "LightGBMClassifier",
     "OnnxClassifier",
+    "RemoteClassifier",
     "SklearnClassifier",
     "SupportsActivationGradient",
     "SupportsActivationGradientAndPredict",
@@ -59,9 +69,21 @@ __all__ = [
     "SupportsPrune",
     "SupportsTorchModule",
     "SupportsTorchModuleAndPredict",
+    "TensorFlowClassifier",
     "TorchClassifier",
+    "Tree",
+    "TreeEnsemble",
+    "XGBoostClassifier",
+    "ensemble_from_sklearn",
     "require_capabilities",
 ]
+
+
+_LAZY = {
+    "JaxClassifier": "bastion.estimators.jax",
+    "KerasClassifier": "bastion.estimators.keras",
+    "TensorFlowClassifier": "bastion.estimators.tensorflow",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -71,4 +93,10 @@ def __getattr__(name: str) -> Any:
         from bastion.estimators.onnx import OnnxClassifier
 
         return OnnxClassifier
+    # The classes of other frameworks are imported on first use too; their modules import
+    # JAX, Keras or TensorFlow only when an estimator computes.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

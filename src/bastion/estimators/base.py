@@ -246,6 +246,11 @@ _GRADIENT_HINT = (
     "SklearnClassifier around LogisticRegression / MLPClassifier); for a model you can only "
     "query, use a black-box (score- or decision-based) attack instead"
 )
+#: Added to the hint for a tree model (an estimator with the "trees" capability).
+_TREE_HINT = (
+    ". This is a tree model: attack its trees with DecisionTreeAttack (one tree) or "
+    "TreeEnsembleMILPAttack (exact minimal perturbation), or query it with HopSkipJump"
+)
 
 
 def require_capabilities(estimator: Any, needed: Iterable[str], user: str) -> None:
@@ -275,6 +280,8 @@ def require_capabilities(estimator: Any, needed: Iterable[str], user: str) -> No
     missing = [c for c in needed if c not in caps]
     if missing:
         hint = _GRADIENT_HINT if any("gradient" in c for c in missing) else ""
+        if hint and "trees" in caps:
+            hint += _TREE_HINT
         raise EstimatorError(
             f"{user} needs the estimator capability {', '.join(repr(m) for m in missing)}, "
             f"which {type(estimator).__name__} does not provide (it has: "

@@ -1,104 +1,76 @@
 """scikit-learn classifiers.
 
-``LogisticRegression`` and ``MLPClassifier`` get an exact torch twin (the same function written in
-torch), so their gradients are exact and attacks run at torch speed. Any other fitted classifier
-with ``predict_proba`` is supported for prediction only.
+Models with a torch twin (the same function written in torch, checked against the model when
+the estimator is built) get exact gradients, and attacks run at torch speed:
+``LogisticRegression``, ``MLPClassifier``, ``GaussianNB`` (probabilities), ``LinearSVC``,
+``SVC`` and ``NuSVC`` (class scores from the decision function), and ``Pipeline``s of
+differentiable transformers (``StandardScaler``, ``MinMaxScaler``, ``MaxAbsScaler``, ``PCA``,
+feature selectors) ending in one of them. Any other fitted classifier with ``predict_proba``
+is supported for prediction only.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from bastion._tensor import as_device
 from bastion._validation import invalid_parameter
+from bastion.estimators._sklearn_twins import (
+    SCORE_MODELS,
+    has_twin,
+    reference_scores,
+    twin_candidates,
+)
 from bastion.estimators.base import Classifier
 from bastion.estimators.pytorch import TorchClassifier, _check_clip_values, _check_input_shape
-from bastion.exceptions import EstimatorError, InputError
+from bastion.exceptions import EstimatorError, InputError, ModelError
 
 __all__ = ["SklearnClassifier"]
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "logistic": nn.Sigmoid,
-    "identity": nn.Identity,
-}
-
-
-class _BinaryLogits(nn.Module):
-    """Turns a single score z into two-class logits (0, z): softmax gives (1 - s(z), s(z))."""
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(z), z], dim=1)
-
-
-class _OneVsRestLogits(nn.Module):
-    """One-vs-rest probabilities s(z_k) / sum_j s(z_j) are the softmax of log s(z)."""
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return nn.functional.logsigmoid(z)
-
-
-def _linear(weight: np.ndarray, bias: np.ndarray) -> nn.Linear:
-    # Built on the meta device: a normal nn.Linear would draw its initial weights from the
-    # global torch RNG, which bastion never touches.
-    layer = nn.Linear(weight.shape[1], weight.shape[0], device="meta").to_empty(device="cpu")
-    with torch.no_grad():
-        layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-        layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
-    return layer
-
-
-def _twin_layers(model: Any, one_vs_rest: bool) -> list[tuple[str, nn.Module]]:
-    name = type(model).__name__
-    if name == "LogisticRegression":
-        layers: list[tuple[str, nn.Module]] = [
-            ("flatten", nn.Flatten()),
-            ("linear", _linear(model.coef_, np.atleast_1d(model.intercept_))),
-        ]
-        if model.coef_.shape[0] == 1:
-            layers.append(("binary", _BinaryLogits()))
-        elif one_vs_rest:
-            layers.append(("ovr", _OneVsRestLogits()))
-        return layers
-    if name == "MLPClassifier":
-        layers = [("flatten", nn.Flatten())]
-        n_layers = len(model.coefs_)
-        for i, (w, b) in enumerate(zip(model.coefs_, model.intercepts_, strict=True)):
-            last = i == n_layers - 1
-            layers.append(("output" if last else f"hidden{i}", _linear(w.T, b)))
-            if not last:
-                layers.append((f"{model.activation}{i}", _ACTIVATIONS[model.activation]()))
-        if model.coefs_[-1].shape[1] == 1:
-            layers.append(("binary", _BinaryLogits()))
-        return layers
-    raise EstimatorError(f"no torch twin for {name}")  # pragma: no cover - guarded by caller
+_DTYPES = (torch.float32, torch.float64)
 
 
 class SklearnClassifier(Classifier):
     """A fitted scikit-learn classifier as a bastion estimator.
 
-    For ``LogisticRegression`` (binary, multinomial or one-vs-rest) and ``MLPClassifier``
-    the estimator builds a torch twin that computes exactly the model's ``predict_proba``, so
-    loss and class gradients are exact and gradient attacks apply. Any other fitted classifier
-    with ``predict_proba`` is predict-only: gradient methods raise
-    :class:`~bastion.exceptions.EstimatorError` (use a black-box attack).
+    For the models below the estimator builds a torch *twin* that computes the model's function
+    exactly, and checks it against the model on probe inputs (raising
+    :class:`~bastion.exceptions.EstimatorError` if it differs), so loss and class gradients are
+    exact and gradient attacks apply:
+
+    * ``LogisticRegression`` (binary, multinomial or one-vs-rest), ``MLPClassifier`` and
+      ``GaussianNB``: the logits are such that their softmax is ``predict_proba``;
+    * ``LinearSVC``, ``SVC`` and ``NuSVC`` (kernels ``"linear"``, ``"rbf"``, ``"poly"``,
+      ``"sigmoid"``), which have no probabilities of their own: the logits are class scores
+      from the decision function (``(0, d)`` for two classes; for more, the one-vs-rest
+      ``decision_function`` of ``LinearSVC``, and for the one-vs-one SVMs scikit-learn's
+      one-vs-rest ``decision_function``, votes plus a confidence in (-1/3, 1/3), with libsvm's
+      tie rule applied when ``break_ties=False``), and the probabilities are their softmax: a
+      calibration-free surrogate whose argmax is ``model.predict``. Platt-scaled
+      ``predict_proba`` (``SVC(probability=True)``) is not used;
+    * a ``Pipeline`` of differentiable transformers (``StandardScaler``, ``MinMaxScaler``,
+      ``MaxAbsScaler``, ``PCA`` with or without whitening, feature selectors such as
+      ``SelectKBest``, ``"passthrough"``) ending in one of the models above: the twin applies
+      the transforms in torch, so the model is attacked in the raw feature space.
+
+    Any other fitted classifier (or pipeline, e.g. with a ``OneHotEncoder``) with
+    ``predict_proba`` is predict-only: gradient methods raise
+    :class:`~bastion.exceptions.EstimatorError` (use a black-box attack). Tree models (not in a
+    pipeline) expose their trees (the ``"trees"`` capability).
 
     Classes are indexed ``0 .. nb_classes - 1`` in the order of ``model.classes_``; labels
     passed to bastion are those indices.
 
     Parameters
     ----------
-    model : sklearn classifier
-        Fitted, with ``predict_proba``.
+    model : sklearn classifier or Pipeline
+        Fitted; with ``predict_proba``, or one of the models with a twin.
     input_shape : tuple of int, optional
         Shape of one sample; default ``(n_features_in_,)``. Samples are flattened before they
         reach the model, so images can be attacked in their natural shape.
@@ -106,6 +78,11 @@ class SklearnClassifier(Classifier):
         Valid input range (default None: unbounded).
     device : str or torch.device, optional
         Where the torch twin computes (CPU by default).
+    dtype : torch.float32 or torch.float64, default torch.float32
+        Precision of the twin (inputs are converted to it). scikit-learn computes in float64:
+        ``torch.float64`` reproduces the model to rounding (about 1e-12), float32 to about 1e-5
+        relative, which may not be enough for a model whose scores are large (e.g. Gaussian
+        naive Bayes on unscaled features far from the data).
 
     Examples
     --------
@@ -116,9 +93,21 @@ class SklearnClassifier(Classifier):
     >>> clf = SklearnClassifier(LogisticRegression(max_iter=500).fit(x, y))
     >>> clf.loss_gradient(x[:2], y[:2]).shape
     (2, 4)
+
+    A support vector machine on standardised features, attacked in the raw feature space:
+
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from sklearn.svm import SVC
+    >>> import torch
+    >>> svm = make_pipeline(StandardScaler(), SVC()).fit(x, y)
+    >>> clf = SklearnClassifier(svm, dtype=torch.float64)
+    >>> bool((clf.predict(x).argmax(1) == svm.predict(x)).all())
+    True
+    >>> clf.class_gradient(x[:2]).shape
+    (2, 3, 4)
     """
 
-    _GRADIENT_MODELS = ("LogisticRegression", "MLPClassifier")
     #: Tree models whose fitted trees :meth:`trees` exposes (the ``"trees"`` capability).
     _TREE_MODELS = (
         "DecisionTreeClassifier",
@@ -150,16 +139,22 @@ class SklearnClassifier(Classifier):
         input_shape: Sequence[int] | None = None,
         clip_values: tuple[float, float] | None = None,
         device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        if not hasattr(model, "predict_proba") or not hasattr(model, "classes_"):
+        fitted = hasattr(model, "classes_")
+        if not fitted or not (hasattr(model, "predict_proba") or has_twin(model)):
             raise invalid_parameter(
                 "model",
                 owner,
-                "a fitted scikit-learn classifier with predict_proba",
-                type(model).__name__,
+                "a fitted scikit-learn classifier with predict_proba, or a fitted "
+                f"{', '.join(SCORE_MODELS)} (or a Pipeline of differentiable transformers "
+                "ending in one)",
+                type(model).__name__ if fitted else f"an unfitted {type(model).__name__}",
             )
+        if dtype not in _DTYPES:
+            raise invalid_parameter("dtype", owner, "torch.float32 or torch.float64", dtype)
         self.model = model
         self.classes_ = np.asarray(model.classes_)
         self.nb_classes = len(self.classes_)
@@ -175,6 +170,7 @@ class SklearnClassifier(Classifier):
             )
         self.clip_values = _check_clip_values(clip_values, owner)
         self.device = as_device(device)
+        self.dtype = dtype
         self._twin: TorchClassifier | None = None
         self._build_twin()
 
@@ -202,29 +198,44 @@ class SklearnClassifier(Classifier):
         return ensemble_from_sklearn(self.model)
 
     def _build_twin(self) -> None:
+        """Build the torch twin and check it reproduces the model on probe inputs: the
+        probabilities of a probabilistic model, the class scores (and ``predict``) of a margin
+        model."""
         self._twin = None
-        if type(self.model).__name__ not in self._GRADIENT_MODELS:
+        candidates = twin_candidates(self.model, self.dtype)
+        if not candidates:
             return
         probe = self._probe_inputs()
         flat = probe.reshape(len(probe), -1)
-        expected = torch.as_tensor(self.model.predict_proba(flat), dtype=torch.float32)
-        candidates = [False, True] if type(self.model).__name__ == "LogisticRegression" else [False]
-        for one_vs_rest in candidates:
-            net = nn.Sequential(OrderedDict(_twin_layers(self.model, one_vs_rest)))
+        kind, expected = reference_scores(self.model, flat)
+        labels = np.searchsorted(self.classes_, np.asarray(self.model.predict(flat)))
+        # Tolerances for rounding, not for a different function: scikit-learn computes parts
+        # of a model fitted on float32 data in float32 (e.g. GaussianNB's variance terms).
+        rtol, atol = (1e-5, 1e-6) if self.dtype == torch.float64 else (1e-3, 1e-4)
+        x = torch.as_tensor(probe, dtype=self.dtype, device=self.device)
+        for net in candidates:
             twin = TorchClassifier(
-                net,
+                net.to(self.device),
                 input_shape=self.input_shape,
                 nb_classes=self.nb_classes,
                 clip_values=None,
                 device=self.device,
             )
-            got = twin.predict(torch.as_tensor(probe, dtype=torch.float32)).cpu()
-            if torch.allclose(got, expected, atol=1e-4, rtol=1e-3):
+            twin.dtype = self.dtype  # a twin of buffers only (GaussianNB) has no parameter
+            try:
+                with torch.no_grad():
+                    z = twin._logits(x)
+            except (RuntimeError, EstimatorError, ModelError, ValueError):
+                continue  # e.g. a zero class prior: -inf scores
+            got = (torch.softmax(z, dim=1) if kind == "proba" else z).double().cpu().numpy()
+            scale = 1.0 if kind == "proba" else max(1.0, float(np.abs(expected).max()))
+            close = np.allclose(got, expected, rtol=rtol, atol=atol * scale)
+            if close and (kind == "proba" or np.array_equal(got.argmax(1), labels)):
                 self._twin = twin
                 return
         raise EstimatorError(
-            f"could not reproduce {type(self.model).__name__}.predict_proba in torch; use the "
-            "model for prediction only: BlackBoxClassifier(model.predict_proba, ...)."
+            f"could not reproduce {type(self.model).__name__} in torch; use the model for "
+            "prediction only: BlackBoxClassifier(model.predict_proba, ...)."
         )
 
     def _probe_inputs(self) -> np.ndarray:
@@ -242,7 +253,7 @@ class SklearnClassifier(Classifier):
             return self._twin._predict_probabilities(x)
         flat = x.reshape(x.shape[0], -1).cpu().numpy()
         proba = self.model.predict_proba(flat)
-        return torch.as_tensor(proba, dtype=torch.float32, device=x.device)
+        return torch.as_tensor(proba, dtype=self.dtype, device=x.device)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         assert self._twin is not None  # guarded by capabilities
@@ -300,6 +311,7 @@ class SklearnClassifier(Classifier):
             input_shape=self.input_shape,
             clip_values=self.clip_values,
             device=self.device,
+            dtype=self.dtype,
         )
 
     @property
@@ -329,5 +341,5 @@ class SklearnClassifier(Classifier):
         return (
             f"SklearnClassifier(model={type(self.model).__name__}, input_shape={self.input_shape}, "
             f"nb_classes={self.nb_classes}, clip_values={self.clip_values}, "
-            f"gradients={self._twin is not None})"
+            f"dtype={self.dtype}, gradients={self._twin is not None})"
         )

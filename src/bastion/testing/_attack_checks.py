@@ -21,7 +21,7 @@ from bastion.attacks.base import (
 from bastion.attacks.query import QueryAttack
 from bastion.estimators import BlackBoxClassifier
 from bastion.exceptions import EstimatorError, InputError, InvalidParameterError, ModelError
-from bastion.testing._problems import Problem, blackbox_problem, torch_problem
+from bastion.testing._problems import Problem, blackbox_problem, torch_problem, tree_problem
 from bastion.testing._specs import conformance_spec
 
 AttackCheck = Callable[[Any, Problem], None]
@@ -445,6 +445,12 @@ def without_skips(cls: Any, checks: list[Any]) -> Iterator[Any]:
     return (check for check in checks if check.__name__ not in skips)
 
 
+def default_attack_problem(cls: Any) -> Problem:
+    """The problem an evasion attack is checked on: its spec's ``problem`` (``"tree"``:
+    :func:`tree_problem`, for the attacks that read trees), else :func:`torch_problem`."""
+    return tree_problem() if conformance_spec(cls).problem == "tree" else torch_problem()
+
+
 def check_attack(cls: Any, problem: Problem | None = None) -> list[str]:
     """Run every applicable check on attack class ``cls``; return the names of those run.
 
@@ -460,7 +466,7 @@ def check_attack(cls: Any, problem: Problem | None = None) -> list[str]:
     AssertionError
         Naming the failed check.
     """
-    return run_checks(cls, problem or torch_problem(), attack_checks(cls))
+    return run_checks(cls, problem or default_attack_problem(cls), attack_checks(cls))
 
 
 def run_checks(cls: Any, problem: Any, checks: Iterator[Callable[[Any, Any], None]]) -> list[str]:

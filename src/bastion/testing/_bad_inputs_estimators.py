@@ -225,6 +225,14 @@ _CAPABILITIES: dict[str, frozenset[str]] = {
     ),
     "BlackBoxClassifier": frozenset({"predict"}),
     "OnnxClassifier": frozenset({"predict"}),
+    "JaxClassifier": frozenset({"predict", "logits", "loss_gradient", "class_gradient"}),
+    "KerasClassifier": frozenset(
+        {"predict", "logits", "loss_gradient", "class_gradient", "activations"}
+    ),
+    "TensorFlowClassifier": frozenset({"predict", "logits", "loss_gradient", "class_gradient"}),
+    "RemoteClassifier": frozenset({"predict"}),
+    "XGBoostClassifier": frozenset({"predict", "trees"}),
+    "LightGBMClassifier": frozenset({"predict", "trees"}),
     "ExpectationOverTransformation": frozenset(
         {"predict", "logits", "loss_gradient", "class_gradient"}
     ),
@@ -553,7 +561,94 @@ def _defended_specific() -> list[Row]:
     ]
 
 
+def _remote_specific() -> list[Row]:
+    import socket
+
+    from bastion.estimators import RemoteClassifier
+    from bastion.testing._problems import _digits_endpoint
+
+    def remote(path: str, **params: Any) -> Any:
+        return RemoteClassifier(
+            f"{_digits_endpoint().url}/{path}",
+            input_shape=(1, 8, 8),
+            nb_classes=10,
+            clip_values=(0, 1),
+            **params,
+        )
+
+    def x() -> np.ndarray:
+        return torch_problem(_N).x
+
+    def closed_port() -> str:
+        with socket.socket() as sock:  # a port that nothing listens on once closed
+            sock.bind(("127.0.0.1", 0))
+            return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+    def make(url: str = "https://example.org/predict", **params: Any) -> Callable[[], Any]:
+        return lambda: RemoteClassifier(url, input_shape=(1, 8, 8), nb_classes=10, **params)
+
+    def answer(path: str, params: dict[str, Any]) -> Callable[[], Any]:
+        return lambda: remote(path, **params).predict(x())
+
+    rows: list[Row] = [
+        (
+            f"a model: the endpoint answers {what}",
+            "predict(x)",
+            answer(path, params),
+            raises(ModelError, match),
+        )
+        for what, path, params, match in (
+            ("NaN", "nan", {}, "NaN"),
+            ("one row too many", "extra-row", {}, "shape"),
+            ("malformed JSON", "malformed", {}, "JSON"),
+            ("without the output key", "no-key", {}, "key"),
+            ("labels outside the classes", "label-outside", {"output": "labels"}, "outside"),
+            ("HTTP 400", "status/400", {}, "400"),
+            ("HTTP 503 (retried, then given up)", "status/503", {"backoff": 0.0}, "503"),
+        )
+    ]
+    rows.append(
+        (
+            "a model: nothing listens at the URL",
+            "predict(x)",
+            lambda: RemoteClassifier(
+                closed_port(), input_shape=(1, 8, 8), nb_classes=10, max_retries=0
+            ).predict(x()),
+            raises(ModelError, "connection"),
+        )
+    )
+    rows.append(
+        (
+            "predict beyond max_queries",
+            "RemoteClassifier(url, max_queries=3).predict(x)",
+            lambda: remote("probabilities", max_queries=3).predict(x()),
+            raises(ModelError, "max_queries"),
+        )
+    )
+    for what, params, name in (
+        ("url='ftp://example.org/'", {"url": "ftp://example.org/"}, "url"),
+        ("url='file:///etc/passwd'", {"url": "file:///etc/passwd"}, "url"),
+        ("output='scores'", {"output": "scores"}, "output"),
+        ("a constructor batch_size=0", {"batch_size": 0}, "batch_size"),
+        ("max_queries=0", {"max_queries": 0}, "max_queries"),
+        ("rate_limit=0", {"rate_limit": 0}, "rate_limit"),
+        ("max_retries=-1", {"max_retries": -1}, "max_retries"),
+        ("a header with a newline", {"headers": {"X-Key": "a\r\nInjected: 1"}}, "headers"),
+        ("decode=3", {"decode": 3}, "decode"),
+    ):
+        rows.append(
+            (
+                what,
+                f"RemoteClassifier(url, {what})",
+                make(**params),
+                raises(InvalidParameterError, name),
+            )
+        )
+    return rows
+
+
 _ESTIMATOR_SPECIFIC: dict[str, Callable[[], list[Row]]] = {
+    "RemoteClassifier": _remote_specific,
     "TorchClassifier": _torch_specific,
     "BlackBoxClassifier": _blackbox_specific,
     "SklearnClassifier": _sklearn_specific,

@@ -36,7 +36,8 @@ from bastion.testing._bad_inputs import (
     warns,
     works,
 )
-from bastion.testing._problems import Problem, blackbox_problem, torch_problem
+from bastion.testing._problems import Problem, blackbox_problem, torch_problem, tree_problem
+from bastion.testing._specs import conformance_spec
 
 #: Samples per row, and the settings that make a row that runs an attack cheap.
 _N = 4
@@ -55,7 +56,10 @@ def _cheap(cls: Any, **over: Any) -> dict[str, Any]:
     return conformance_params(cls, **{k: v for k, v in _CHEAP.items() if k in names}, **over)
 
 
-def _problem() -> Problem:
+def _problem(cls: Any = None) -> Problem:
+    # The attacks that read trees run on a decision tree over the same digits.
+    if cls is not None and conformance_spec(cls).problem == "tree":
+        return tree_problem(_N)
     return torch_problem(_N)
 
 
@@ -80,7 +84,7 @@ def _generate(
     a function of the problem."""
 
     def call() -> Any:
-        p = _problem()
+        p = _problem(cls)
         params = _cheap(cls, **over) if cheap else conformance_params(cls, **over)
         return cls(est(p), **params).generate(x(p), y(p), mask=mask)
 
@@ -122,7 +126,7 @@ def evasion_cases(cls: Any) -> list[BadInputCase]:
     add(
         "model",
         "a raw torch.nn.Module",
-        _generate(cls, est=lambda p: module_of(p.estimator)),
+        _generate(cls, est=lambda p: module_of(torch_problem(_N).estimator)),
         raises(EstimatorError, "TorchClassifier"),
     )
     if gradients:
@@ -139,28 +143,37 @@ def evasion_cases(cls: Any) -> list[BadInputCase]:
             _generate(cls, est=lambda p: blackbox_problem(_N, labels_only=True).estimator),
             raises(EstimatorError, "labels_only"),
         )
-    add(
-        "model",
-        "a model returning NaN",
-        _generate(cls, est=lambda p: nan_model((1, 8, 8), 10)),
-        raises(ModelError, "NaN"),
-    )
-    add(
-        "model",
-        "a model with the wrong nb_classes",
-        _generate(cls, est=lambda p: rewrapped(p.estimator, nb_classes=5), y=lambda p: p.y % 5),
-        raises(ModelError, "nb_classes"),
-    )
-    add(
-        "model",
-        "a model whose input_shape does not match",
-        _generate(
-            cls,
-            est=lambda p: rewrapped(p.estimator, input_shape=(1, 4, 4)),
-            x=lambda p: np.ascontiguousarray(p.x[..., :4, :4]),
-        ),
-        raises(ModelError, "input_shape"),
-    )
+    if "trees" in cls._estimator_requirements:
+        # The model rows below are torch models, without trees.
+        add(
+            "model",
+            "an estimator without trees",
+            _generate(cls, est=lambda p: torch_problem(_N).estimator),
+            raises(EstimatorError, "'trees'"),
+        )
+    else:
+        add(
+            "model",
+            "a model returning NaN",
+            _generate(cls, est=lambda p: nan_model((1, 8, 8), 10)),
+            raises(ModelError, "NaN"),
+        )
+        add(
+            "model",
+            "a model with the wrong nb_classes",
+            _generate(cls, est=lambda p: rewrapped(p.estimator, nb_classes=5), y=lambda p: p.y % 5),
+            raises(ModelError, "nb_classes"),
+        )
+        add(
+            "model",
+            "a model whose input_shape does not match",
+            _generate(
+                cls,
+                est=lambda p: rewrapped(p.estimator, input_shape=(1, 4, 4)),
+                x=lambda p: np.ascontiguousarray(p.x[..., :4, :4]),
+            ),
+            raises(ModelError, "input_shape"),
+        )
     if query:
         for what, answer, labels_only, match in BAD_ENDPOINTS:
             if labels_only and scores:

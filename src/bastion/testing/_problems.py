@@ -78,21 +78,43 @@ def _sklearn_models() -> dict[str, Any]:
 
 
 def _fit_sklearn(flat: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    from sklearn.decomposition import PCA
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
     from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MaxAbsScaler, StandardScaler
+    from sklearn.svm import SVC, LinearSVC
 
     return {
         "logistic": LogisticRegression(max_iter=300).fit(flat, y),
         "mlp": MLPClassifier(hidden_layer_sizes=(16,), max_iter=300, random_state=0).fit(flat, y),
         "forest": RandomForestClassifier(n_estimators=10, random_state=0).fit(flat, y),
+        # Smoothing of a tenth of the largest variance: the always-blank pixels would otherwise
+        # get variances near 1e-10 and log-likelihoods near -1e9 (probabilities of 0 and 1).
+        "gaussian_nb": GaussianNB(var_smoothing=0.1).fit(flat, y),
+        "linear_svc": LinearSVC(C=0.1).fit(flat, y),
+        "svc_rbf": SVC(kernel="rbf", C=3.0).fit(flat, y),
+        "svc_poly": SVC(kernel="poly", degree=3, coef0=1.0).fit(flat, y),
+        "pipeline": make_pipeline(
+            StandardScaler(), PCA(n_components=20, whiten=True), LogisticRegression(max_iter=300)
+        ).fit(flat, y),
+        "pipeline_svc": make_pipeline(MaxAbsScaler(), PCA(n_components=20), SVC()).fit(flat, y),
     }
 
 
-def sklearn_problem(kind: str = "logistic", n: int = 24) -> Problem:
-    """A scikit-learn model (``"logistic"``, ``"mlp"`` or ``"forest"``) on 8x8 digits."""
+def sklearn_problem(
+    kind: str = "logistic", n: int = 24, *, dtype: torch.dtype = torch.float32
+) -> Problem:
+    """A scikit-learn model on 8x8 digits: ``"logistic"``, ``"mlp"``, ``"forest"``,
+    ``"gaussian_nb"``, ``"linear_svc"``, ``"svc_rbf"``, ``"svc_poly"``, ``"pipeline"``
+    (standardisation, whitened PCA to 20 components, logistic regression) or ``"pipeline_svc"``
+    (max-abs scaling, PCA to 20 components, RBF SVC); the twin computes in ``dtype``."""
     x, y = _digits8()
-    clf = SklearnClassifier(_sklearn_models()[kind], input_shape=(1, 8, 8), clip_values=(0, 1))
+    clf = SklearnClassifier(
+        _sklearn_models()[kind], input_shape=(1, 8, 8), clip_values=(0, 1), dtype=dtype
+    )
     return Problem(clf, x[1200 : 1200 + n], y[1200 : 1200 + n], x[:200], y[:200])
 
 
@@ -318,6 +340,132 @@ def relu_extraction_problem() -> ExtractionProblem:
     return ExtractionProblem(victim, rng.standard_normal((20, 8)), rng.standard_normal((200, 8)))
 
 
+@functools.lru_cache(maxsize=1)
+def _digits_endpoint() -> Any:
+    """The trained torch MLP served on 127.0.0.1 (an ephemeral port, a daemon thread): one
+    server per process, shared by every remote example (each request picks its answer format
+    by its path, so the server keeps no state between them) and closed at exit."""
+    import atexit
+
+    from bastion.testing._endpoint import LocalEndpoint
+
+    module = _trained_torch(torch.float32).torch_module()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(module(torch.as_tensor(x)), dim=1).numpy()
+
+    service = LocalEndpoint(predict, (1, 8, 8))
+    atexit.register(service.close)
+    return service
+
+
+def remote_problem(n: int = 24, *, output: str = "probabilities") -> Problem:
+    """The trained torch MLP behind a local HTTP JSON endpoint (``RemoteClassifier``), which
+    answers probabilities, labels or logits."""
+    from bastion.estimators import RemoteClassifier
+
+    base = torch_problem(n)
+    clf = RemoteClassifier(
+        f"{_digits_endpoint().url}/{output}",
+        input_shape=(1, 8, 8),
+        nb_classes=10,
+        clip_values=(0, 1),
+        output=output,
+        batch_size=16,
+        timeout=10.0,
+    )
+    return Problem(clf, base.x, base.y, base.x_train, base.y_train)
+
+
+# --- estimators of other frameworks (JAX, Keras 3, TensorFlow): twins of the trained torch MLP,
+# skipped (unittest.SkipTest, which pytest reports as a skip) where the framework is missing.
+
+
+def _framework(module: str, extra: str) -> Any:
+    import importlib
+    import unittest
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise unittest.SkipTest(
+            f"{module} is not installed: pip install 'bastion[{extra}]'"
+        ) from None
+
+
+def _mlp_weights() -> list[np.ndarray]:
+    """The trained torch MLP's weights ``[W1, b1, W2, b2]`` (``W`` as (in, out))."""
+    net: Any = _trained_torch(torch.float32).model
+    hidden, out = net[1], net[3]
+    return [
+        t.detach().cpu().numpy().copy()
+        for t in (hidden.weight.T, hidden.bias, out.weight.T, out.bias)
+    ]
+
+
+def jax_problem(n: int = 24) -> Problem:
+    """The trained torch MLP as a plain JAX function (needs ``pip install 'bastion[jax]'``)."""
+    jnp = _framework("jax.numpy", "jax")
+    from bastion.estimators.jax import JaxClassifier
+
+    def apply_fn(p: Any, x: Any) -> Any:
+        h = jnp.tanh(x.reshape(x.shape[0], -1) @ p[0] + p[1])
+        return h @ p[2] + p[3]
+
+    base = torch_problem(n)
+    params = [jnp.asarray(w) for w in _mlp_weights()]
+    clf = JaxClassifier(apply_fn, params, input_shape=(1, 8, 8), nb_classes=10, clip_values=(0, 1))
+    return Problem(clf, base.x, base.y, base.x_train, base.y_train)
+
+
+def keras_problem(n: int = 24) -> Problem:
+    """The trained torch MLP as a Keras 3 model, on whichever backend Keras was imported with
+    (needs ``pip install 'bastion[keras]'`` and that backend)."""
+    _framework("keras", "keras")
+    try:
+        import keras
+    except ImportError as err:  # Keras is there, its backend is not
+        import unittest
+
+        raise unittest.SkipTest(f"Keras cannot load its backend ({err})") from None
+    from bastion.estimators.keras import KerasClassifier
+
+    base = torch_problem(n)
+    model = keras.Sequential(
+        [
+            keras.Input((1, 8, 8)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="tanh"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.set_weights(_mlp_weights())
+    clf = KerasClassifier(model, clip_values=(0, 1))
+    return Problem(clf, base.x, base.y, base.x_train, base.y_train)
+
+
+def tensorflow_problem(n: int = 24) -> Problem:
+    """The trained torch MLP as a ``tf.Module`` (needs ``pip install 'bastion[tensorflow]'``)."""
+    tf = _framework("tensorflow", "tensorflow")
+    from bastion.estimators.tensorflow import TensorFlowClassifier
+
+    class Mlp(tf.Module):  # type: ignore[name-defined]
+        def __init__(self, weights: list[np.ndarray]) -> None:
+            super().__init__()
+            self.w = [tf.Variable(w) for w in weights]
+
+        def __call__(self, x: Any) -> Any:
+            h = tf.tanh(tf.reshape(x, (tf.shape(x)[0], -1)) @ self.w[0] + self.w[1])
+            return h @ self.w[2] + self.w[3]
+
+    base = torch_problem(n)
+    clf = TensorFlowClassifier(
+        Mlp(_mlp_weights()), input_shape=(1, 8, 8), nb_classes=10, clip_values=(0, 1)
+    )
+    return Problem(clf, base.x, base.y, base.x_train, base.y_train)
+
+
 #: Example instances for every public estimator class (a test checks none is missing).
 ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
     "TorchClassifier": [torch_problem, functools.partial(torch_problem, dtype=torch.float64)],
@@ -325,12 +473,26 @@ ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
         functools.partial(sklearn_problem, "logistic"),
         functools.partial(sklearn_problem, "mlp"),
         functools.partial(sklearn_problem, "forest"),
+        functools.partial(sklearn_problem, "gaussian_nb", dtype=torch.float64),
+        functools.partial(sklearn_problem, "linear_svc"),
+        functools.partial(sklearn_problem, "svc_rbf"),
+        functools.partial(sklearn_problem, "svc_poly", dtype=torch.float64),
+        functools.partial(sklearn_problem, "pipeline", dtype=torch.float64),
+        functools.partial(sklearn_problem, "pipeline_svc"),
     ],
     "BlackBoxClassifier": [
         blackbox_problem,
         functools.partial(blackbox_problem, labels_only=True),
     ],
     "OnnxClassifier": [onnx_problem],
+    "JaxClassifier": [jax_problem],
+    "KerasClassifier": [keras_problem],
+    "TensorFlowClassifier": [tensorflow_problem],
+    "RemoteClassifier": [
+        remote_problem,
+        functools.partial(remote_problem, output="labels"),
+        functools.partial(remote_problem, output="logits"),
+    ],
     "ExpectationOverTransformation": [eot_problem],
     "DefendedEstimator": [
         defended_problem,
@@ -442,3 +604,59 @@ def reconstruction_problem() -> InferenceProblem:
         x[:1],
         truth_label=int(y[0]),
     )
+
+
+# --------------------------------------------------------------------------- tree models
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_tree() -> Any:
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = _digits8()
+    tree = DecisionTreeClassifier(max_depth=8, random_state=0)
+    return tree.fit(x[:1200].reshape(1200, -1), y[:1200])
+
+
+def tree_problem(n: int = 24) -> Problem:
+    """A scikit-learn decision tree (depth 8) on the 8x8 digits of :func:`torch_problem` (the
+    same samples): the problem of the attacks that read trees (the ``"trees"`` capability)."""
+    x, y = _digits8()
+    clf = SklearnClassifier(_digits_tree(), input_shape=(1, 8, 8), clip_values=(0, 1))
+    return Problem(clf, x[1200 : 1200 + n], y[1200 : 1200 + n], x[:200], y[:200])
+
+
+def _boosting_problem(n: int, module: str) -> Problem:
+    lib = _framework(module, "boosting")
+    x, y = _digits8()
+    flat = x[:1200].reshape(1200, -1)
+    if module == "xgboost":
+        from bastion.estimators.boosting import XGBoostClassifier
+
+        model = lib.XGBClassifier(n_estimators=10, max_depth=3, n_jobs=1, random_state=0)
+        clf: Classifier = XGBoostClassifier(
+            model.fit(flat, y[:1200]), input_shape=(1, 8, 8), clip_values=(0, 1)
+        )
+    else:
+        from bastion.estimators.boosting import LightGBMClassifier
+
+        model = lib.LGBMClassifier(n_estimators=10, n_jobs=1, verbose=-1, random_state=0)
+        clf = LightGBMClassifier(
+            model.fit(flat, y[:1200]), input_shape=(1, 8, 8), clip_values=(0, 1)
+        )
+    return Problem(clf, x[1200 : 1200 + n], y[1200 : 1200 + n], x[:200], y[:200])
+
+
+def xgboost_problem(n: int = 24) -> Problem:
+    """Boosted trees of XGBoost on the 8x8 digits (needs ``pip install 'bastion[boosting]'``)."""
+    return _boosting_problem(n, "xgboost")
+
+
+def lightgbm_problem(n: int = 24) -> Problem:
+    """Boosted trees of LightGBM on the 8x8 digits (needs ``pip install 'bastion[boosting]'``)."""
+    return _boosting_problem(n, "lightgbm")
+
+
+ESTIMATOR_EXAMPLES.update(
+    {"XGBoostClassifier": [xgboost_problem], "LightGBMClassifier": [lightgbm_problem]}
+)

@@ -278,6 +278,16 @@ _BUILTIN: Mapping[str, ConformanceSpec] = MappingProxyType(
                 ),
             },
         ),
+        # The tree attacks read the fitted trees: they run on a decision tree (tree_problem).
+        "bastion.attacks.evasion.tree:DecisionTreeAttack": ConformanceSpec(
+            problem="tree",
+            note="on a depth-8 decision tree over the 8x8 digits (tree_problem)",
+        ),
+        "bastion.attacks.evasion.tree:TreeEnsembleMILPAttack": ConformanceSpec(
+            params={"time_limit": 10.0},
+            problem="tree",
+            note="on a depth-8 decision tree over the 8x8 digits (tree_problem)",
+        ),
         "bastion.attacks.evasion.universal:UniversalPerturbation": ConformanceSpec(
             params={"max_iter": 2},
             skip={

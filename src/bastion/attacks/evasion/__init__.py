@@ -25,6 +25,11 @@ from bastion.attacks.evasion.saliency_map import JSMA, SaliencyMapMethod
 from bastion.attacks.evasion.sign_opt import SignOPT
 from bastion.attacks.evasion.simba import SimBA
 from bastion.attacks.evasion.square import SquareAttack
+from bastion.attacks.evasion.tree import (
+    DecisionTreeAttack,
+    KantchelianAttack,
+    TreeEnsembleMILPAttack,
+)
 from bastion.attacks.evasion.universal import UniversalPerturbation
 from bastion.attacks.evasion.virtual_adversarial import VirtualAdversarialMethod
 from bastion.attacks.evasion.zoo_attack import ZooAttack
@@ -49,6 +54,7 @@ __all__ = [
     "BoundaryAttack",
     "CarliniWagnerL2",
     "CarliniWagnerLinf",
+    "DecisionTreeAttack",
     "DeepFool",
     "ElasticNet",
     "EvaluationFlag",
@@ -56,6 +62,7 @@ __all__ = [
     "FastMinimumNorm",
     "GeoDA",
     "HopSkipJump",
+    "KantchelianAttack",
     "MomentumIterativeMethod",
     "NESAttack",
     "NewtonFool",
@@ -64,6 +71,7 @@ __all__ = [
     "SignOPT",
     "SimBA",
     "SquareAttack",
+    "TreeEnsembleMILPAttack",
     "UniversalPerturbation",
     "VirtualAdversarialMethod",
     "ZooAttack",
