@@ -307,7 +307,7 @@ def test_subprocess_exit_code_and_no_traceback(files, tmp_path):
 
 def test_onnx_white_box_refused_black_box_works(files, tmp_path, capsys):
     if "onnx" not in files:
-        pytest.skip("onnx and onnxruntime are not installed")
+        pytest.skip(reason="onnx and onnxruntime are not installed: pip install 'bastion[onnx]'")
     assert main(_argv(files, tmp_path / "wb", model="onnx")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "blackbox" in err[0]

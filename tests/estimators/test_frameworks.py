@@ -467,7 +467,7 @@ _KERAS_BACKENDS = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
 @pytest.mark.parametrize("backend", list(_KERAS_BACKENDS))
 def test_keras_backend_equals_torch_twin(backend):
     if _missing(_KERAS_BACKENDS[backend]):
-        pytest.skip(f"{backend} not installed: pip install 'bastion[{backend}]'")
+        pytest.skip(reason=f"{backend} not installed: pip install 'bastion[{backend}]'")
     out = run_keras(backend)
     assert out["backend"] == backend
     for name in ("mlp", "conv"):
@@ -504,7 +504,7 @@ def test_pgd_runs_on_every_available_framework_in_float32():
         assert (diff > 1e-5).mean() < 0.01, (name, (diff > 1e-5).mean())
         ran += 1
     if not ran:
-        pytest.skip("neither JAX nor TensorFlow installed: pip install 'bastion[jax]'")
+        pytest.skip(reason="neither JAX nor TensorFlow installed: pip install 'bastion[jax]'")
     assert isinstance(TorchClassifier, type)
 
 

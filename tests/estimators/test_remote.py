@@ -384,7 +384,7 @@ def test_deepcopy_after_use(service, x):
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):
     if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
+        pytest.skip(reason="needs the openssl command to make a certificate")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
