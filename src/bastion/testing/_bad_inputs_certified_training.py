@@ -18,13 +18,11 @@ from bastion.exceptions import EstimatorError, InputError, InvalidParameterError
 from bastion.testing._bad_inputs import (
     BadInputCase,
     Outcome,
-    bad_labels,
-    bad_samples,
     black_box,
-    float64,
     raises,
     works,
 )
+from bastion.testing._bad_inputs_training import loop_data_cases
 from bastion.testing._problems import _digits8
 
 Rows = list[BadInputCase]
@@ -74,50 +72,13 @@ def _trained(trainer: Any) -> None:
 
 def certified_trainer_cases(cls: Any) -> Rows:
     """The rows of a certified trainer class (``trainer.fit(x, y)``, one tiny epoch)."""
-    rows: Rows = []
+    rows, fit = loop_data_cases(cls, _Tiny, _make, _trained)
     how = "fit(x, y)"
 
     def add(kind: str, what: str, call: Callable[[], Any], expect: Outcome) -> None:
         rows.append(BadInputCase(cls, kind, what, how, call, expect))
 
-    def fit(
-        x: Callable[[Any], Any] = lambda x: x,
-        y: Callable[[Any], Any] = lambda y: y,
-        **changes: Any,
-    ) -> Callable[[], Any]:
-        def call() -> Any:
-            p = _Tiny()
-            return _make(cls, p.estimator, **changes).fit(x(p.x), y(p.y))
-
-        return call
-
     trained = works("the trainer, with one epoch recorded", _trained)
-    for what, change, outcome in bad_samples((0.0, 1.0), integers=trained):
-        if what == "wrong ndim":
-            outcome = raises(InputError, "shape")
-        add("data", what, fit(x=change), outcome)
-    for what, change, outcome in bad_labels(10):
-        add("labels", what, fit(y=change), outcome)
-
-    def loader_of(items: Callable[[Any, Any], list[Any]]) -> Callable[[], Any]:
-        def call() -> Any:
-            p = _Tiny()
-            return _make(cls, p.estimator).fit(items(p.x, p.y))
-
-        return call
-
-    add(
-        "data",
-        "a loader yielding bare x batches",
-        loader_of(lambda x, y: [torch.as_tensor(x[:12]), torch.as_tensor(x[12:])]),
-        raises(InputError, r"\(x, y\) pairs"),
-    )
-    add(
-        "data",
-        "a loader with a batch of the wrong shape",
-        loader_of(lambda x, y: [(x[:12], y[:12]), (x[12:, :, :4], y[12:])]),
-        raises(InputError, "shape"),
-    )
     add(
         "use",
         "eps larger than the clip_values range",
@@ -171,18 +132,7 @@ def certified_trainer_cases(cls: Any) -> Rows:
         ),
         raises(ModelError, "BatchNorm"),
     )
-    add("edge", "float64 NumPy (a float32 model)", fit(x=float64), trained)
     add("edge", "eps_train larger than eps", fit(eps_train=0.15), trained)
-    add(
-        "edge",
-        "a list of (tensor, tensor) batches",
-        loader_of(
-            lambda x, y: [
-                (torch.as_tensor(x[i : i + 12]), torch.as_tensor(y[i : i + 12])) for i in (0, 12)
-            ]
-        ),
-        trained,
-    )
     return rows
 
 

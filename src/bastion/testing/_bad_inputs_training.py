@@ -75,8 +75,17 @@ def _trained(trainer: Any) -> None:
     assert np.isfinite(trainer.history_[-1]["loss"]), "non-finite loss"
 
 
-def adversarial_trainer_cases(cls: Any) -> Rows:
-    """The rows of an adversarial trainer class (``trainer.fit(x, y)``, tiny settings)."""
+def loop_data_cases(
+    cls: Any,
+    problem: Callable[[], Any],
+    make: Callable[..., Any],
+    trained: Callable[[Any], None],
+) -> tuple[Rows, Callable[..., Callable[[], Any]]]:
+    """The rows every trainer on the adversarial-training loop shares: bad samples and
+    labels given to ``fit(x, y)``, and loaders that yield the wrong structure, shapes or
+    labels. ``problem()`` gives a fresh tiny problem (``.estimator``, ``.x``, ``.y``),
+    ``make(cls, estimator, **changes)`` the trainer; returns the rows and the ``fit`` row
+    builder (``fit(x=..., y=..., **changes)``) for the class's own rows."""
     rows: Rows = []
     how = "fit(x, y)"
 
@@ -89,13 +98,13 @@ def adversarial_trainer_cases(cls: Any) -> Rows:
         **changes: Any,
     ) -> Callable[[], Any]:
         def call() -> Any:
-            p = _problem()
-            return _make(cls, p.estimator, **changes).fit(x(p.x), y(p.y))
+            p = problem()
+            return make(cls, p.estimator, **changes).fit(x(p.x), y(p.y))
 
         return call
 
-    trained = works("the trainer, with one epoch recorded", _trained)
-    for what, change, outcome in bad_samples((0.0, 1.0), integers=trained):
+    ok = works("the trainer, with one epoch recorded", trained)
+    for what, change, outcome in bad_samples((0.0, 1.0), integers=ok):
         if what == "wrong ndim":
             outcome = raises(InputError, "shape")
         add("data", what, fit(x=change), outcome)
@@ -104,8 +113,8 @@ def adversarial_trainer_cases(cls: Any) -> Rows:
 
     def loader_of(items: Callable[[Any, Any], list[Any]]) -> Callable[[], Any]:
         def call() -> Any:
-            p = _problem()
-            return _make(cls, p.estimator).fit(items(p.x, p.y))
+            p = problem()
+            return make(cls, p.estimator).fit(items(p.x, p.y))
 
         return call
 
@@ -133,6 +142,28 @@ def adversarial_trainer_cases(cls: Any) -> Rows:
         loader_of(lambda x, y: [(x[:12], np.full(12, 10))]),
         raises(InputError, "outside"),
     )
+    add("edge", "float64 NumPy (a float32 model)", fit(x=float64), ok)
+    add(
+        "edge",
+        "a list of (tensor, tensor) batches",
+        loader_of(
+            lambda x, y: [
+                (torch.as_tensor(x[i : i + 12]), torch.as_tensor(y[i : i + 12])) for i in (0, 12)
+            ]
+        ),
+        ok,
+    )
+    return rows, fit
+
+
+def adversarial_trainer_cases(cls: Any) -> Rows:
+    """The rows of an adversarial trainer class (``trainer.fit(x, y)``, tiny settings)."""
+    rows, fit = loop_data_cases(cls, _problem, _make, _trained)
+    how = "fit(x, y)"
+
+    def add(kind: str, what: str, call: Callable[[], Any], expect: Outcome) -> None:
+        rows.append(BadInputCase(cls, kind, what, how, call, expect))
+
     if cls.__name__ != "AdversarialTrainer":
         add(
             "use",
@@ -169,17 +200,6 @@ def adversarial_trainer_cases(cls: Any) -> Rows:
         "an estimator without the module capability",
         lambda: _make(cls, _black_box()).fit(_problem().x, _problem().y),
         raises(EstimatorError, "module"),
-    )
-    add("edge", "float64 NumPy (a float32 model)", fit(x=float64), trained)
-    add(
-        "edge",
-        "a list of (tensor, tensor) batches",
-        loader_of(
-            lambda x, y: [
-                (torch.as_tensor(x[i : i + 12]), torch.as_tensor(y[i : i + 12])) for i in (0, 12)
-            ]
-        ),
-        trained,
     )
     return rows
 
