@@ -47,6 +47,7 @@ FLAGS = {
     "mean": "--mean",
     "std": "--std",
     "trust_pickle": "--trust-pickle",
+    "onnx_gradients": "--onnx-gradients",
     "x_key": "--x-key",
     "y_key": "--y-key",
     "limit": "--limit",
@@ -194,6 +195,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         FLAGS["trust_pickle"],
         action="store_true",
         help="load pickled models (only files you trust: unpickling can run any code)",
+    )
+    p.add_argument(
+        FLAGS["onnx_gradients"],
+        action="store_true",
+        help="ONNX models: gradients from a torch twin of the graph checked against ONNX "
+        "Runtime, for the white-box suites",
     )
     p.add_argument(FLAGS["x_key"], default="x", metavar="KEY", help="samples' key in a .npz")
     p.add_argument(FLAGS["y_key"], default="y", metavar="KEY", help="labels' key in a .npz")
@@ -407,6 +414,7 @@ def _run(args: argparse.Namespace) -> int:
         std=args.std,
         x=data.x,
         trust_pickle=args.trust_pickle,
+        onnx_gradients=args.onnx_gradients,
     )
     check_compatibility(model, data)
     check_suite(model, args.suite)  # before any file is written

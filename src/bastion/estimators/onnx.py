@@ -1,4 +1,4 @@
-"""ONNX models through ONNX Runtime: predict-only estimators.
+"""ONNX models through ONNX Runtime: predict-only, or with gradients from a checked torch twin.
 
 ONNX Runtime (``pip install onnxruntime``, or ``pip install bastion[onnx]``) is an optional
 dependency, imported only when an :class:`OnnxClassifier` is built: ``import bastion`` never
@@ -8,7 +8,7 @@ imports it. An ONNX file is a protobuf graph of standard operators: loading one 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from bastion._tensor import as_device
 from bastion._validation import Options, invalid_parameter, validate_params
 from bastion.estimators.base import Classifier
 from bastion.estimators.pytorch import (
+    TorchClassifier,
     _check_clip_values,
     _check_input_shape,
     _check_nb_classes,
@@ -63,8 +64,26 @@ class OnnxClassifier(Classifier):
     first output gives ``(N, nb_classes)`` logits or probabilities. Batches are run as they
     come when the graph's batch dimension is dynamic, in chunks of its size when it is fixed.
     Normalisation (``preprocessing``) happens before the graph, so attacks work in input space.
-    Without gradients, only black-box (score- or decision-based) attacks apply; gradient
-    methods raise :class:`~bastion.exceptions.EstimatorError`.
+    Without gradients (the default), only black-box (score- or decision-based) attacks apply;
+    gradient methods raise :class:`~bastion.exceptions.EstimatorError`.
+
+    With ``gradients=True`` the graph is converted once to a torch module (the *twin*; the
+    operators, listed in ``docs/estimators.md``: Gemm, MatMul, Add/Sub/Mul/Div, Relu,
+    LeakyRelu, Sigmoid, Tanh, Softmax, LogSoftmax, Conv, MaxPool, AveragePool,
+    GlobalAveragePool, BatchNormalization, Flatten, Reshape, Transpose, Squeeze/Unsqueeze,
+    Concat, Constant, Identity, Dropout, Clip, Pad, Shape, Gather, Cast, Slice, ReduceMean,
+    ConstantOfShape)
+    and checked against ONNX Runtime on 16 random inputs in ``clip_values`` and on
+    ``check_inputs``: the estimator refuses to build when the two disagree by more than
+    ``1e-4`` relative to the largest output (float32; ``1e-9`` for float64). float32
+    rounding of a reduction over ``K`` terms in another order differs by about
+    ``sqrt(K) * 6e-8`` relative, ``< 1e-5`` for the layer widths of classifiers, and ONNX
+    Runtime's graph optimiser (Conv + BatchNormalization fusion) adds a few ulps per layer:
+    ``1e-4`` leaves an order of magnitude for that and still rejects a wrong operator, whose
+    errors are of the order of the outputs. Then ``logits``, ``loss_gradient`` and
+    ``class_gradient`` come from the twin (the logits of a graph ending in ``Softmax`` are
+    the softmax's input); ``predict`` stays ONNX Runtime's, the deployed model's own answer.
+    Every query is counted either way.
 
     Parameters
     ----------
@@ -85,12 +104,20 @@ class OnnxClassifier(Classifier):
         node's (read with the ``onnx`` package when installed), logits otherwise.
     device : str or torch.device, optional
         Where the returned tensors live; ``"cuda"`` also runs the graph with ONNX Runtime's
-        CUDA provider when it is available.
+        CUDA provider when it is available (and the torch twin on that device).
+    gradients : bool, default False
+        Convert the graph to a torch twin, check it against ONNX Runtime, and offer the
+        ``logits``, ``loss_gradient`` and ``class_gradient`` capabilities through it.
+    check_inputs : array-like or tensor, optional
+        Inputs ``(n, *input_shape)`` (e.g. the data to attack) on which the twin is checked
+        against ONNX Runtime besides the random probes; only with ``gradients=True``.
 
     Raises
     ------
     EstimatorError
-        When ONNX Runtime is not installed.
+        When ONNX Runtime is not installed; with ``gradients=True``, when the graph has an
+        operator the twin does not support (the message lists the supported ones) or the
+        twin and ONNX Runtime disagree.
     InputError
         When the file cannot be read as an ONNX graph, or ``input_shape`` cannot be read from
         it and is not given.
@@ -110,9 +137,22 @@ class OnnxClassifier(Classifier):
     >>> clf = OnnxClassifier("net.onnx")  # doctest: +SKIP
     >>> clf.predict(torch.rand(2, 4)).shape  # doctest: +SKIP
     torch.Size([2, 3])
+
+    Gradients through the checked torch twin (the graph given as bytes; skipped like the
+    lines above where the optional ``onnx`` extra may be missing):
+
+    >>> import io
+    >>> buf = io.BytesIO()
+    >>> torch.onnx.export(net, (torch.rand(1, 4),), buf, dynamo=False,
+    ...                   dynamic_axes={"input": {0: "n"}}, input_names=["input"])
+    ... # doctest: +SKIP
+    >>> clf = OnnxClassifier(buf.getvalue(), gradients=True)  # doctest: +SKIP
+    >>> clf.loss_gradient(torch.rand(2, 4), torch.tensor([0, 2])).shape  # doctest: +SKIP
+    torch.Size([2, 4])
     """
 
-    capabilities = frozenset({"predict"})
+    #: What the torch twin gives (an internal copy: no surgery, parameter gradients or fit).
+    _TWIN_CAPABILITIES = frozenset({"predict", "logits", "loss_gradient", "class_gradient"})
 
     def __init__(
         self,
@@ -124,12 +164,22 @@ class OnnxClassifier(Classifier):
         preprocessing: tuple[Any, Any] | None = None,
         output: str = "auto",
         device: str | torch.device | None = None,
+        gradients: bool = False,
+        check_inputs: Any = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
         validate_params(
             owner, {"output": output}, {"output": [Options(["auto", "logits", "probabilities"])]}
         )
+        if not isinstance(gradients, bool):
+            raise invalid_parameter("gradients", owner, "True or False", gradients)
+        if check_inputs is not None and not gradients:
+            raise invalid_parameter(
+                "check_inputs", owner, "None unless gradients=True", type(check_inputs).__name__
+            )
+        self.gradients = gradients
+        self._twin: TorchClassifier | None = None
         if isinstance(model, bytes):
             model_bytes, source = model, "the ONNX bytes given"
         elif isinstance(model, (str, os.PathLike)):
@@ -184,6 +234,100 @@ class OnnxClassifier(Classifier):
                 probe = np.full((1, *self.input_shape), low, dtype=self._ort_dtype)
                 nb_classes = int(self._ort_scores(probe).shape[-1])
         self.nb_classes = _check_nb_classes(nb_classes, owner)
+        if gradients:
+            self._build_twin(check_inputs)
+
+    @property
+    def capabilities(self) -> frozenset[str]:  # type: ignore[override]
+        return self._TWIN_CAPABILITIES if self._twin is not None else frozenset({"predict"})
+
+    # ------------------------------------------------------------------ torch twin
+
+    def _build_twin(self, check_inputs: Any) -> None:
+        """Convert the graph to torch and check it against ONNX Runtime (see the class doc)."""
+        from bastion.estimators._onnx_torch import onnx_to_torch
+
+        owner = type(self).__name__
+        net = onnx_to_torch(self._ort_bytes, output=self.output).to(self.device)
+        twin = TorchClassifier(
+            net,
+            input_shape=self.input_shape,
+            nb_classes=self.nb_classes,
+            clip_values=self.clip_values,
+            preprocessing=self.preprocessing,
+            device=self.device,
+        )
+        twin.dtype = self.dtype  # a module of buffers only: TorchClassifier reads no parameter
+        twin._norm = _preprocessing_tensors(
+            self.preprocessing, self.input_shape, self.device, self.dtype, owner
+        )
+        gen = np.random.default_rng(0)  # a local generator: the global NumPy RNG is untouched
+        lo, hi = self.clip_values if self.clip_values is not None else (-1.0, 1.0)
+        probes = [gen.uniform(lo, hi, size=(16, *self.input_shape))]
+        if check_inputs is not None:
+            data = np.asarray(
+                check_inputs.detach().cpu()
+                if isinstance(check_inputs, torch.Tensor)
+                else check_inputs,
+                dtype=np.float64,
+            )
+            if data.shape[1:] != tuple(self.input_shape):
+                raise InputError(
+                    f"{owner}: check_inputs of shape {data.shape}; expected (n, "
+                    f"{', '.join(map(str, self.input_shape))})."
+                )
+            probes.append(data)
+        tol = 1e-4 if self.dtype == torch.float32 else 1e-9
+        for probe in probes:
+            x = torch.as_tensor(probe, dtype=self.dtype)
+            xn = x if self._norm is None else (x - self._norm[0]) / self._norm[1]
+            expected = self._ort_scores(np.ascontiguousarray(xn.numpy(), dtype=self._ort_dtype))
+            try:
+                with torch.no_grad():
+                    z = twin._forward(x.to(self.device))
+            except (EstimatorError, InputError):
+                raise
+            except Exception as err:
+                raise EstimatorError(
+                    f"{owner}: the torch twin of the ONNX graph failed on probe inputs "
+                    f"({type(err).__name__}: {err}); use gradients=False (black-box attacks)."
+                ) from err
+            got = torch.softmax(z, dim=1) if self.output == "probabilities" else z
+            got_np = got.detach().double().cpu().numpy()
+            scale = max(1.0, float(np.abs(expected).max()))
+            err_max = float(np.abs(got_np - expected).max()) if expected.size else 0.0
+            if got_np.shape != expected.shape or err_max > tol * scale:
+                raise EstimatorError(
+                    f"{owner}: the torch twin of the ONNX graph disagrees with ONNX Runtime "
+                    f"(largest difference {err_max:.3g}, tolerance {tol * scale:.3g} on "
+                    f"outputs up to {scale:.3g}); gradients from it would not be the model's. "
+                    "Use gradients=False with black-box attacks."
+                )
+        self._twin = twin
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert self._twin is not None  # guarded by capabilities
+        return self._twin._logits(x)
+
+    def _loss_gradient(self, x: torch.Tensor, y: torch.Tensor, return_outputs: bool) -> Any:
+        assert self._twin is not None
+        return self._twin._loss_gradient(x, y, return_outputs)
+
+    def _class_gradient(self, x: torch.Tensor, label: Any) -> torch.Tensor:
+        assert self._twin is not None
+        return self._twin._class_gradient(x, label)
+
+    def _class_gradient_and_logits(
+        self, x: torch.Tensor, label: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._twin is not None
+        return self._twin._class_gradient_and_logits(x, label)
+
+    def _objective_gradient(
+        self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert self._twin is not None
+        return self._twin._objective_gradient(x, objective)
 
     # ------------------------------------------------------------------ session
 
@@ -255,5 +399,6 @@ class OnnxClassifier(Classifier):
             f"OnnxClassifier(model={self.source}, input_shape={self.input_shape}, "
             f"nb_classes={self.nb_classes}, clip_values={self.clip_values}, "
             f"preprocessing={'None' if self.preprocessing is None else '(mean, std)'}, "
-            f"output={self.output!r}, device={str(self.device)!r})"
+            f"output={self.output!r}, device={str(self.device)!r}"
+            + (", gradients=True)" if self.gradients else ")")
         )

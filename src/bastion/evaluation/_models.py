@@ -58,6 +58,7 @@ FLAGS: dict[str, str] = {
     "mean": "--mean",
     "std": "--std",
     "trust_pickle": "--trust-pickle",
+    "onnx_gradients": "--onnx-gradients",
     "trusted_types": "--trusted-types",
     "x_key": "--x-key",
     "y_key": "--y-key",
@@ -656,6 +657,7 @@ def _onnx_estimator(
     preprocessing: tuple[Any, Any] | None,
     x: np.ndarray | None,
     device: Any,
+    gradients: bool = False,
 ) -> Classifier:
     from bastion.estimators.onnx import OnnxClassifier
 
@@ -672,6 +674,9 @@ def _onnx_estimator(
             clip_values=clip,
             preprocessing=preprocessing,
             device=device,
+            gradients=gradients,
+            # the torch twin is also checked on (up to 64 of) the samples to evaluate
+            check_inputs=x[:64] if gradients and x is not None else None,
         )
     except (InputError, EstimatorError):
         raise
@@ -784,6 +789,7 @@ def load_model(
     trust_pickle: bool = False,
     trusted_types: Sequence[str] = (),
     device: str | torch.device = "cpu",
+    onnx_gradients: bool = False,
 ) -> Classifier:
     """Load a model file as a bastion estimator, without running code hidden in the file.
 
@@ -796,7 +802,8 @@ def load_model(
     state dict (.pt/.pth)  ``torch.load(weights_only=True)`` into      TorchClassifier
                            ``arch`` (``"module:Class"``)
     ONNX (.onnx)           ONNX Runtime (``pip install onnxruntime``)  OnnxClassifier
-                                                                       (predict-only)
+                                                                       (predict-only unless
+                                                                       ``onnx_gradients``)
     skops (.skops)         ``skops.io.load``, trusted types only       SklearnClassifier
     =====================  ==========================================  =====================
 
@@ -834,6 +841,9 @@ def load_model(
         :func:`load_data`'s ``x``), to infer settings from.
     trust_pickle : bool, default False
         Load pickles too. Only for files you trust: unpickling can run any code.
+    onnx_gradients : bool, default False
+        For an ONNX file: ``OnnxClassifier(gradients=True)``, gradients from a torch twin of
+        the graph checked against ONNX Runtime (also on the data), so white-box suites run.
     trusted_types : sequence of str, default ()
         Types to rebuild from a skops file beyond those skops trusts by default (as
         :func:`skops.io.get_untrusted_types` names them).
@@ -882,7 +892,7 @@ def load_model(
         "device": device,
     }
     if fmt == "onnx":
-        return _onnx_estimator(p, **common)
+        return _onnx_estimator(p, **common, gradients=onnx_gradients)
     expected: tuple[int, ...] | None = None
     recorded: dict[str, Any] = {}
     if fmt == "torchscript":

@@ -133,9 +133,9 @@ def blackbox_problem(n: int = 24, *, labels_only: bool = False) -> Problem:
     return Problem(clf, base.x, base.y, base.x_train, base.y_train)
 
 
-def onnx_problem(n: int = 24) -> Problem:
+def onnx_problem(n: int = 24, *, gradients: bool = False) -> Problem:
     """The trained torch MLP exported to ONNX, run by ONNX Runtime (needs the ``onnx``
-    extra: ``pip install 'bastion[onnx]'``)."""
+    extra: ``pip install 'bastion[onnx]'``); ``gradients=True`` adds the checked torch twin."""
     import tempfile
     from pathlib import Path
 
@@ -154,7 +154,7 @@ def onnx_problem(n: int = 24) -> Problem:
             dynamo=False,
         )
         graph = path.read_bytes()
-    clf = OnnxClassifier(graph, clip_values=(0, 1))
+    clf = OnnxClassifier(graph, clip_values=(0, 1), gradients=gradients)
     return Problem(clf, base.x, base.y, base.x_train, base.y_train)
 
 
@@ -484,7 +484,7 @@ ESTIMATOR_EXAMPLES: dict[str, list[Callable[[], Problem]]] = {
         blackbox_problem,
         functools.partial(blackbox_problem, labels_only=True),
     ],
-    "OnnxClassifier": [onnx_problem],
+    "OnnxClassifier": [onnx_problem, functools.partial(onnx_problem, gradients=True)],
     "JaxClassifier": [jax_problem],
     "KerasClassifier": [keras_problem],
     "TensorFlowClassifier": [tensorflow_problem],
