@@ -13,7 +13,8 @@ each part runs in a subprocess:
 
 * ``bastion-tf`` (``KERAS_BACKEND=tensorflow``): TorchClassifier (the reference),
   TensorFlowClassifier on a ``tf.Module`` (eager) and on its ``tf.function``, and
-  KerasClassifier on the TensorFlow backend;
+  KerasClassifier on the TensorFlow backend, eager (the default) and ``trace=True`` (opt-in,
+  a ``tf.function``);
 * ``bastion-jax`` (``KERAS_BACKEND=jax``): JaxClassifier and KerasClassifier on JAX;
 * ``art`` (``benchmarks/.venv-compare``, with tensorflow-cpu and keras installed there under
   the same ``torch==2.13.0`` constraint): ART's PGD through ``TensorFlowV2Classifier`` on the
@@ -139,6 +140,10 @@ def part_bastion(data: dict[str, np.ndarray], repeats: int, backend: str) -> dic
     estimators[f"bastion KerasClassifier ({backend} backend)"] = KerasClassifier(
         _keras_model(weights), clip_values=(0, 1)
     )
+    if backend == "tensorflow":  # the opt-in tf.function path (ART's KerasClassifier compiles)
+        estimators["bastion KerasClassifier (tensorflow backend, trace=True)"] = KerasClassifier(
+            _keras_model(weights), clip_values=(0, 1), trace=True
+        )
     out: dict[str, Any] = {}
     for name, clf in estimators.items():
         attack = PGD(clf, **kw)

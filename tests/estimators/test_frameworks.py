@@ -533,3 +533,91 @@ def test_tensorflow_bad_dtype_is_named():
 
     with pytest.raises(InvalidParameterError, match="dtype"):
         TensorFlowClassifier(lambda x: x, input_shape=(3,), nb_classes=3, dtype="float16")
+
+
+KERAS_TRACE_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import keras
+    import numpy as np
+    from bastion.estimators import KerasClassifier
+    from bastion.exceptions import InvalidParameterError
+
+    calls = []
+
+    class Counted(keras.layers.Layer):  # Python side effect: one entry per Python call
+        def call(self, x):
+            calls.append(1)
+            return x
+
+    def make():
+        model = keras.Sequential([keras.Input((8,), dtype="float64"), Counted(dtype="float64"),
+                                  keras.layers.Dense(16, activation="tanh", dtype="float64"),
+                                  keras.layers.Dense(3, dtype="float64")])
+        rng = np.random.default_rng(0)
+        model.set_weights([rng.normal(size=(8, 16)), np.zeros(16),
+                           rng.normal(size=(16, 3)), np.zeros(3)])
+        return model
+
+    out = {"backend": keras.config.backend()}
+    if out["backend"] != "tensorflow":
+        try:
+            KerasClassifier(make(), trace=True)
+            out["raised"] = False
+        except InvalidParameterError as err:
+            out["raised"] = "trace" in str(err)
+    else:
+        x = np.random.default_rng(2).random((6, 8))
+        y = np.array([0, 1, 2, 0, 1, 2])
+        model = make()
+        eager = KerasClassifier(model, clip_values=(0, 1))
+        traced = KerasClassifier(model, clip_values=(0, 1), trace=True)
+        out["not_bool_raises"] = False
+        try:
+            KerasClassifier(model, trace=1)
+        except InvalidParameterError:
+            out["not_bool_raises"] = True
+        calls.clear()
+        ref = [eager.predict(x), eager.loss_gradient(x, y), eager.class_gradient(x)]
+        out["eager_calls"] = len(calls)
+        got = [traced.predict(x), traced.loss_gradient(x, y), traced.class_gradient(x)]
+        calls.clear()
+        got = [traced.predict(x), traced.loss_gradient(x, y), traced.class_gradient(x)]
+        out["traced_calls_after_warmup"] = len(calls)
+        out["diff"] = max(float(np.abs(a - b).max()) for a, b in zip(ref, got))
+        model.layers[-1].bias.assign(np.ones(3))  # the traced call reads current values
+        out["diff_after_update"] = float(np.abs(eager.predict(x) - traced.predict(x)).max())
+        out["repr"] = repr(traced)
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(_missing("keras"), reason="Keras not installed: pip install 'bastion[keras]'")
+@pytest.mark.parametrize("backend", list(_KERAS_BACKENDS))
+def test_keras_trace_is_opt_in_and_equal(backend):
+    """``trace=True`` (TensorFlow only) gives the eager results; eagerly, the model's Python
+    code runs once per forward pass, traced only at trace time."""
+    if _missing(_KERAS_BACKENDS[backend]):
+        pytest.skip(reason=f"{backend} not installed: pip install 'bastion[{backend}]'")
+    env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS="1", JAX_ENABLE_X64="1")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    done = subprocess.run(
+        [sys.executable, "-c", KERAS_TRACE_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT") :])
+    if backend != "tensorflow":
+        assert out["raised"] is True
+        return
+    assert out["not_bool_raises"] is True
+    assert out["eager_calls"] == 3  # predict, loss gradient, class gradients: one pass each
+    assert out["traced_calls_after_warmup"] == 0
+    assert out["diff"] < 1e-12
+    assert out["diff_after_update"] < 1e-12
+    assert "trace=True" in out["repr"]

@@ -128,19 +128,37 @@ class DecisionTreeAttack(MinimumNormAttack):
         tree: Tree = ens.trees[0]
         leaves, lower_np, upper_np = tree.leaf_boxes(ens.n_features)
         dev = x.device
-        lower = torch.as_tensor(lower_np, device=dev)
-        upper = torch.as_tensor(upper_np, device=dev)
+        n_leaves, n_features = lower_np.shape
+        # Each leaf bounds only the few features on its path: keep those (K per leaf, padded
+        # with the dummy feature n_features and unbounded sides) instead of all features, so
+        # the search works on samples x leaves x K values rather than x features.
+        bounded = np.isfinite(lower_np) | np.isfinite(upper_np)
+        k = max(1, int(bounded.sum(axis=1).max(initial=0)))
+        feat_np = np.full((n_leaves, k), n_features, dtype=np.int64)
+        lo_np = np.full((n_leaves, k), -np.inf)
+        hi_np = np.full((n_leaves, k), np.inf)
+        rows_np, cols_np = np.nonzero(bounded)
+        slot = np.arange(rows_np.size) - np.searchsorted(rows_np, rows_np)
+        feat_np[rows_np, slot] = cols_np
+        lo_np[rows_np, slot] = lower_np[rows_np, cols_np]
+        hi_np[rows_np, slot] = upper_np[rows_np, cols_np]
+        feat = torch.as_tensor(feat_np, device=dev)
+        lower = torch.as_tensor(lo_np, device=dev)
+        upper = torch.as_tensor(hi_np, device=dev)
+        real = feat < n_features
         scores = torch.as_tensor(ens.base + tree.value[leaves], device=dev)
         leaf_class = scores.argmax(dim=1)
         flat = x.reshape(x.shape[0], -1)
         frozen = None if mask is None else (mask.expand_as(x).reshape(x.shape[0], -1) == 0)
-        # Samples x leaves x features at once, in chunks of about 2**24 values.
-        step = max(1, 2**24 // max(1, lower.numel()))
+        # Samples x leaves at once, in chunks of about 2**24 / n_features leaf-feature pairs.
+        step = max(1, 2**24 // max(1, lower_np.size))
         parts = [
             self._nearest_leaf(
                 flat[i : i + step],
                 y[i : i + step],
                 None if frozen is None else frozen[i : i + step],
+                feat,
+                real,
                 lower,
                 upper,
                 leaf_class,
@@ -155,16 +173,36 @@ class DecisionTreeAttack(MinimumNormAttack):
         flat: torch.Tensor,
         y: torch.Tensor,
         frozen: torch.Tensor | None,
+        feat: torch.Tensor,
+        real: torch.Tensor,
         lower: torch.Tensor,
         upper: torch.Tensor,
         leaf_class: torch.Tensor,
         left_if: str,
     ) -> torch.Tensor:
-        """For each sample, the point of the wanted leaf that needs the fewest changes."""
+        """For each sample, the point of the wanted leaf that needs the fewest changes.
+
+        ``feat`` (L, K) lists the features each leaf bounds (padding: the dummy feature
+        ``F``, unbounded), ``lower``/``upper`` (L, K) their bounds. A feature a leaf does not
+        bound keeps its value, so it only has to be valid as it is (inside ``clip_values``).
+        """
         dev = flat.device
+        n = flat.shape[0]
+        clip = self.estimator.clip_values
+        # The sample's features plus the dummy one (value 0, never frozen, always valid).
+        xe = torch.cat([flat, flat.new_zeros(n, 1)], dim=1)
+        x_d = flat.double()
+        if left_if == "le":
+            valid = (x_d > -torch.inf) & (x_d <= torch.inf)
+        else:
+            valid = (x_d >= -torch.inf) & (x_d < torch.inf)
+        if clip is not None:
+            valid &= (flat >= clip[0]) & (flat <= clip[1])
+        bad = torch.cat([~valid, valid.new_zeros(n, 1)], dim=1)  # (B, F + 1)
         # The nearest point of each leaf's box: x where it already lies inside, else just past
         # the threshold (the middle of the interval when it is narrower than the offset).
-        x0 = flat.double()[:, None, :]  # (B, 1, F)
+        x_k = xe[:, feat]  # (B, L, K)
+        x0 = x_k.double()
         width = upper - lower
         past_lower = torch.where(width > self.offset, lower + self.offset, lower + width / 2)
         below_upper = torch.where(width > self.offset, upper - self.offset, upper - width / 2)
@@ -179,13 +217,16 @@ class DecisionTreeAttack(MinimumNormAttack):
             inside = (cand_d > lower) & (cand_d <= upper)
         else:
             inside = (cand_d >= lower) & (cand_d < upper)
-        changed = cand != flat[:, None, :]
-        ok = inside.all(dim=2)
-        clip = self.estimator.clip_values
+        changed = cand != x_k
         if clip is not None:
-            ok &= ((cand >= clip[0]) & (cand <= clip[1])).all(dim=2)
+            inside &= (cand >= clip[0]) & (cand <= clip[1])
+        # Bounded features must land inside (and inside clip_values); the others stay as
+        # they are, so none of them may be invalid.
+        ok = (inside | ~real).all(dim=2)
+        ok &= (bad.sum(dim=1)[:, None] - (bad[:, feat] & real).sum(dim=2)) == 0
         if frozen is not None:
-            ok &= ~(changed & frozen[:, None, :]).any(dim=2)
+            frozen_e = torch.cat([frozen, frozen.new_zeros(n, 1)], dim=1)
+            ok &= ~(changed & frozen_e[:, feat]).any(dim=2)
         wanted = leaf_class[None, :] == y[:, None]
         ok &= wanted if self.targeted else ~wanted
         n_changed = changed.sum(dim=2).double()
@@ -195,8 +236,10 @@ class DecisionTreeAttack(MinimumNormAttack):
         key = torch.where(ok, key, torch.inf)
         best = key.argmin(dim=1)
         found = torch.isfinite(key.gather(1, best[:, None]).squeeze(1))
-        rows = torch.arange(flat.shape[0], device=dev)
-        return torch.where(found[:, None], cand[rows, best], flat)
+        rows = torch.arange(n, device=dev)
+        out = xe.clone()
+        out[rows[:, None], feat[best]] = cand[rows, best]
+        return torch.where(found[:, None], out[:, :-1], flat)
 
 
 class TreeEnsembleMILPAttack(MinimumNormAttack):
