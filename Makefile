@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	# The optional frameworks (boosting, Keras 3, JAX/Flax, TensorFlow) so that CI tests every
 	# estimator; constraints.txt keeps torch at 2.13.0 whatever they ask for.
 	$(PY) -m pip install -c constraints.txt -e ".[dev,onnx,ray,boosting,keras,jax,tensorflow]"
+	# CatBoost without its plotting dependencies (graphviz, plotly): pandas is what it needs.
+	$(PY) -m pip install -c constraints.txt --no-deps catboost
+	$(PY) -m pip install -c constraints.txt pandas six
 	# Opacus (DP-SGD) without its dependency resolution, so it cannot replace torch 2.13.0.
 	$(PY) -m pip install --no-deps opacus==1.6.0 opt-einsum
 	touch $(STAMP)

@@ -246,6 +246,35 @@ def test_milp_on_boosting_libraries_equals_brute_force(name):
     assert np.all(clf.predict(x_adv).argmax(1) != labels)
 
 
+def test_milp_on_catboost_equals_brute_force():
+    # CatBoost's oblivious trees, parsed into full binary trees (x > border goes right).
+    from bastion.estimators import CatBoostClassifier
+
+    lib = pytest.importorskip(
+        "catboost",
+        reason="catboost is not installed: pip install -c constraints.txt --no-deps catboost "
+        "&& pip install -c constraints.txt pandas six",
+    )
+    gen = np.random.default_rng(2)
+    x = gen.uniform(0, 1, size=(300, 2)).astype(np.float32)
+    y = np.digitize(x[:, 0] + 0.5 * x[:, 1], [0.5, 0.9])
+    model = lib.CatBoostClassifier(
+        iterations=4, depth=2, verbose=0, thread_count=1, random_seed=0, allow_writing_files=False
+    )
+    clf = CatBoostClassifier(model.fit(x, y), clip_values=(0, 1))
+    xs = x[:10]
+    labels = clf.predict(xs).argmax(1)
+    attack = TreeEnsembleMILPAttack(clf)
+    x_adv = attack.generate(xs, labels)
+    assert attack.optimal_.all()
+    ens = clf.trees()
+    for i in range(len(xs)):
+        want = _brute_force(ens, xs[i].astype(np.float64), labels[i], "inf", attack.margin)
+        assert np.isfinite(want)
+        assert abs(attack.distances_[i] - want) <= 1e-6, (i, attack.distances_[i], want)
+    assert np.all(clf.predict(x_adv).argmax(1) != labels)
+
+
 def test_milp_time_limit_flags_samples_not_proven_optimal():
     x, y = load_breast_cancer(return_X_y=True)
     x = ((x - x.min(0)) / (x.max(0) - x.min(0))).astype(np.float32)

@@ -134,3 +134,67 @@ def test_boosting_estimators_refuse_other_models():
     for cls in (XGBoostClassifier, LightGBMClassifier):
         with pytest.raises(InvalidParameterError, match="model"):
             cls(forest)
+
+
+def _catboost():
+    return pytest.importorskip(
+        "catboost",
+        reason="catboost is not installed: pip install -c constraints.txt --no-deps catboost "
+        "&& pip install -c constraints.txt pandas six",
+    )
+
+
+def _catboost_model(lib, **kw):
+    params = dict(iterations=8, depth=3, verbose=0, thread_count=1, random_seed=0)
+    return lib.CatBoostClassifier(allow_writing_files=False, **{**params, **kw})
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass"])
+def test_catboost_oblivious_trees_equal_the_model(kind):
+    from bastion.estimators import CatBoostClassifier
+
+    lib = _catboost()
+    x, y, x_test, _ = _data(kind)
+    model = _catboost_model(lib).fit(x, y)
+    # a non-trivial scale and bias (scale_and_bias), folded into the leaves and the base
+    k = len(model.classes_)
+    model.set_scale_and_bias(1.7, 0.3 if k == 2 else list(np.linspace(-1, 1, k)))
+    clf = CatBoostClassifier(model)
+    assert clf.capabilities == {"predict", "trees"}
+    ens = clf.trees()
+    assert (ens.left_if, ens.input_dtype, ens.n_classes) == ("le", "float32", k)
+    # full binary trees of depth 3: 7 internal nodes, 8 leaves
+    assert all(t.n_nodes == 15 and len(t.leaves) == 8 for t in ens.trees)
+    expected = model.predict_proba(x_test)
+    np.testing.assert_allclose(ens.predict_proba(x_test), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(clf.predict(x_test), expected, atol=1e-6, rtol=0)
+    # on the borders themselves and one float32 step either side: CatBoost goes right when
+    # x > border (in float32), the parsed trees too
+    xx = np.repeat(x_test[:40], 3, axis=0).astype(np.float32)
+    for tree in ens.trees[:4]:
+        f, b = int(tree.feature[0]), np.float32(tree.threshold[0])
+        xx[0::3, f] = b
+        xx[1::3, f] = np.nextafter(b, np.float32(np.inf))
+        xx[2::3, f] = np.nextafter(b, np.float32(-np.inf))
+        np.testing.assert_allclose(ens.predict_proba(xx), model.predict_proba(xx), atol=1e-6)
+
+
+def test_catboost_refuses_what_it_cannot_parse():
+    from bastion.estimators import CatBoostClassifier
+    from bastion.exceptions import InvalidParameterError
+
+    lib = _catboost()
+    pd = pytest.importorskip("pandas")
+    x, y, _, _ = _data("multiclass")
+    with pytest.raises(InvalidParameterError, match="fitted"):
+        CatBoostClassifier(lib.CatBoostClassifier())
+    frame = pd.DataFrame({"a": np.arange(60.0), "b": np.where(np.arange(60) % 2, "u", "v")})
+    model = _catboost_model(lib, iterations=2, cat_features=["b"]).fit(frame, np.arange(60) % 3)
+    with pytest.raises(InvalidParameterError, match="numerical features"):
+        CatBoostClassifier(model)
+    model = _catboost_model(lib, iterations=2, grow_policy="Depthwise").fit(x, y)
+    with pytest.raises(EstimatorError, match="oblivious"):
+        CatBoostClassifier(model).trees()
+    model = _catboost_model(lib, iterations=2, loss_function="MultiClassOneVsAll").fit(x, y)
+    with pytest.raises(EstimatorError, match="MultiClassOneVsAll"):
+        CatBoostClassifier(model).trees()

@@ -26,7 +26,11 @@ from bastion.estimators.base import (
     require_capabilities,
 )
 from bastion.estimators.blackbox import BlackBoxClassifier
-from bastion.estimators.boosting import LightGBMClassifier, XGBoostClassifier
+from bastion.estimators.boosting import (
+    CatBoostClassifier,
+    LightGBMClassifier,
+    XGBoostClassifier,
+)
 from bastion.estimators.defended import DefendedEstimator
 from bastion.estimators.pytorch import TorchClassifier
 from bastion.estimators.remote import RemoteClassifier
@@ -43,6 +47,7 @@ __all__ = [
     "CAPABILITIES",
     "EOT",
     "BlackBoxClassifier",
+    "CatBoostClassifier",
     "Classifier",
     "DefendedEstimator",
     "EstimatorWrapper",

@@ -233,6 +233,7 @@ _CAPABILITIES: dict[str, frozenset[str]] = {
     "RemoteClassifier": frozenset({"predict"}),
     "XGBoostClassifier": frozenset({"predict", "trees"}),
     "LightGBMClassifier": frozenset({"predict", "trees"}),
+    "CatBoostClassifier": frozenset({"predict", "trees"}),
     "ExpectationOverTransformation": frozenset(
         {"predict", "logits", "loss_gradient", "class_gradient"}
     ),

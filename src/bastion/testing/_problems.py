@@ -660,3 +660,30 @@ def lightgbm_problem(n: int = 24) -> Problem:
 ESTIMATOR_EXAMPLES.update(
     {"XGBoostClassifier": [xgboost_problem], "LightGBMClassifier": [lightgbm_problem]}
 )
+
+
+def catboost_problem(n: int = 24) -> Problem:
+    """Oblivious trees of CatBoost on the 8x8 digits (needs CatBoost: ``pip install -c
+    constraints.txt --no-deps catboost`` and ``pip install -c constraints.txt pandas six``)."""
+    import importlib
+    import unittest
+
+    try:
+        lib = importlib.import_module("catboost")
+    except ImportError:
+        raise unittest.SkipTest(
+            "catboost is not installed: pip install -c constraints.txt --no-deps catboost "
+            "&& pip install -c constraints.txt pandas six"
+        ) from None
+    from bastion.estimators.boosting import CatBoostClassifier
+
+    x, y = _digits8()
+    flat = x[:1200].reshape(1200, -1)
+    model = lib.CatBoostClassifier(
+        iterations=10, depth=4, verbose=0, thread_count=1, random_seed=0, allow_writing_files=False
+    )
+    clf = CatBoostClassifier(model.fit(flat, y[:1200]), input_shape=(1, 8, 8), clip_values=(0, 1))
+    return Problem(clf, x[1200 : 1200 + n], y[1200 : 1200 + n], x[:200], y[:200])
+
+
+ESTIMATOR_EXAMPLES.update({"CatBoostClassifier": [catboost_problem]})
