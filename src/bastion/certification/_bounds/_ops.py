@@ -39,6 +39,16 @@ def _sum_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1).sum(-1)
 
 
+def _scaled_box(
+    lo: torch.Tensor, up: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> Bounds:
+    """The exact image of the box ``[lo, up]`` under ``x * scale + shift`` (elementwise,
+    broadcast): center and radius, the radius scaled by ``|scale|``."""
+    c = (up + lo) / 2 * scale + shift
+    r = (up - lo) / 2 * scale.abs()
+    return c - r, c + r
+
+
 class Op:
     """An operator of the graph (one node): the rules every operator defines."""
 
@@ -234,10 +244,7 @@ class BatchNorm(LinearOp):
         lo, up = bounds[0]
         scale, shift = self._scale_shift()
         shp = self._shape(lo.ndim)
-        mid, rad = (up + lo) / 2, (up - lo) / 2
-        c = mid * scale.reshape(shp) + shift.reshape(shp)
-        r = rad * scale.abs().reshape(shp)
-        return c - r, c + r
+        return _scaled_box(lo, up, scale.reshape(shp), shift.reshape(shp))
 
     def backward(
         self,
@@ -342,11 +349,7 @@ class ElementwiseAffine(LinearOp):
     def interval(self, *bounds: Bounds) -> Bounds:
         lo, up = bounds[0]
         scale, shift = self._coef(lo)
-        sc, sh = self._full(scale, lo), self._full(shift, lo)
-        mid, rad = (up + lo) / 2, (up - lo) / 2
-        c = mid * sc + sh
-        r = rad * sc.abs()
-        return c - r, c + r
+        return _scaled_box(lo, up, self._full(scale, lo), self._full(shift, lo))
 
     def backward(
         self,
